@@ -1,0 +1,1 @@
+"""Fused counting kernels (shipped as lna.kernels)."""

@@ -1,0 +1,78 @@
+"""Console entry points: `lna <subcommand>` and one `lna-<subcommand>` script each.
+
+Every command is a click command in its own module of this package. User mistakes
+(LnaError, bad options) print one line and exit non-zero; anything else is a bug and
+keeps its traceback.
+"""
+import sys
+
+import click
+
+from lna.errors import LnaError
+
+
+def _commands() -> dict:
+    # Imported here so `lna --help` stays light; torch loads only inside commands.
+    from lna.cli.ablate import ablate
+    from lna.cli.compare import compare
+    from lna.cli.identify import identify
+    from lna.cli.import_counts import import_counts
+    from lna.cli.merge import merge
+    from lna.cli.profile import profile
+    from lna.cli.report import report
+
+    return {"profile": profile, "identify": identify, "ablate": ablate, "report": report,
+            "compare": compare, "import-counts": import_counts, "merge": merge}
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx):
+        return list(_commands())
+
+    def get_command(self, ctx, name):
+        return _commands().get(name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lna")
+def cli():
+    """lna: find, test and compare the language neurons of Llama/Mistral-family LLMs."""
+
+
+def run(command: click.Command, prog: str, argv=None) -> int:
+    """Run a click command, turning user errors into one line and an exit status."""
+    try:
+        command.main(args=argv, prog_name=prog, standalone_mode=False)
+    except LnaError as err:
+        click.echo(f"{prog}: error: {err}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        where = err.ctx.command_path if getattr(err, "ctx", None) else prog
+        ctx_hint = f" (see {where} --help)" if isinstance(err, click.UsageError) else ""
+        click.echo(f"{prog}: error: {err.format_message()}{ctx_hint}", err=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted; run the same command again to resume", err=True)
+        return 130
+    return 0
+
+
+def main(argv=None):
+    sys.exit(run(cli, "lna", argv))
+
+
+def _script(name: str):
+    def entry(argv=None):
+        sys.exit(run(_commands()[name], f"lna-{name}", argv))
+
+    return entry
+
+
+profile_main = _script("profile")
+identify_main = _script("identify")
+ablate_main = _script("ablate")
+report_main = _script("report")
+compare_main = _script("compare")

@@ -1,0 +1,8 @@
+"""Placeholder until the owning issue lands."""
+import click
+
+
+@click.command("report")
+def report():
+    """Not built yet."""
+    raise click.ClickException("not built yet")

@@ -1,0 +1,52 @@
+"""lna: language-neuron activation profiler for Llama/Mistral-family LLMs."""
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / "lna" / "_version.py").read_text(), version)
+
+setup(
+    name="lna",
+    version=version["__version__"],
+    description="Fast, exact profiler of language neurons in Llama/Mistral-family LLMs",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # The design card keeps kernels/ and configs/ at the top level; they ship as
+    # lna.kernels and lna.configs so that no top-level `kernels` package shadows
+    # the Hugging Face package of that name (transformers probes it).
+    packages=["lna", "lna.cli", "lna.runners", "lna.kernels", "lna.configs"],
+    package_dir={"lna.kernels": "kernels", "lna.configs": "configs"},
+    package_data={"lna.configs": ["*.yaml"], "lna": ["data/*.jsonl"]},
+    install_requires=[
+        "torch>=2.11,<2.14",
+        "transformers>=5.17,<5.25",
+        "tokenizers>=0.21",
+        "safetensors",
+        "numpy>=1.26",
+        "zarr>=3.0,<4",
+        "click>=8.1",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        # Triton drives the CUDA kernels (and runs them on CPU under TRITON_INTERPRET=1
+        # in the tests); without it lna falls back to the torch implementation.
+        "triton>=3.4; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10"],
+        "vllm": ["vllm>=0.11"],
+    },
+    entry_points={
+        "console_scripts": [
+            "lna=lna.cli:main",
+            "lna-profile=lna.cli:profile_main",
+            "lna-identify=lna.cli:identify_main",
+            "lna-ablate=lna.cli:ablate_main",
+            "lna-report=lna.cli:report_main",
+            "lna-compare=lna.cli:compare_main",
+        ]
+    },
+)
