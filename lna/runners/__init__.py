@@ -1,0 +1,1 @@
+"""Force-decoding runners: transformers (hf) and vLLM."""

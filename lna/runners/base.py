@@ -1,0 +1,37 @@
+"""What every runner (transformers, vLLM) takes and gives.
+
+A runner force-decodes `Sample`s through a model whose MLPs count SiLU(gate) > 0 on
+response tokens only, per language, and returns the counts of that call. The profile
+driver (lna.profile) owns batching into resumable chunks, the store and progress.
+"""
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str  # stable id within its source, e.g. "mgsm/en/17/3"
+    lang: str  # language code (lna.languages)
+    prompt: tuple  # token ids of the prompt, BOS included; never counted
+    response: tuple  # token ids of the response; each one is counted once
+    group: str = ""  # samples with the same group share the prompt (processed once)
+
+
+class Runner(Protocol):
+    layers: int
+    neurons: int
+
+    def count(self, samples: Sequence[Sample], languages: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Force-decode `samples`; return (counts int64 [layer, language, neuron],
+        tokens int64 [language]) for exactly these samples, languages in `languages` order."""
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int) -> list[list[list[int]]]:
+        """Sample `n` responses (token ids, no prompt, EOS stripped) for each prompt."""
+
+    def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int]) -> np.ndarray:
+        """Sum of response-token negative log-likelihoods (fp32 logits, float64 sum) of each
+        sample, with the neurons of `masks[mask_ids[i]]` (bool [n_masks, layer, neuron])
+        deactivated for sample i (-1: none). Returns float64 [len(samples)]."""
