@@ -89,6 +89,11 @@ class CountStore:
         """Which of the `total` samples of `source` are already counted for `lang`."""
         for part in self.samples.get(lang, []):
             if part["source"] == source:
+                if part["total"] != total:
+                    raise LnaError(
+                        f"the store counted {lang} samples of {source} out of {part['total']}, now "
+                        f"there are {total}: the data changed; profile into a new store"
+                    )
                 return _decode_done(part, total)
         return np.zeros(total, bool)
 
@@ -165,9 +170,10 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
         attrs = dict(root.attrs)
         counts = np.asarray(root["counts"][...])
         tokens = np.asarray(root["tokens"][...])
-    except (KeyError, ValueError, OSError) as err:
-        raise LnaError(f"{path}: damaged count store ({err}); recreate it") from None
-    store = CountStore(counts, tokens, attrs["languages"], attrs.get("meta", {}),
+        languages = attrs["languages"]
+    except (KeyError, ValueError, TypeError, OSError) as err:
+        raise LnaError(f"{path}: damaged count store (missing or unreadable {err}); recreate it") from None
+    store = CountStore(counts, tokens, languages, attrs.get("meta", {}),
                        attrs.get("samples", {}), attrs.get("complete", True))
     if not allow_partial and not store.complete:
         raise LnaError(f"{path}: unfinished profile; rerun the same lna-profile command to finish it")
@@ -251,6 +257,9 @@ def merge(stores: list[CountStore]) -> CountStore:
             out.counts[:, k] += other.counts[:, j]
             out.tokens[k] += other.tokens[j]
         out.complete = out.complete and other.complete
+        # Imported counts are not exact (two-pass differences): the sum is not either.
+        if "import" in (out.meta.get("provenance"), other.meta.get("provenance")):
+            out.meta["provenance"] = "import"
         for key in ("dataset", "backend", "dtype"):
             values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]
             if values and values[0] != values[-1]:
