@@ -1,0 +1,271 @@
+"""silu_mul (Triton under TRITON_INTERPRET=1, and the vectorised torch path) against the
+naive reference: exact counts, outputs within the dtype rule, masks, strided inputs.
+
+The output rule (DEVELOPERS.md): a kernel's error against a float64 computation is at most
+twice that of plain torch in the same dtype; checked on the largest error and on every
+element relative to its size. The torch path replicates the reference's rounding, so its
+output is checked for bit equality. Outputs are poisoned with NaN before the Triton call
+so an unwritten element fails, and counts start from random values so `+=` is checked.
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lna.kernels import silu_mul, silu_mul_native, silu_mul_packed, silu_mul_torch
+from lna.kernels.silu_mul_triton import LaunchConfig, silu_mul_triton
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LANG_CASES = ("all", "none", "mixed")  # every token counted / no token counted / several languages and -1
+MASK_CASES = (None, "empty", "full", "random")
+
+
+def make_inputs(n_tokens, n_neurons, dtype, *, strided, langs, masks, n_langs=3, n_masks=4, seed=0):
+    """Fresh random inputs; gate holds exact zeros of both signs (0 does not fire)."""
+    gen = torch.Generator().manual_seed(seed)
+    if strided:  # halves of vLLM's packed [T, 2I] gate_up
+        packed = (torch.randn(n_tokens, 2 * n_neurons, generator=gen) * 3).to(dtype)
+        gate, up = packed[:, :n_neurons], packed[:, n_neurons:]
+    else:
+        gate = (torch.randn(n_tokens, n_neurons, generator=gen) * 3).to(dtype)
+        up = (torch.randn(n_tokens, n_neurons, generator=gen) * 3).to(dtype)
+    zeros = torch.rand(n_tokens, n_neurons, generator=gen) < 0.05
+    gate.masked_fill_(zeros, 0.0)
+    gate.masked_fill_(zeros & (torch.rand(n_tokens, n_neurons, generator=gen) < 0.5), -0.0)
+
+    lang_ids = {
+        "all": torch.randint(0, n_langs, (n_tokens,), generator=gen),
+        "none": torch.full((n_tokens,), -1),
+        "mixed": torch.randint(-1, n_langs, (n_tokens,), generator=gen),
+    }[langs].to(torch.int32)
+    counts = torch.randint(0, 1000, (n_langs, n_neurons), generator=gen)
+
+    mask_table = mask_ids = None
+    if masks is not None:
+        mask_table = {
+            "empty": torch.zeros(n_masks, n_neurons, dtype=torch.bool),
+            "full": torch.ones(n_masks, n_neurons, dtype=torch.bool),
+            "random": torch.rand(n_masks, n_neurons, generator=gen) < 0.3,
+        }[masks]
+        mask_ids = torch.randint(-1, n_masks, (n_tokens,), generator=gen)  # several ids in one batch
+    return gate, up, lang_ids, counts, mask_table, mask_ids
+
+
+def float64_reference(gate, up, masks, mask_ids):
+    act = F.silu(gate.double())
+    if masks is not None:
+        act = torch.where(masks[mask_ids.clamp(min=0)] & (mask_ids >= 0)[:, None], 0.0, act)
+    return act * up.double()
+
+
+def assert_dtype_rule(out, gate, up, masks, mask_ids):
+    """max |out - ref64| <= 2 max |torch - ref64|, and the same per element, relative."""
+    ref = float64_reference(gate, up, masks, mask_ids)
+    plain = silu_mul_native(gate, up, masks=masks, mask_ids=mask_ids)
+    assert out.dtype == gate.dtype and out.shape == gate.shape
+    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) or non-finite output"
+    err, plain_err = (out.double() - ref).abs(), (plain.double() - ref).abs()
+    assert err.max() <= 2 * plain_err.max(), f"max error {err.max():.3g} > 2 x torch's {plain_err.max():.3g}"
+    nonzero = ref != 0
+    assert (out[~nonzero] == 0).all(), "an exact zero (masked neuron or zero gate) came out nonzero"
+    rel, plain_rel = err[nonzero] / ref[nonzero].abs(), plain_err[nonzero] / ref[nonzero].abs()
+    if rel.numel():
+        assert rel.max() <= 2 * plain_rel.max(), f"relative error {rel.max():.3g} > 2 x torch's {plain_rel.max():.3g}"
+
+
+def run_case(backend, n_tokens, n_neurons, dtype, strided, langs, masks, seed, config=None):
+    gate, up, lang_ids, counts, mask_table, mask_ids = make_inputs(
+        n_tokens, n_neurons, dtype, strided=strided, langs=langs, masks=masks, seed=seed)
+    expected_counts = counts.clone()
+    expected = silu_mul_native(gate, up, lang_ids, expected_counts, mask_table, mask_ids)
+    if backend == "triton":
+        out = torch.full((n_tokens, n_neurons), float("nan"), dtype=dtype)
+        result = silu_mul_triton(gate, up, lang_ids, counts, mask_table, mask_ids, config=config, out=out)
+        assert result is out
+        assert_dtype_rule(out, gate, up, mask_table, mask_ids)
+    else:
+        out = silu_mul(gate, up, lang_ids=lang_ids, counts=counts, masks=mask_table, mask_ids=mask_ids,
+                       backend="torch")
+        assert torch.equal(out, expected), "the torch path must replicate the reference bit for bit"
+    assert torch.equal(counts, expected_counts)
+
+
+# The full grid over shapes and dtypes; the other factors cycle through their values across
+# it (every value meets every shape and dtype somewhere), which keeps the interpreter run short.
+GRID = [
+    (t, i, dtype, strided, langs, masks)
+    for k, (t, i, dtype) in enumerate(itertools.product((1, 7, 83, 256), (1, 13, 128, 1000), DTYPES))
+    for strided, langs, masks in [((k % 2) == 1, LANG_CASES[k % 3], MASK_CASES[k % 4])]
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("n_tokens,n_neurons,dtype,strided,langs,masks", GRID)
+def test_grid(backend, n_tokens, n_neurons, dtype, strided, langs, masks):
+    run_case(backend, n_tokens, n_neurons, dtype, strided, langs, masks, seed=n_tokens * 7919 + n_neurons)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("langs,masks", list(itertools.product(LANG_CASES, MASK_CASES)))
+def test_every_count_and_mask_case(backend, dtype, langs, masks):
+    run_case(backend, 83, 128, dtype, True, langs, masks, seed=10 * LANG_CASES.index(langs) + MASK_CASES.index(masks))
+
+
+@pytest.mark.parametrize("config", [
+    LaunchConfig(16, 16, 16),  # many programs: atomics from several token chunks per column
+    LaunchConfig(32, 64, 64),
+    LaunchConfig(16, 128, 40),  # chunks that end inside a tile
+])
+def test_triton_multi_program_configs(config):
+    run_case("triton", 150, 100, torch.bfloat16, True, "mixed", "random", seed=5, config=config)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_many_languages_and_int64_ids(backend):
+    """More languages than the 16 rows of the padded one-hot, int64 ids and counts."""
+    gen = torch.Generator().manual_seed(3)
+    gate, up = torch.randn(2, 97, 300, generator=gen).unbind(0)
+    lang_ids = torch.randint(-1, 21, (97,), generator=gen)
+    counts = torch.zeros(21, 300, dtype=torch.int64)
+    expected = counts.clone()
+    silu_mul_native(gate, up, lang_ids, expected)
+    silu_mul(gate, up, lang_ids=lang_ids, counts=counts, backend=backend)
+    assert torch.equal(counts, expected)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_int32_counts_accumulate_over_calls(backend):
+    gen = torch.Generator().manual_seed(4)
+    counts = torch.zeros(3, 50, dtype=torch.int32)
+    expected = torch.zeros(3, 50, dtype=torch.int64)
+    for _ in range(3):
+        gate, up = torch.randn(2, 40, 50, generator=gen).bfloat16().unbind(0)
+        lang_ids = torch.randint(-1, 3, (40,), generator=gen)
+        silu_mul(gate, up, lang_ids=lang_ids, counts=counts, backend=backend)
+        silu_mul_native(gate, up, lang_ids, expected)
+    assert counts.dtype == torch.int32 and torch.equal(counts.long(), expected)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_packed_and_leading_dims(backend):
+    """vLLM's packed [T, 2I] through silu_mul_packed, and HF's [B, S, I] with ids [B, S]."""
+    gen = torch.Generator().manual_seed(6)
+    gate_up = torch.randn(2, 9, 2 * 40, generator=gen).bfloat16()
+    lang_ids = torch.randint(-1, 2, (2, 9), generator=gen)
+    masks = torch.rand(2, 40, generator=gen) < 0.5
+    mask_ids = torch.randint(-1, 2, (2, 9), generator=gen)
+    counts, expected_counts = torch.zeros(2, 40, dtype=torch.int64), torch.zeros(2, 40, dtype=torch.int64)
+    out = silu_mul_packed(gate_up, lang_ids=lang_ids, counts=counts, masks=masks, mask_ids=mask_ids,
+                          backend=backend)
+    flat = gate_up.reshape(18, 80)
+    expected = silu_mul_native(flat[:, :40], flat[:, 40:], lang_ids.reshape(-1), expected_counts, masks,
+                               mask_ids.reshape(-1))
+    assert out.shape == (2, 9, 40)
+    assert torch.equal(counts, expected_counts)
+    assert_dtype_rule(out.reshape(18, 40), flat[:, :40], flat[:, 40:], masks, mask_ids.reshape(-1))
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_counting_ignores_masks(backend):
+    """A masked neuron's output is zero but its raw gate > 0 still counts."""
+    gate = torch.tensor([[1.0, -1.0, 2.0], [0.5, 0.0, -3.0]])
+    up = torch.ones(2, 3)
+    masks = torch.ones(1, 3, dtype=torch.bool)
+    counts = torch.zeros(1, 3, dtype=torch.int64)
+    out = silu_mul(gate, up, lang_ids=torch.tensor([0, 0]), counts=counts, masks=masks,
+                   mask_ids=torch.tensor([0, -1]), backend=backend)
+    assert (out[0] == 0).all() and torch.equal(out[1], F.silu(gate[1]))
+    assert counts.tolist() == [[2, 0, 1]]
+
+
+def test_plain_call_matches_torch():
+    gate, up = torch.randn(2, 5, 7).unbind(0)
+    assert torch.equal(silu_mul(gate, up), F.silu(gate) * up)  # CPU: the torch path
+    assert_dtype_rule(silu_mul(gate, up, backend="triton"), gate, up, None, None)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_empty_batch(backend):
+    counts = torch.zeros(2, 8, dtype=torch.int64)
+    out = silu_mul(torch.empty(0, 8), torch.empty(0, 8), lang_ids=torch.empty(0, dtype=torch.int32),
+                   counts=counts, backend=backend)
+    assert out.shape == (0, 8) and not counts.any()
+
+
+def test_torch_path_needs_no_loop_over_tokens():
+    """Vectorised: a batch of 4096 tokens costs a handful of torch ops, not one per token."""
+    gate, up = torch.randn(2, 4096, 64).unbind(0)
+    counts = torch.zeros(10, 64, dtype=torch.int64)
+    lang_ids, mask_ids = torch.randint(-1, 10, (4096,)), torch.randint(-1, 3, (4096,))
+    masks = torch.rand(3, 64) < 0.5
+    with torch.profiler.profile() as prof:
+        silu_mul_torch(gate, up, lang_ids, counts, masks, mask_ids)
+    assert len(prof.events()) < 200
+
+
+BAD_INPUTS = [
+    (dict(gate=torch.ones(3, 4), up=torch.ones(3, 5)), ValueError, "same shape"),
+    (dict(gate=torch.ones(3, 4, dtype=torch.float64), up=torch.ones(3, 4, dtype=torch.float64)), TypeError, "dtype"),
+    (dict(gate=torch.ones(3, 4), up=torch.ones(3, 4).half()), TypeError, "dtype"),
+    (dict(gate=[1.0], up=torch.ones(1)), TypeError, "torch.Tensor"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32)), ValueError, "go together"),
+    (dict(counts=torch.zeros(2, 4, dtype=torch.int64)), ValueError, "go together"),
+    (dict(lang_ids=torch.zeros(2, dtype=torch.int32), counts=torch.zeros(2, 4, dtype=torch.int64)),
+     ValueError, "one entry per token"),
+    (dict(lang_ids=torch.zeros(3), counts=torch.zeros(2, 4, dtype=torch.int64)), TypeError, "integer"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32), counts=torch.zeros(2, 4)), TypeError, "int32 or int64"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32), counts=torch.zeros(2, 5, dtype=torch.int64)),
+     ValueError, "n_langs, 4"),
+    (dict(lang_ids=torch.tensor([0, 2, -1]), counts=torch.zeros(2, 4, dtype=torch.int64)), ValueError, r"\[-1, 2\)"),
+    (dict(lang_ids=torch.tensor([0, -2, 1]), counts=torch.zeros(2, 4, dtype=torch.int64)), ValueError, r"\[-1, 2\)"),
+    (dict(masks=torch.zeros(2, 4, dtype=torch.bool)), ValueError, "go together"),
+    (dict(masks=torch.zeros(2, 4), mask_ids=torch.zeros(3, dtype=torch.int32)), TypeError, "bool"),
+    (dict(masks=torch.zeros(2, 3, dtype=torch.bool), mask_ids=torch.zeros(3, dtype=torch.int32)),
+     ValueError, "n_masks, 4"),
+    (dict(masks=torch.zeros(2, 4, dtype=torch.bool), mask_ids=torch.tensor([0, 5, 1])), ValueError, r"\[-1, 2\)"),
+    (dict(backend="cuda"), ValueError, "backend"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", BAD_INPUTS)
+def test_bad_input_is_one_clear_error(kwargs, error, message):
+    kwargs = {"gate": torch.ones(3, 4), "up": torch.ones(3, 4), **kwargs}
+    with pytest.raises(error, match=message) as info:
+        silu_mul(kwargs.pop("gate"), kwargs.pop("up"), **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_packed_width():
+    with pytest.raises(ValueError, match=r"\[\.\.\., 2\*I\]"):
+        silu_mul_packed(torch.ones(3, 5))
+
+
+def test_unchecked_ids_are_ignored_by_the_kernel():
+    """check_ids=False skips the host check; out-of-range ids neither count nor mask."""
+    gate, up = torch.ones(3, 4), torch.ones(3, 4)
+    memory = torch.zeros(16, 4, dtype=torch.int64)
+    counts = memory[:2]  # the rows beyond must stay untouched
+    out = silu_mul(gate, up, lang_ids=torch.tensor([0, 7, -1]), counts=counts,
+                   masks=torch.ones(1, 4, dtype=torch.bool), mask_ids=torch.tensor([9, 0, -1]),
+                   backend="triton", check_ids=False)
+    assert memory.tolist() == [[1] * 4] + [[0] * 4] * 15
+    assert torch.equal(out, torch.stack([F.silu(gate[0]), torch.zeros(4), F.silu(gate[2])]))
+
+
+def test_triton_backend_without_triton(monkeypatch):
+    import lna.kernels as kernels
+
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="triton package is not installed"):
+        silu_mul(torch.ones(2, 2), torch.ones(2, 2), backend="triton")
+    assert torch.equal(silu_mul(torch.ones(2, 2), torch.ones(2, 2)), F.silu(torch.ones(2, 2)))
+
+
+def test_triton_on_cpu_without_interpreter(monkeypatch):
+    import lna.kernels.silu_mul_triton as module
+
+    monkeypatch.setattr(module, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        silu_mul(torch.ones(2, 2), torch.ones(2, 2), backend="triton")
