@@ -1,0 +1,100 @@
+"""Figures in the paper's style (matplotlib, Agg backend: no display needed).
+
+Figure 3: neurons of each type per layer, three lines. Figure 4: change per type per layer.
+Figure 5: change in the neurons shared by N languages. Figure 10: bars per N, one series
+per model.
+"""
+import numpy as np
+
+LABELS = {"specific": "Language-specific", "related": "Language-related", "general": "General"}
+COLORS = {"specific": "#d62728", "related": "#1f77b4", "general": "#2ca02c"}
+SERIES = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    _pyplot().close(fig)
+
+
+def layer_types(types: dict, path, title: str = "") -> None:
+    """Figure 3: {type: counts per layer} as three lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for t, values in types.items():
+        ax.plot(np.arange(len(values)), values, marker="o", markersize=3, linewidth=1.5,
+                color=COLORS.get(t), label=LABELS.get(t, t))
+    ax.set_xlabel("Layer")
+    ax.set_ylabel("Number of neurons")
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def layer_change(changes: dict, path, title: str = "") -> None:
+    """Figure 4: {type: (after - before) per layer} as lines around zero."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for t, values in changes.items():
+        ax.plot(np.arange(len(values)), values, marker="o", markersize=3, linewidth=1.5,
+                color=COLORS.get(t), label=LABELS.get(t, t))
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("Layer")
+    ax.set_ylabel("Change in number of neurons")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def shared_by_n(series: dict, path, title: str = "") -> None:
+    """Figure 10: {name: counts for N = 1..l} as grouped bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = list(series)
+    K = len(next(iter(series.values())))
+    width = 0.8 / len(names)
+    x = np.arange(1, K + 1)
+    for i, name in enumerate(names):
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, series[name], width, label=name,
+                      color=SERIES[i % len(SERIES)])
+        ax.bar_label(bars, fontsize=6 if len(names) > 1 else 7, padding=1)  # small N stay readable
+    ax.set_xticks(x)
+    ax.set_xlabel("Number of languages sharing the neuron (N)")
+    ax.set_ylabel("Number of neurons")
+    ax.grid(axis="y", alpha=0.3)
+    if len(names) > 1:
+        ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def shared_change(change, path, title: str = "") -> None:
+    """Figure 5: change in the number of neurons shared by N languages, N = 1..l."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    change = np.asarray(change)
+    x = np.arange(1, len(change) + 1)
+    ax.bar(x, change, color=[SERIES[0] if v >= 0 else SERIES[3] for v in change])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xlabel("Number of languages sharing the neuron (N)")
+    ax.set_ylabel("Change in number of neurons")
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
