@@ -141,3 +141,152 @@ def write_report(ns: NeuronSets, out, *, with_neurons: bool = False) -> list:
         if with_neurons:
             neurons.save(ns, tmp / "neurons.json")
         return sorted(p.name for p in tmp.iterdir())
+
+
+# -- before vs after (lna-compare) ----------------------------------------------------------------
+def check_comparable(a: NeuronSets, b: NeuronSets, names=("base", "other")) -> None:
+    """Same architecture and the same languages (else per-N and per-language numbers mislead)."""
+    from lna.errors import LnaError
+
+    if (a.layers, a.neurons) != (b.layers, b.neurons):
+        raise LnaError(f"cannot compare {names[0]} ({a.layers} x {a.neurons} neurons) with {names[1]} "
+                       f"({b.layers} x {b.neurons}): they are different architectures")
+    if set(a.languages) != set(b.languages):
+        raise LnaError(f"cannot compare {names[0]} ({', '.join(a.languages)}) with {names[1]} "
+                       f"({', '.join(b.languages)}): identify both over the same languages (--langs)")
+
+
+def layer_change_table(a: NeuronSets, b: NeuronSets, names) -> tuple[list, list]:
+    """Figure 4: per layer and type, the counts of both and the change (b - a)."""
+    ta, tb = layer_types(a), layer_types(b)
+    header = ["layer"] + [f"{t}_{n}" for t in TYPES for n in (*names, "change")]
+    rows = [[layer] + [int(x) for t in TYPES for x in (ta[t][layer], tb[t][layer], tb[t][layer] - ta[t][layer])]
+            for layer in range(a.layers)]
+    return header, rows
+
+
+def shared_change_table(a: NeuronSets, b: NeuronSets, names) -> tuple[list, list]:
+    """Figures 5 and 10: neurons shared by N languages in both, and the change."""
+    K = len(a.languages)
+    na, nb = shared_by_n(a).sum(axis=0), shared_by_n(b).sum(axis=0)
+    return ["N", "type", *names, "change"], [
+        [n, _type_of(n, K), int(na[n]), int(nb[n]), int(nb[n] - na[n])] for n in range(1, K + 1)]
+
+
+def language_change_table(a: NeuronSets, b: NeuronSets, names, trained=()) -> tuple[list, list]:
+    """Per language: specific and related set sizes in both, and the change."""
+    sa, sb = a.sizes(), b.sizes()
+    header = ["language", "trained"] + [f"{t}_{n}" for t in ("specific", "related") for n in (*names, "change")]
+    rows = []
+    for lang in a.languages:
+        row = [lang, "yes" if lang in trained else "no"]
+        for t in ("specific", "related"):
+            row += [sa[lang][t], sb[lang][t], sb[lang][t] - sa[lang][t]]
+        rows.append(row)
+    return header, rows
+
+
+def alignment_table(a: NeuronSets, b: NeuronSets, names, trained) -> tuple[list, list]:
+    """Table 2 (spontaneous alignment): mean change of the specific and related set sizes of
+    the languages used in alignment and of the others."""
+    from lna.errors import LnaError
+
+    missing = [x for x in trained if x not in a.languages]
+    if missing:
+        raise LnaError(f"--trained-langs {', '.join(missing)}: not among the compared languages "
+                       f"({', '.join(a.languages)})")
+    _, rows = language_change_table(a, b, names, trained)
+    out = []
+    for group, members in (("trained", [r for r in rows if r[1] == "yes"]), ("other", [r for r in rows if r[1] == "no"])):
+        if members:
+            out.append([group, " ".join(r[0] for r in members), round(float(np.mean([r[4] for r in members])), 2),
+                        round(float(np.mean([r[7] for r in members])), 2)])
+    return ["group", "languages", "specific_change", "related_change"], out
+
+
+def english_table(models: dict) -> tuple[list, list]:
+    """Table 3: mean numbers of specific and related neurons, English vs the other languages."""
+    rows = []
+    for name, ns in models.items():
+        sizes = ns.sizes()
+        for group, langs in (("English", [x for x in ns.languages if x == "en"]),
+                             ("non-English", [x for x in ns.languages if x != "en"])):
+            if langs:
+                rows.append([name, group, round(float(np.mean([sizes[x]["specific"] for x in langs])), 2),
+                             round(float(np.mean([sizes[x]["related"] for x in langs])), 2)])
+    return ["model", "group", "specific", "related"], rows
+
+
+def overlap_table(a: NeuronSets, b: NeuronSets, names) -> tuple[list, list]:
+    """Table 4 (stability): per type, how many neurons the two have in common.
+
+    overlap = |A & B| / min(|A|, |B|); also |A & B| over each side and the Jaccard index.
+    "language sets" compares the (language, layer, neuron) memberships of the sets.
+    """
+    sa, sb = type_sets(a), type_sets(b)
+    sa["language sets"] = {(x, i, int(h)) for x in a.languages for i in range(a.layers) for h in a.sets[x][i]}
+    sb["language sets"] = {(x, i, int(h)) for x in a.languages for i in range(b.layers) for h in b.sets[x][i]}
+    rows = []
+    for t in sa:
+        A, B = sa[t], sb[t]
+        inter = len(A & B)
+
+        def ratio(d):
+            return round(inter / d, 4) if d else ""
+
+        rows.append([t, len(A), len(B), inter, ratio(min(len(A), len(B))), ratio(len(A)), ratio(len(B)),
+                     ratio(len(A | B))])
+    return ["type", *names, "shared", "overlap", f"of_{names[0]}", f"of_{names[1]}", "jaccard"], rows
+
+
+def write_comparison(models: dict, out, *, trained=None) -> tuple[list, str]:
+    """Compare the first model of `models` ({name: NeuronSets}) with each of the others.
+
+    Returns the written file names and a printable summary.
+    """
+    from lna import plots
+
+    names = list(models)
+    base_name, base = names[0], models[names[0]]
+    for name in names[1:]:
+        check_comparable(base, models[name], (base_name, name))
+    lines = []
+    with staged_dir(out) as tmp:
+        header = ["model"] + list(TYPES) + [f"N={n}" for n in range(1, len(base.languages) + 1)]
+        series = []  # one row per model: a checkpoint series reads down this table
+        for name, ns in models.items():
+            totals = {t: int(v.sum()) for t, v in layer_types(ns).items()}
+            series.append([name] + [totals[t] for t in TYPES] + [int(x) for x in shared_by_n(ns).sum(axis=0)[1:]])
+        write_csv(tmp / "models.csv", header, series)
+        write_csv(tmp / "english.csv", *english_table(models))
+        for name in names[1:]:
+            other = models[name]
+            pair = (base_name, name)
+            suffix = "" if len(names) == 2 else f".{name}"
+            h, rows = layer_change_table(base, other, pair)
+            write_csv(tmp / f"layer_change{suffix}.csv", h, rows)
+            changes = {t: [r[1 + 3 * i + 2] for r in rows] for i, t in enumerate(TYPES)}
+            plots.layer_change(changes, tmp / f"layer_change{suffix}.png", title=f"{name} - {base_name}: change per layer")
+            h, rows = shared_change_table(base, other, pair)
+            write_csv(tmp / f"shared_by_n_change{suffix}.csv", h, rows)
+            plots.shared_change([r[4] for r in rows], tmp / f"shared_by_n_change{suffix}.png",
+                                title=f"{name} - {base_name}: neurons shared by N languages")
+            plots.shared_by_n({base_name: [r[2] for r in rows], name: [r[3] for r in rows]},
+                              tmp / f"shared_by_n{suffix}.png", title="Neurons shared by N languages")
+            write_csv(tmp / f"languages{suffix}.csv", *language_change_table(base, other, pair, trained or ()))
+            ov_h, ov_rows = overlap_table(base, other, pair)
+            write_csv(tmp / f"overlap{suffix}.csv", ov_h, ov_rows)
+            lines.append(f"{name} vs {base_name}:")
+            per_type = ", ".join(f"{t} {sum(changes[t]):+d}" for t in TYPES)
+            lines.append(f"  change in neurons: {per_type}")
+            lines.append("  change in neurons shared by N: " + ", ".join(f"{r[0]}: {r[4]:+d}" for r in rows))
+            if trained:
+                al_h, al_rows = alignment_table(base, other, pair, trained)
+                write_csv(tmp / f"spontaneous_alignment{suffix}.csv", al_h, al_rows)
+                for r in al_rows:
+                    lines.append(f"  {r[0]} languages ({r[1]}): specific {r[2]:+g}, related {r[3]:+g} on average")
+            lines.append("  overlap (|A & B| / min): " + ", ".join(f"{r[0]} {r[4]}" for r in ov_rows))
+        for r in english_table(models)[1]:
+            lines.append(f"{r[0]}: {r[1]} mean specific {r[2]:g}, related {r[3]:g}")
+        files = sorted(p.name for p in tmp.iterdir())
+    return files, "\n".join(lines)

@@ -21,6 +21,10 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and N are whole numbers
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     _pyplot().close(fig)
