@@ -205,6 +205,24 @@ def test_torch_path_needs_no_loop_over_tokens():
     assert len(prof.events()) < 200
 
 
+def test_torch_path_blocks_and_flushes(monkeypatch):
+    """Small token blocks, blocks with no counted token, and float32 accumulators emptied
+    before they could lose exactness: the counts stay exact."""
+    import lna.kernels.silu_mul_torch as module
+
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 8 * 30)  # 8 tokens per block
+    monkeypatch.setattr(module, "EXACT_LIMIT", 20)
+    gen = torch.Generator().manual_seed(8)
+    gate, up = torch.randn(2, 70, 30, generator=gen).unbind(0)
+    lang_ids = torch.randint(-1, 3, (70,), generator=gen)
+    lang_ids[16:40] = -1  # whole blocks of prompt tokens
+    counts = torch.randint(0, 9, (3, 30), generator=gen, dtype=torch.int32)
+    expected = counts.clone()
+    out = silu_mul_torch(gate, up, lang_ids, counts)
+    assert torch.equal(out, silu_mul_native(gate, up, lang_ids, expected))
+    assert torch.equal(counts, expected)
+
+
 BAD_INPUTS = [
     (dict(gate=torch.ones(3, 4), up=torch.ones(3, 5)), ValueError, "same shape"),
     (dict(gate=torch.ones(3, 4, dtype=torch.float64), up=torch.ones(3, 4, dtype=torch.float64)), TypeError, "dtype"),
