@@ -19,7 +19,7 @@ setup(
     # the Hugging Face package of that name (transformers probes it).
     packages=["lna", "lna.cli", "lna.runners", "lna.kernels", "lna.configs"],
     package_dir={"lna.kernels": "kernels", "lna.configs": "configs"},
-    package_data={"lna.configs": ["*.yaml"], "lna": ["data/*.jsonl"]},
+    package_data={"lna.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.11,<2.14",
         "transformers>=5.17,<5.25",

@@ -35,15 +35,19 @@ def byte_tokenizer():
 
 
 def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, intermediate: int = 96,
-               heads: int = 2, kv_heads: int = 1, seed: int = 0, vocab: int = 320) -> Path:
+               heads: int = 2, kv_heads: int = 1, seed: int = 0) -> Path:
     """Save a random-weight causal LM of `arch` (llama | mistral) and its tokenizer to `path`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM),
                              "mistral": (MistralConfig, MistralForCausalLM)}[arch]
+    tokenizer = byte_tokenizer()
     config = config_cls(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+        vocab_size=len(tokenizer),  # every id the model can sample decodes
+        hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         head_dim=hidden // heads, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
         pad_token_id=2, tie_word_embeddings=False,
@@ -58,5 +62,5 @@ def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, 
                 p.normal_(0.0, p.shape[1] ** -0.5)
     path = Path(path)
     model.save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

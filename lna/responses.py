@@ -1,0 +1,180 @@
+"""Responses to force-decode: given by the data, or sampled from the model once and kept.
+
+Every prompt and response is tokenized once and written, token ids included, to a JSONL
+file beside the store (`X.zarr` -> `X.responses.jsonl`), one record a question. That file
+is itself a dataset lna reads (lna.data), so profiling, ablation and reruns use exactly
+the same tokens. Sampling appends a fixed batch of questions at a time, each batch seeded
+by its index, so an interrupted run resumes where it stopped and samples the same.
+"""
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lna.data import Question
+from lna.errors import LnaError
+from lna.runners.base import Sample
+
+BATCH_QUESTIONS = 8  # questions per sampling batch (fixed: resume must see the same batches)
+
+
+def path_beside(store) -> Path:
+    store = Path(store)
+    stem = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
+    return store.with_name(f"{stem}.responses.jsonl")
+
+
+def tokenizer_id(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
+def encode_response(tokenizer, prompt: str, prompt_ids: list, response: str) -> list:
+    """The response's tokens as the study gets them: tokenize(prompt + response) minus the
+    prompt's tokens; on a boundary merge, the response tokenized on its own."""
+    full = tokenizer(prompt + response)["input_ids"]
+    if full[: len(prompt_ids)] == prompt_ids:
+        return full[len(prompt_ids):]
+    return tokenizer(response, add_special_tokens=False)["input_ids"]
+
+
+def prepare(questions: list[Question], tokenizer, template: str, path, *, runner=None, n: int = 10,
+            temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,
+            progress=None) -> list[Question]:
+    """Fill in token ids (and sampled responses where the data has none); write `path`.
+    `progress(total)` gives a context-managed bar (with .update(n)) for the sampling."""
+    tid = tokenizer_id(tokenizer)
+    path = Path(path)
+    kept = _read(path)
+    sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+    out = []
+    for q in questions:
+        prompt = q.render(template)
+        rec = kept.get(q.key)
+        if rec is not None and (rec["prompt"] != prompt or rec.get("tokenizer") != tid):
+            raise LnaError(f"{path}: holds {q.key} with another prompt or tokenizer; "
+                           "choose another --out or delete that file")
+        if q.responses:
+            if q.tokenizer != tid or q.prompt_ids is None or q.response_ids is None:
+                ids = tokenizer(prompt)["input_ids"]
+                q = _with_ids(q, prompt, ids, [encode_response(tokenizer, prompt, ids, r) for r in q.responses], tid)
+        else:
+            if rec is not None and rec.get("sampling") != sampling:
+                raise LnaError(f"{path}: responses were sampled with {rec.get('sampling')}, not {sampling}; "
+                               "choose another --out or delete that file")
+            q = _with_ids(q, prompt, tokenizer(prompt)["input_ids"], None, tid)
+        out.append(q)
+    # Sampling goes in fixed batches of the dataset's order, seeded by batch index; a batch
+    # the file holds only in part (killed mid-append) is sampled again whole.
+    batches: dict = {}
+    for i, q in enumerate(out):
+        if q.response_ids is None:
+            batches.setdefault(i // BATCH_QUESTIONS, []).append(i)
+    todo = {}
+    for b, idx in batches.items():
+        if all(out[i].key in kept for i in idx):
+            for i in idx:
+                out[i] = _question(kept[out[i].key])
+        else:
+            todo[b] = idx
+    if todo and runner is None:
+        raise LnaError("the data has no responses; sampling them needs the model (give --responses FILE "
+                       "or a dataset with responses)")
+    sampled = {out[i].key for idx in todo.values() for i in idx}
+    written = set(kept) - sampled
+
+    def append(qs):  # fsync'd appends: a crash loses at most the batch being written
+        _append(path, [_record(q, sampling if q.key in sampled else None) for q in qs if q.key not in written])
+        written.update(q.key for q in qs)
+
+    total = sum(len(idx) for idx in todo.values())
+    with progress(total) if progress else contextlib.nullcontext() as bar:
+        for b, idx in todo.items():
+            gen = runner.generate([out[i].prompt_ids for i in idx], n=n, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens, seed=seed + b)
+            for i, resp in zip(idx, gen):
+                out[i].response_ids = [list(r) for r in resp]
+                out[i].responses = [tokenizer.decode(r, skip_special_tokens=True) for r in resp]
+            append([out[i] for i in idx])
+            if bar:
+                bar.update(len(idx))
+    append(out)
+    return out
+
+
+def _with_ids(q: Question, prompt: str, prompt_ids, response_ids, tid) -> Question:
+    from dataclasses import replace
+
+    return replace(q, prompt=prompt, prompt_ids=list(prompt_ids),
+                   response_ids=None if response_ids is None else [list(r) for r in response_ids], tokenizer=tid)
+
+
+def _question(rec: dict) -> Question:
+    return Question(rec["key"], rec["lang"], rec.get("query", ""), rec.get("answer", ""), rec["prompt"],
+                    rec["responses"], rec["prompt_ids"], rec["response_ids"], rec["tokenizer"])
+
+
+def _read(path: Path) -> dict:
+    """Records by key; a torn last line (killed mid-write) is dropped, other damage is an error."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    recs = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:  # torn tail
+                with path.open("r+", encoding="utf-8") as fh:
+                    fh.truncate(len("\n".join(lines[:i]).encode()) + (1 if i else 0))
+                break
+            raise LnaError(f"{path}:{i + 1}: not valid JSON; delete the file to sample again") from None
+        recs[rec["key"]] = rec
+    return recs
+
+
+def _record(q: Question, sampling: dict | None) -> dict:
+    rec = {"key": q.key, "lang": q.lang, "query": q.query, "answer": q.answer, "prompt": q.prompt,
+           "responses": q.responses, "prompt_ids": q.prompt_ids, "response_ids": q.response_ids,
+           "tokenizer": q.tokenizer}
+    if sampling is not None:
+        rec["sampling"] = sampling
+    return rec
+
+
+def _append(path: Path, records: list) -> None:
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def samples(questions: list[Question]) -> list[Sample]:
+    """One Sample a (question, response); empty responses have nothing to count."""
+    out = []
+    for q in questions:
+        prompt = np.asarray(q.prompt_ids, np.int32)  # shared by the question's samples
+        for j, resp in enumerate(q.response_ids or []):
+            if resp:
+                out.append(Sample(f"{q.key}/{j}", q.lang, prompt, np.asarray(resp, np.int32), group=q.key))
+    return out
+
+
+def digest(samples_of_lang: list[Sample]) -> str:
+    """Identity of a language's sample set: keys and exact tokens (resume/merge bookkeeping)."""
+    h = hashlib.sha256()
+    for s in samples_of_lang:
+        h.update(s.key.encode())
+        h.update(np.asarray(s.prompt, np.int64).tobytes())
+        h.update(b"|")
+        h.update(np.asarray(s.response, np.int64).tobytes())
+    return "sha256:" + h.hexdigest()[:32]

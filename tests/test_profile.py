@@ -1,0 +1,152 @@
+"""lna-profile end to end: store contents, resume without double counting, clear errors."""
+import json
+
+import numpy as np
+import pytest
+
+import naive
+from lna.cli import run
+from lna.cli.profile import profile
+from lna.store import open_store
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Three languages, shared prompts with several given responses, one prompt without."""
+    recs = [
+        {"lang": "en", "query": "What is 2+3?", "responses": [" 2+3 = 5. The answer is 5.", " Five.", " 5"]},
+        {"lang": "zh", "query": "2加3等于多少？", "responses": [" 2加3等于5。答案是5。", " 五"]},
+        {"lang": "Japanese", "query": "2たす3は？", "responses": [" 5です。"]},
+        {"lang": "en", "query": "What is 7-4?", "answers": [{"generated": " 7-4 = 3."}]},
+        {"lang": "zh", "instruction": "Verbatim prompt: 9-1=", "responses": ["8"]},
+    ]
+    return write_jsonl(tmp_path / "d.jsonl", recs)
+
+
+def profile_cli(*args):
+    return run(profile, "lna-profile", ["-q", *args])
+
+
+def test_store_equals_naive_reference(tiny_models, dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert profile_cli("--model", tiny_models["llama"], "--dataset", dataset, "--out", str(out)) == 0
+    store = open_store(out, allow_partial=False)
+    assert store.languages == ["en", "zh", "ja"]
+    # the responses file beside the store holds the exact tokens; rebuild samples from it
+    from lna import data, responses
+
+    _, qs = data.load(str(tmp_path / "s.responses.jsonl"))
+    samples = responses.samples(qs)
+    assert len(samples) == 8
+    ref, amb = naive.counts(tiny_models["llama"], samples, store.languages)
+    naive.assert_counts_equal(store.counts, ref, amb)
+    assert store.tokens.tolist() == [sum(len(s.response) for s in samples if s.lang == k) for k in store.languages]
+    assert store.meta["model"] == tiny_models["llama"] and store.meta["counted"] == "response-tokens"
+
+
+def test_interrupt_and_resume_equals_uninterrupted(tiny_models, dataset, tmp_path, monkeypatch):
+    from lna.runners.hf import HFRunner
+
+    args = ["--model", tiny_models["mistral"], "--dataset", dataset, "--token-budget", "32",
+            "--checkpoint-every", "0"]
+    whole = tmp_path / "whole.zarr"
+    assert profile_cli(*args, "--out", str(whole)) == 0
+
+    real, calls = HFRunner.count, {"n": 0}
+
+    def dying(self, samples, languages):  # killed after two chunks
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real(self, samples, languages)
+
+    monkeypatch.setattr(HFRunner, "count", dying)
+    cut = tmp_path / "cut.zarr"
+    assert profile_cli(*args, "--out", str(cut)) == 130
+    partial = open_store(cut)
+    assert not partial.complete and 0 < partial.tokens.sum() < open_store(whole).tokens.sum()
+    monkeypatch.setattr(HFRunner, "count", real)
+    assert profile_cli(*args, "--out", str(cut)) == 0
+    a, b = open_store(whole), open_store(cut)
+    assert b.complete and np.array_equal(a.counts, b.counts) and np.array_equal(a.tokens, b.tokens)
+    # a third run finds nothing to do and changes nothing
+    assert profile_cli(*args, "--out", str(cut)) == 0
+    assert np.array_equal(open_store(cut).counts, a.counts)
+
+
+def test_samples_responses_once_and_reuses_them(tiny_models, tmp_path, monkeypatch):
+    from lna.runners.hf import HFRunner
+
+    ds = write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "query": f"q{i}"} for i in range(3)]
+                     + [{"lang": "fr", "query": "bonjour"}])
+    out = tmp_path / "gen.zarr"
+    args = ["--model", tiny_models["llama"], "--dataset", ds, "--out", str(out), "-n", "2",
+            "--max-new-tokens", "6"]
+    assert profile_cli(*args) == 0
+    recs = [json.loads(x) for x in (tmp_path / "gen.responses.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and all(len(r["response_ids"]) == 2 for r in recs)
+    assert all(r["sampling"]["n"] == 2 for r in recs)
+
+    def no_sampling(*a, **k):
+        raise AssertionError("responses must be reused, not sampled again")
+
+    monkeypatch.setattr(HFRunner, "generate", no_sampling)
+    first = open_store(out).counts.copy()
+    assert profile_cli(*args) == 0  # rerun: nothing sampled, nothing counted twice
+    assert np.array_equal(open_store(out).counts, first)
+
+
+def one_line_error(capsys, code):
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.count("\n") == 0 and "error:" in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--langs", "xx"], "unknown language"),
+    (["--langs", "th"], "the data has no th"),
+    (["--dataset", "/no/such/file.jsonl"], "no such file"),
+    (["--model", "/no/such/model"], "no such folder"),
+    (["--model", "someorg/not-downloaded-model"], "huggingface-cli download"),
+    (["--dtype", "float64"], "float64"),
+    (["--samples", "0"], "at least 1"),
+])
+def test_bad_input_is_one_line(tiny_models, dataset, tmp_path, capsys, args, expect):
+    base = {"--model": tiny_models["llama"], "--dataset": dataset, "--out": str(tmp_path / "o.zarr")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    code = profile_cli(*[x for kv in base.items() for x in kv])
+    assert expect in one_line_error(capsys, code)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.responses.jsonl").exists()
+
+
+def test_refuses_non_silu_model(tmp_path, dataset, capsys):
+    from lna.tiny import build_tiny
+
+    path = build_tiny(tmp_path / "gelu", "llama")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["hidden_act"] = "gelu"
+    (path / "config.json").write_text(json.dumps(cfg))
+    err = one_line_error(capsys, profile_cli("--model", str(path), "--dataset", dataset, "--out", str(tmp_path / "o.zarr")))
+    assert "not a SiLU-gated decoder" in err and "LlamaForCausalLM" in err
+
+
+def test_refuses_store_of_another_model(tiny_models, dataset, tmp_path, capsys):
+    out = str(tmp_path / "s.zarr")
+    assert profile_cli("--model", tiny_models["llama"], "--dataset", dataset, "--out", out) == 0
+    before = open_store(out).counts.copy()
+    err = one_line_error(capsys, profile_cli("--model", tiny_models["mistral"], "--dataset", dataset, "--out", out))
+    assert "different models" in err
+    assert np.array_equal(open_store(out).counts, before)
+
+
+def test_refuses_output_that_is_not_a_store(tiny_models, dataset, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    err = one_line_error(capsys, profile_cli("--model", tiny_models["llama"], "--dataset", dataset, "--out", str(target)))
+    assert "not an lna count store" in err and target.read_text() == "keep me"
