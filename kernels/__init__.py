@@ -16,9 +16,9 @@ import importlib.util
 import torch
 
 from .reference import silu_mul_native
-from .silu_mul_torch import silu_mul_torch
+from .silu_mul_torch import silu_mul_torch as _silu_mul_torch
 
-__all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "silu_mul_torch", "triton_available"]
+__all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "triton_available"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
@@ -61,7 +61,7 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, masks=None, mask_ids=None,
 
         out = silu_mul_triton(gate, up, lang_ids, counts, masks, mask_ids)
     else:
-        out = silu_mul_torch(gate, up, lang_ids, counts, masks, mask_ids)
+        out = _silu_mul_torch(gate, up, lang_ids, counts, masks, mask_ids)
     return out.reshape(*lead, width)
 
 

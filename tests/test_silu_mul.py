@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lna.kernels import silu_mul, silu_mul_native, silu_mul_packed, silu_mul_torch
+from lna.kernels import silu_mul, silu_mul_native, silu_mul_packed
+from lna.kernels.silu_mul_torch import silu_mul_torch
 from lna.kernels.silu_mul_triton import LaunchConfig, silu_mul_triton
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
