@@ -50,9 +50,7 @@ def _silu_mul_kernel(
     col_ok = cols < n_neurons
     t_begin = pid_t * tokens_per_program
     t_end = tl.minimum(t_begin + tokens_per_program, n_tokens)
-    if COUNT:
-        langs = tl.arange(0, LANGS_PAD)
-        acc = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
+    acc = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)  # per-language counts of these columns
 
     for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
@@ -61,34 +59,56 @@ def _silu_mul_kernel(
         ok = row_ok[:, None] & col_ok[None, :]
         gate = tl.load(gate_ptr + rows64[:, None] * stride_gt + cols[None, :] * stride_gi, mask=ok, other=0.0)
         up = tl.load(up_ptr + rows64[:, None] * stride_ut + cols[None, :] * stride_ui, mask=ok, other=0.0)
-
-        g = gate.to(tl.float32)
-        if PRECISE_EXP:
-            act = g / (1.0 + libdevice.exp(-g))
-        else:
-            act = g / (1.0 + tl.exp(-g))
-        if MASK:
-            mid = tl.load(mask_id_ptr + rows, mask=row_ok, other=-1)
-            has_mask = (mid >= 0) & (mid < n_masks)
-            mrow = tl.where(has_mask, mid, 0).to(tl.int64)
-            drop = tl.load(masks_ptr + mrow[:, None] * stride_mm + cols[None, :],
-                           mask=has_mask[:, None] & col_ok[None, :], other=0)
-            act = tl.where(drop != 0, 0.0, act)
-        act = _round(act, gate.dtype, INTERPRET).to(tl.float32)
-        out = _round(act * up.to(tl.float32), gate.dtype, INTERPRET)
+        out = _silu_mul_tile(gate, up, rows, row_ok, cols, col_ok, mask_id_ptr, masks_ptr, n_masks, stride_mm,
+                             MASK, PRECISE_EXP, INTERPRET)
         tl.store(out_ptr + rows64[:, None] * stride_ot + cols[None, :], out, mask=ok)
-
         if COUNT:
-            lang = tl.load(lang_ptr + rows, mask=row_ok, other=-1)
-            one_hot = (langs[:, None] == lang[None, :]).to(tl.float16)  # ids < 0 match no row
-            active = (g > 0).to(tl.float16)  # padded elements loaded as 0: never active
-            acc = tl.dot(one_hot, active, acc)
+            acc = _count_tile(acc, gate, lang_ptr, rows, row_ok, LANGS_PAD)
 
     if COUNT:
-        inc = acc.to(counts_ptr.dtype.element_ty)
-        ptrs = counts_ptr + langs[:, None].to(tl.int64) * stride_cl + cols[None, :] * stride_ci
-        tl.atomic_add(ptrs, inc, mask=(langs[:, None] < n_langs) & col_ok[None, :] & (inc > 0),
-                      sem="relaxed")
+        _add_counts(acc, counts_ptr, cols, col_ok, n_langs, stride_cl, stride_ci, LANGS_PAD)
+
+
+@triton.jit
+def _silu_mul_tile(gate, up, rows, row_ok, cols, col_ok, mask_id_ptr, masks_ptr, n_masks, stride_mm,
+                   MASK: tl.constexpr, PRECISE_EXP: tl.constexpr, INTERPRET: tl.constexpr):
+    """SiLU(gate) * up of a [rows, cols] tile in gate's dtype, rounded like the reference;
+    with MASK, zero the activation where masks[mask_ids[row], col] (ids out of range: none)."""
+    g = gate.to(tl.float32)
+    if PRECISE_EXP:
+        act = g / (1.0 + libdevice.exp(-g))
+    else:
+        act = g / (1.0 + tl.exp(-g))
+    if MASK:
+        mid = tl.load(mask_id_ptr + rows, mask=row_ok, other=-1)
+        has_mask = (mid >= 0) & (mid < n_masks)
+        mrow = tl.where(has_mask, mid, 0).to(tl.int64)
+        drop = tl.load(masks_ptr + mrow[:, None] * stride_mm + cols[None, :],
+                       mask=has_mask[:, None] & col_ok[None, :], other=0)
+        act = tl.where(drop != 0, 0.0, act)
+    act = _round(act, gate.dtype, INTERPRET).to(tl.float32)
+    return _round(act * up.to(tl.float32), gate.dtype, INTERPRET)
+
+
+@triton.jit
+def _count_tile(acc, gate, lang_ptr, rows, row_ok, LANGS_PAD: tl.constexpr):
+    """acc[lang, col] += number of rows of that language with gate > 0, as one_hot @ active
+    (0/1 values and sums below 2**24 are exact in fp16 operands and the fp32 accumulator)."""
+    lang = tl.load(lang_ptr + rows, mask=row_ok, other=-1)
+    langs = tl.arange(0, LANGS_PAD)
+    one_hot = (langs[:, None] == lang[None, :]).to(tl.float16)  # ids < 0 match no row
+    active = (gate.to(tl.float32) > 0).to(tl.float16)  # padding was loaded as 0: never active
+    return tl.dot(one_hot, active, acc)
+
+
+@triton.jit
+def _add_counts(acc, counts_ptr, cols, col_ok, n_langs, stride_cl, stride_ci, LANGS_PAD: tl.constexpr):
+    """counts[lang, col] += acc with one integer atomic per nonzero entry (exact, and the
+    same result in any order)."""
+    langs = tl.arange(0, LANGS_PAD)
+    inc = acc.to(counts_ptr.dtype.element_ty)
+    ptrs = counts_ptr + langs[:, None].to(tl.int64) * stride_cl + cols[None, :] * stride_ci
+    tl.atomic_add(ptrs, inc, mask=(langs[:, None] < n_langs) & col_ok[None, :] & (inc > 0), sem="relaxed")
 
 
 @triton.jit
