@@ -54,12 +54,15 @@ def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, 
     )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
-    # HF's default init (std 0.02) makes a tiny model's gates nearly input-independent;
-    # a fan-in scaled init gives activations that depend on the tokens, as in real models.
+    # HF's default init (std 0.02) makes a tiny model's gates nearly input-independent; a
+    # fan-in scaled init makes them depend on the tokens. Residual branches (o_proj,
+    # down_proj) start 10x smaller so that token identity, hence script and language,
+    # stays visible in the residual stream, as the demo is meant to show.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2:
-                p.normal_(0.0, p.shape[1] ** -0.5)
+                branch = name.endswith(("o_proj.weight", "down_proj.weight"))
+                p.normal_(0.0, p.shape[1] ** -0.5 * (0.1 if branch else 1.0))
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
