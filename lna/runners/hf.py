@@ -63,15 +63,27 @@ class HFRunner:
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
                  token_budget: int = 8192, max_row_tokens: int = 2048):
-        self.info = models.resolve(model)
-        self.model, self.tokenizer = models.load(self.info, device=device, dtype=dtype)
-        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        info = models.resolve(model)
+        net, tokenizer = models.load(info, device=device, dtype=dtype)
+        self._setup(net, tokenizer, info, models.fingerprint(info, net), token_budget, max_row_tokens)
+
+    @classmethod
+    def wrap(cls, net, tokenizer, info: models.ModelInfo, *, token_budget: int = 8192,
+             max_row_tokens: int = 2048) -> "HFRunner":
+        """A runner around a model built in memory (benches: random 7B weights, never saved)."""
+        self = cls.__new__(cls)
+        self._setup(net, tokenizer, info, "unsaved", token_budget, max_row_tokens)
+        return self
+
+    def _setup(self, net, tokenizer, info, fingerprint, token_budget, max_row_tokens):
+        self.model, self.tokenizer, self.info, self.fingerprint = net, tokenizer, info, fingerprint
+        weight = net.get_input_embeddings().weight
+        self.device, self.dtype = weight.device, weight.dtype
         self.token_budget, self.max_row_tokens = token_budget, max_row_tokens
-        self.layers, self.neurons = self.info.layers, self.info.neurons
-        self.fingerprint = models.fingerprint(self.info, self.model)
-        self.sliding_window = getattr(self.model.config, "sliding_window", None)
+        self.layers, self.neurons = info.layers, info.neurons
+        self.sliding_window = getattr(net.config, "sliding_window", None)
         self.state = _State()
-        for i, layer in enumerate(self.model.model.layers):
+        for i, layer in enumerate(net.model.layers):
             layer.mlp = CountingMLP(layer.mlp, i, self.state)
 
     # -- one packed forward -----------------------------------------------------------
