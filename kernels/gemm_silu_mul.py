@@ -116,7 +116,7 @@ def gemm_silu_mul(x, w_gate, w_up, lang_ids=None, counts=None, masks=None, mask_
         COUNT=count, MASK=mask,
         LANGS_PAD=max(16, triton.next_power_of_2(counts.shape[0])) if count else 16,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,  # fp32 as cuBLAS: no tf32
         PRECISE_EXP=not INTERPRET and x.dtype == torch.float32, INTERPRET=INTERPRET,
         num_warps=num_warps, num_stages=num_stages,
     )

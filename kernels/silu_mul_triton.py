@@ -133,18 +133,18 @@ class LaunchConfig(NamedTuple):
     num_stages: int = 2
 
 
-def default_config(n_tokens, n_neurons, device) -> LaunchConfig:
+def default_config(n_tokens, n_neurons, device, *, block_t=32, block_i=128, num_warps=4,
+                   programs_per_sm=8) -> LaunchConfig:
     """On a GPU: 32 x 128 tiles and enough token chunks for about 8 programs per SM (a
     full wave with many loads in flight, few atomics). In the interpreter (~ms per program
-    instance and per op): few, large programs."""
+    instance and per op): few, large programs. benches/gpu_silu_mul.py sweeps the knobs."""
     if INTERPRET or device.type != "cuda":
         return LaunchConfig(64, 256, n_tokens)
-    block_t, block_i = 32, 128
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     col_blocks = triton.cdiv(n_neurons, block_i)
-    chunks = max(1, min(triton.cdiv(8 * sms, col_blocks), triton.cdiv(n_tokens, block_t)))
+    chunks = max(1, min(triton.cdiv(programs_per_sm * sms, col_blocks), triton.cdiv(n_tokens, block_t)))
     tokens_per_program = triton.cdiv(triton.cdiv(n_tokens, chunks), block_t) * block_t
-    return LaunchConfig(block_t, block_i, tokens_per_program)
+    return LaunchConfig(block_t, block_i, tokens_per_program, num_warps)
 
 
 def silu_mul_triton(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,

@@ -1,0 +1,134 @@
+"""The CPU path of lna.kernels.silu_mul against plain SiLU*up and the naive unfused count.
+
+Side by side, per dtype, at an MLP of Mistral-7B's width (I = 14336) and T tokens:
+- plain: F.silu(gate) * up, what transformers' LlamaMLP computes (the baseline);
+- lna: silu_mul(gate, up) without counting (same work as plain, through the dispatch);
+- lna+count: silu_mul(gate, up, lang_ids=..., counts=...), 10 languages and prompt tokens (-1) mixed;
+- naive: the hook-style path, SiLU*up then (gate > 0) summed per language, one pass per language;
+- copy: gate.copy_ into a preallocated tensor, the memory ceiling of this machine.
+GB/s counts the bytes the fused function must move: read gate and up, write the output.
+Counting's cost is lna+count / lna (same allocations; plain allocates one more [T, I]
+temporary than lna); the CPU target is <= 5% of a whole transformers forward, whose
+matmuls dwarf this function.
+
+Run: pytest benches/benchmark_silu_mul.py   (writes benches/results/silu_mul_cpu.json)
+"""
+import json
+import os
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lna.kernels import silu_mul, silu_mul_native
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "silu_mul_cpu.json"
+N_TOKENS, N_NEURONS, N_LANGS = 2048, 14336, 10
+DTYPES = ("float32", "bfloat16")
+VARIANTS = ("plain", "lna", "lna+count", "naive", "copy")
+ROUNDS = 15
+
+_times = {}  # (dtype, variant) -> {"min": s, "median": s}
+
+
+@pytest.fixture(scope="module")
+def one_core():
+    """One thread on one core: on a shared machine a multi-threaded op waits for its slowest
+    thread at every barrier, which makes the times (and their ratios) erratic."""
+    pin = hasattr(os, "sched_setaffinity")
+    before = os.sched_getaffinity(0) if pin else None
+    threads = torch.get_num_threads()
+    if pin:
+        os.sched_setaffinity(0, {min(before)})
+    torch.set_num_threads(1)
+    yield
+    if pin:
+        os.sched_setaffinity(0, before)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def report():
+    yield _times
+    if len(_times) == len(DTYPES) * len(VARIANTS):  # a full run (not a -k subset)
+        _write(_times)
+
+
+def make_inputs(dtype):
+    gen = torch.Generator().manual_seed(0)
+    gate = torch.randn(N_TOKENS, N_NEURONS, generator=gen).to(getattr(torch, dtype))
+    up = torch.randn(N_TOKENS, N_NEURONS, generator=gen).to(getattr(torch, dtype))
+    lang_ids = torch.randint(-1, N_LANGS, (N_TOKENS,), generator=gen, dtype=torch.int32)
+    counts = torch.zeros(N_LANGS, N_NEURONS, dtype=torch.int64)
+    return gate, up, lang_ids, counts
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_cpu(benchmark, report, one_core, dtype, variant):
+    gate, up, lang_ids, counts = make_inputs(dtype)
+    copy_target = torch.empty_like(gate)
+    run = {
+        "plain": lambda: F.silu(gate) * up,
+        "lna": lambda: silu_mul(gate, up),
+        "lna+count": lambda: silu_mul(gate, up, lang_ids=lang_ids, counts=counts, check_ids=False),
+        "naive": lambda: silu_mul_native(gate, up, lang_ids, counts),
+        "copy": lambda: copy_target.copy_(gate),
+    }[variant]
+    benchmark.group = f"silu_mul cpu {dtype} T={N_TOKENS} I={N_NEURONS}"
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    stats = benchmark.stats.stats
+    report[(dtype, variant)] = {"min": stats.min, "median": stats.median}
+
+    if variant == "lna+count":  # the timed calls counted for real
+        expected = torch.zeros_like(counts)
+        silu_mul_native(gate, up, lang_ids, expected)
+        assert torch.equal(counts, expected * (ROUNDS + 1))
+
+
+def _write(times):
+    element = {"float32": 4, "bfloat16": 2}
+    result = {
+        "benchmark": "silu_mul CPU path (torch) vs plain SiLU*up and the naive per-language count",
+        "shape": {"tokens": N_TOKENS, "neurons": N_NEURONS, "languages": N_LANGS,
+                  "counted_tokens": "about 10/11 (ids drawn from -1..9)"},
+        "timing": f"min and median of {ROUNDS} rounds after one warm-up, seconds",
+        "results": {},
+        "device": {"cpu": _cpu_name(), "cores_used": 1, "torch_threads": 1, "platform": platform.platform(),
+                   # A busy shared machine slows every column alike; ratios stay comparable.
+                   "load_average_1min": round(os.getloadavg()[0], 2)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    for dtype in DTYPES:
+        t = {v: times[(dtype, v)]["min"] for v in VARIANTS}
+        moved = 3 * N_TOKENS * N_NEURONS * element[dtype]  # read gate and up, write the output
+        copy_gbs = 2 * N_TOKENS * N_NEURONS * element[dtype] / t["copy"] / 1e9
+        result["results"][dtype] = {
+            "seconds_min": {v: round(t[v], 5) for v in VARIANTS},
+            "seconds_median": {v: round(times[(dtype, v)]["median"], 5) for v in VARIANTS},
+            "gb_per_s": {v: round(moved / t[v] / 1e9, 2) for v in ("plain", "lna", "lna+count", "naive")}
+            | {"copy": round(copy_gbs, 2)},
+            "ratios": {
+                "lna+count / lna": round(t["lna+count"] / t["lna"], 3),
+                "lna+count / plain": round(t["lna+count"] / t["plain"], 3),
+                "lna / plain": round(t["lna"] / t["plain"], 3),
+                "naive / lna+count": round(t["naive"] / t["lna+count"], 3),
+                "lna+count GB/s / copy GB/s": round(moved / t["lna+count"] / 1e9 / copy_gbs, 3),
+            },
+        }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
