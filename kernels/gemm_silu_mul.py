@@ -28,7 +28,7 @@ def _gemm_silu_mul_kernel(
     stride_cl, stride_ci, stride_mm,
     COUNT: tl.constexpr, MASK: tl.constexpr, LANGS_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, PRECISE_EXP: tl.constexpr, INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PRECISE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     # Grouped order: GROUP_M row blocks sweep the columns together, so W tiles are reused from L2.
     pid = tl.program_id(0)
@@ -63,7 +63,7 @@ def _gemm_silu_mul_kernel(
     gate = _round(acc_gate, dtype, INTERPRET)  # what the gate projection would have stored
     up = _round(acc_up, dtype, INTERPRET)
     out = _silu_mul_tile(gate, up, rows, row_ok, cols, col_ok, mask_id_ptr, masks_ptr, n_masks, stride_mm,
-                         MASK, PRECISE_EXP, INTERPRET)
+                         MASK, PRECISE, INTERPRET)
     tl.store(out_ptr + rows64[:, None] * stride_ot + cols[None, :], out,
              mask=row_ok[:, None] & col_ok[None, :])
     if COUNT:
@@ -117,7 +117,7 @@ def gemm_silu_mul(x, w_gate, w_up, lang_ids=None, counts=None, masks=None, mask_
         LANGS_PAD=max(16, triton.next_power_of_2(counts.shape[0])) if count else 16,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,  # fp32 as cuBLAS: no tf32
-        PRECISE_EXP=not INTERPRET and x.dtype == torch.float32, INTERPRET=INTERPRET,
+        PRECISE=not INTERPRET and x.dtype == torch.float32, INTERPRET=INTERPRET,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

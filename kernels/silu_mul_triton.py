@@ -12,10 +12,10 @@ result is exact and deterministic). Masks are gathered per token row from the sm
 Rounding as the reference: SiLU in fp32 as x / (1 + exp(-x)), cast to the input dtype,
 then the product rounded once to the input dtype (the fp32 product of two 16-bit floats is
 exact, so this is the correctly rounded 16-bit product torch computes). For fp32 inputs on
-CUDA the exp is libdevice's expf, the one torch's CUDA silu calls: Triton's own fp32 exp
-(ex2.approx of x * log2(e)) loses a few ulp at large |x|, which shows in an fp32 output but
-lies far below the rounding of a 16-bit one, where the cheaper exp keeps the kernel
-memory-bound.
+CUDA the exp is libdevice's expf and the division IEEE (div.rn), as in torch's CUDA silu:
+Triton's own fp32 exp (ex2.approx of x * log2(e)) and `/` (div.full) lose a few ulp, which
+shows in an fp32 output but lies far below the rounding of a 16-bit one, where the cheaper
+instructions keep the kernel memory-bound.
 """
 import os
 from typing import NamedTuple
@@ -42,7 +42,7 @@ def _silu_mul_kernel(
     stride_gt, stride_gi, stride_ut, stride_ui, stride_ot,
     stride_cl, stride_ci, stride_mm,
     COUNT: tl.constexpr, MASK: tl.constexpr, LANGS_PAD: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, PRECISE_EXP: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, PRECISE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_i = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -60,7 +60,7 @@ def _silu_mul_kernel(
         gate = tl.load(gate_ptr + rows64[:, None] * stride_gt + cols[None, :] * stride_gi, mask=ok, other=0.0)
         up = tl.load(up_ptr + rows64[:, None] * stride_ut + cols[None, :] * stride_ui, mask=ok, other=0.0)
         out = _silu_mul_tile(gate, up, rows, row_ok, cols, col_ok, mask_id_ptr, masks_ptr, n_masks, stride_mm,
-                             MASK, PRECISE_EXP, INTERPRET)
+                             MASK, PRECISE, INTERPRET)
         tl.store(out_ptr + rows64[:, None] * stride_ot + cols[None, :], out, mask=ok)
         if COUNT:
             acc = _count_tile(acc, gate, lang_ptr, rows, row_ok, LANGS_PAD)
@@ -71,13 +71,13 @@ def _silu_mul_kernel(
 
 @triton.jit
 def _silu_mul_tile(gate, up, rows, row_ok, cols, col_ok, mask_id_ptr, masks_ptr, n_masks, stride_mm,
-                   MASK: tl.constexpr, PRECISE_EXP: tl.constexpr, INTERPRET: tl.constexpr):
+                   MASK: tl.constexpr, PRECISE: tl.constexpr, INTERPRET: tl.constexpr):
     """SiLU(gate) * up of a [rows, cols] tile in gate's dtype, rounded like the reference;
     with MASK, zero the activation where masks[mask_ids[row], col] (ids out of range: none)."""
     g = gate.to(tl.float32)
-    if PRECISE_EXP:
-        act = g / (1.0 + libdevice.exp(-g))
-    else:
+    if PRECISE:  # expf and IEEE division, as torch's CUDA silu
+        act = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
+    else:  # ex2.approx and div.full on a GPU; numpy's exp and division in the interpreter
         act = g / (1.0 + tl.exp(-g))
     if MASK:
         mid = tl.load(mask_id_ptr + rows, mask=row_ok, other=-1)
@@ -115,11 +115,14 @@ def _add_counts(acc, counts_ptr, cols, col_ok, n_langs, stride_cl, stride_ci, LA
 def _round(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
     """fp32 -> dtype, round to nearest even. The interpreter's fp32 -> bf16 cast truncates,
     so there the rounding is done on the bits; on a GPU the cast instruction does it."""
-    if INTERPRET and dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        bits = tl.where(x != x, 0x7FC00000, bits)  # NaN stays NaN
-        y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + (0x7FFF + ((bits >> 16) & 1))
+            bits = tl.where(x != x, 0x7FC00000, bits)  # NaN stays NaN
+            y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            y = x.to(dtype)
     else:
         y = x.to(dtype)
     return y
@@ -148,12 +151,12 @@ def default_config(n_tokens, n_neurons, device, *, block_t=32, block_i=128, num_
 
 
 def silu_mul_triton(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
-                    config=None, out=None, precise_exp=None):
+                    config=None, out=None, precise=None):
     """Launch the kernel on checked 2-D inputs (see lna.kernels.silu_mul for the contract).
 
     config (a LaunchConfig) overrides the default (tests and benchmarks); out, if given, is
-    a contiguous [T, I] tensor to write into; precise_exp overrides the choice of exp on a
-    GPU (benchmarks).
+    a contiguous [T, I] tensor to write into; precise overrides the choice of exp and
+    division on a GPU (benchmarks).
     """
     if gate.device.type == "cpu" and not INTERPRET:
         raise RuntimeError("silu_mul: the Triton backend on CPU tensors needs TRITON_INTERPRET=1 set before "
@@ -185,7 +188,7 @@ def silu_mul_triton(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=N
         COUNT=count, MASK=mask,
         LANGS_PAD=max(16, triton.next_power_of_2(counts.shape[0])) if count else 16,
         BLOCK_T=block_t, BLOCK_I=block_i, INTERPRET=INTERPRET,
-        PRECISE_EXP=(not INTERPRET and gate.dtype == torch.float32) if precise_exp is None else precise_exp,
+        PRECISE=(not INTERPRET and gate.dtype == torch.float32) if precise is None else precise,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
