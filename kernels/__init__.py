@@ -45,7 +45,7 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, masks=None, mask_ids=None,
     """
     _check_inputs(gate, up, lang_ids, counts, masks, mask_ids, backend)
     lead, width = gate.shape[:-1], gate.shape[-1]
-    gate, up = gate.reshape(-1, width), up.reshape(-1, width)
+    gate, up = gate.reshape(lead.numel(), width), up.reshape(lead.numel(), width)
     if lang_ids is not None:
         lang_ids = lang_ids.reshape(-1)
     if mask_ids is not None:

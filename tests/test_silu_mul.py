@@ -193,6 +193,9 @@ def test_empty_batch(backend):
     out = silu_mul(torch.empty(0, 8), torch.empty(0, 8), lang_ids=torch.empty(0, dtype=torch.int32),
                    counts=counts, backend=backend)
     assert out.shape == (0, 8) and not counts.any()
+    no_neurons = silu_mul(torch.empty(2, 3, 0), torch.empty(2, 3, 0), lang_ids=torch.zeros(2, 3, dtype=torch.int32),
+                          counts=torch.zeros(1, 0, dtype=torch.int64), backend=backend)
+    assert no_neurons.shape == (2, 3, 0)
 
 
 def test_torch_path_needs_no_loop_over_tokens():
