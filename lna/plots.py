@@ -102,3 +102,31 @@ def shared_change(change, path, title: str = "") -> None:
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def heatmap(values, rows, cols, path, title: str = "", xlabel: str = "", ylabel: str = "",
+            colorbar: str = "") -> None:
+    """Figure 2: a matrix (rows = deactivated language, columns = target language) as an
+    annotated heatmap; a diverging map centred on zero, so increases and decreases read apart."""
+    plt = _pyplot()
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * max(len(cols), 4), 1.2 + 0.48 * max(len(rows), 3)))
+    limit = float(np.abs(values).max()) if values.size else 0.0
+    limit = limit if limit > 0 else 1.0
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for (r, c), v in np.ndenumerate(values):
+        text = f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+        ax.text(c, r, text, ha="center", va="center", fontsize=7,
+                color="white" if abs(v) > 0.6 * limit else "black")  # readable on the dark ends
+    ax.set_xticks(np.arange(len(cols)), labels=cols, fontsize=8)
+    ax.set_yticks(np.arange(len(rows)), labels=rows, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    cbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    cbar.set_label(colorbar)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
