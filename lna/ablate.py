@@ -164,6 +164,8 @@ def matrices(nll: np.ndarray, samples, targets: list, rows: list, p: Plan) -> di
     # Summed in sample order: the same numbers whatever the chunking or resume history.
     sums = np.stack([nll[:, lang_of == t].sum(axis=1) for t in targets], axis=1)  # [1 + n_masks, target]
     count = np.array([tokens[lang_of == t].sum() for t in targets])
+    if not count.all():
+        raise LnaError(f"no response tokens for {', '.join(t for t, n in zip(targets, count) if not n)}")
     ppl = np.exp(sums / count)
     out = {"languages": list(targets), "settings": {}}
     for name, ids in p.ids.items():
@@ -236,16 +238,20 @@ def run(opts: Options) -> Path:
         f"response tokens of {len(samples):,} samples ({len(samples) - len(todo):,} done) "
         f"with {backend} on {runner.device} -> {out}")
 
-    last = [time.monotonic()]
+    last, unsaved = [time.monotonic()], [False]
     with _Bar(opts.progress, p.n_forward * sum(map(predicted, todo)), "ablate", "tok") as bar:
         def on_chunk(nll, tokens):
             bar.update(tokens)
+            unsaved[0] = True
             if time.monotonic() - last[0] >= opts.checkpoint_every:
                 _save_state(state, nll, samples, identity, p)
-                last[0] = time.monotonic()
+                last[0], unsaved[0] = time.monotonic(), False
 
-        nll = evaluate(runner, samples, p.masks, nll=nll, on_chunk=on_chunk)
-    _save_state(state, nll, samples, identity, p)
+        try:
+            nll = evaluate(runner, samples, p.masks, nll=nll, on_chunk=on_chunk)
+        finally:  # interrupted or not, keep every finished chunk (evaluate fills nll in place, a chunk at a time)
+            if unsaved[0]:
+                _save_state(state, nll, samples, identity, p)
 
     result = matrices(nll, samples, targets, rows, p)
     result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
@@ -329,9 +335,11 @@ def _resume(state: Path, identity: dict, n_rows: int, n_samples: int) -> np.ndar
             kept, nll = json.loads(str(z["identity"])), z["nll"]
     except Exception:  # torn or foreign file: say so rather than guess
         raise LnaError(f"{state}: not a readable lna-ablate state; delete it to start over") from None
-    changed = [k for k in identity if kept.get(k) != identity[k]]
+    what = {"model_fingerprint": "model", "dtype": "dtype", "backend": "backend",
+            "masks": "neuron sets or --setting", "samples": "responses or --langs/--limit"}
+    changed = [what.get(k, k) for k in identity if kept.get(k) != identity[k]]
     if changed or nll.shape != fresh.shape:
-        raise LnaError(f"{state.parent}: holds a run with another {', '.join(changed) or 'shape'}; "
+        raise LnaError(f"{state.parent}: holds a run with other {', '.join(changed) or 'settings'}; "
                        f"choose another -o or delete {state} to start over")
     return nll.astype(np.float64)
 

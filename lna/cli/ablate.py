@@ -13,7 +13,8 @@ import click
 @click.option("--setting", "settings", multiple=True, default=("specific", "specific+related"),
               show_default=True,
               help="specific, specific+related, or a neuron-set JSON file (named by its stem); repeatable.")
-@click.option("-o", "--out", required=True, type=click.Path(), help="Output folder (an unfinished run there is resumed).")
+@click.option("-o", "--out", required=True, type=click.Path(),
+              help="Output folder (an unfinished run there is resumed).")
 @click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
