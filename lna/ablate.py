@@ -73,10 +73,14 @@ def setting_sets(ns: neurons.NeuronSets, setting: str, layers: int, width: int) 
     except (UnicodeDecodeError, ValueError) as err:
         raise LnaError(f"{path}: not a neuron-set JSON file ({err})") from None
     if isinstance(obj, dict) and "sets" not in obj:  # the released layout: {lang: per-layer lists}
-        first = next(iter(obj.values()), None)
+        depth = {len(v) if isinstance(v, list) else -1 for v in obj.values()}
+        top = max((i for v in obj.values() if isinstance(v, list) for layer in v if isinstance(layer, list)
+                   for i in layer if isinstance(i, int)), default=-1)
+        if len(depth) == 1 and depth != {-1} and (depth != {layers} or top >= width):
+            raise LnaError(f"{path}: sets of {depth.pop()} layers with neuron indices up to {top}, but the model "
+                           f"has {layers} x {width}; ablate them on the model they came from")
         obj = {"method": "given", "top_rate": 0, "lambda": None, "tau": 0, "languages": list(obj),
-               "layers": len(first) if isinstance(first, list) else 0, "neurons": width,
-               "sets": obj, "general": [[]] * (len(first) if isinstance(first, list) else 0)}
+               "layers": layers, "neurons": width, "sets": obj, "general": [[]] * layers}
     given = neurons.from_json(obj, str(path))
     check_shape(given, layers, width, str(path))
     return path.stem, given.sets

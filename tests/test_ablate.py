@@ -341,3 +341,11 @@ def test_released_sets_on_a_model_of_another_shape(shared_data, files, model, tm
     err = one_line_error(capsys, code)
     assert "neuron sets of 32 layers x 14336 neurons" in err and "3 x 96" in err and "MistralMathOctopus" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_released_mask_as_setting_on_a_model_of_another_shape(shared_data, files, model, tmp_path, capsys):
+    mask = shared_data / "reference" / "mistralmathoctopus7b-mgsm-mask-0.01-0.109375.json"
+    code = ablate_cli("--model", model, "--neurons", files["neurons"], "--responses", files["responses"],
+                      "--setting", mask, "-o", tmp_path / "out")
+    assert "sets of 32 layers with neuron indices up to 14335" in one_line_error(capsys, code)
+    assert not (tmp_path / "out").exists()
