@@ -30,13 +30,12 @@ def setup(device: str, limit: int, threads: int | None):
 
     from lna import ablate, config, data, responses
     from lna.identify import identify
-    from lna.profile import Options, _first_per_language, make_runner
+    from lna.runners import make_runner
 
     if threads:
         torch.set_num_threads(threads)
-    runner, backend, dtype = make_runner(Options(model="lna:tiny-llama", backend="hf", device=device))
-    _, questions = data.load("demo", "all")
-    questions = _first_per_language(questions, limit)
+    runner, backend, dtype = make_runner("lna:tiny-llama", backend="hf", device=device)
+    _, questions = data.load("demo", "all", limit=limit)
     samples = responses.samples(ablate._tokenized(questions, runner.tokenizer,
                                                   config.template_for("lna:tiny-llama")[1]))
     langs = list(dict.fromkeys(s.lang for s in samples))

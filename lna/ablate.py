@@ -20,7 +20,6 @@ sample order, so its result equals an uninterrupted run's.
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +29,9 @@ import numpy as np
 
 from lna import config, data, models, neurons, responses
 from lna.errors import LnaError
+from lna.packing import chunks
+from lna.progress import Bar, sayer
+from lna.runners import make_runner
 
 SETTINGS = ("specific", "specific+related")
 STATE = "nll.npz"
@@ -134,8 +136,6 @@ def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = Non
     """Response-token NLL sums, float64 [1 + n_masks, n_samples]: row 0 with nothing
     deactivated, row m + 1 with masks[m]. Only samples with a NaN in `nll` are computed;
     `on_chunk(nll, tokens)` follows every chunk (checkpoints, progress)."""
-    from lna.profile import _chunks
-
     samples = list(samples)
     n_rows = 1 + len(masks)
     nll = np.full((n_rows, len(samples)), np.nan) if nll is None else nll
@@ -143,7 +143,7 @@ def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = Non
     budget = getattr(runner, "token_budget", 16384)
     chunk_tokens = chunk_tokens or max(budget, 8 * budget // n_rows)
     position = {id(samples[i]): i for i in todo}
-    for chunk in _chunks([samples[i] for i in todo], chunk_tokens):
+    for chunk in chunks([samples[i] for i in todo], chunk_tokens):
         # every sample once per forward setting, in one call: the runner packs rows of
         # different settings into the same batches (per-token mask ids in the kernel)
         got = runner.nll([s for _ in range(n_rows) for s in chunk], masks if len(masks) else None,
@@ -193,10 +193,7 @@ def ablate(runner, samples, settings: dict, targets: list | None = None) -> dict
 # -- the command --------------------------------------------------------------------------------
 def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
-    from lna.profile import Options as RunnerOptions
-    from lna.profile import _Bar, _first_per_language, make_runner
-
-    say = (lambda msg: print(msg, file=sys.stderr)) if opts.progress else (lambda msg: None)
+    say = sayer(opts.progress)
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
@@ -207,8 +204,6 @@ def run(opts: Options) -> Path:
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
 
     source, questions = _questions(opts, ns, say)
-    if opts.limit is not None:
-        questions = _first_per_language(questions, opts.limit)
     targets = list(dict.fromkeys(q.lang for q in questions))
     wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
     listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
@@ -218,9 +213,8 @@ def run(opts: Options) -> Path:
     if not rows:
         raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
 
-    runner, backend, dtype = make_runner(RunnerOptions(
-        model=opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-        token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens))
+    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
+                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
     if ns.source.get("model_fingerprint") not in (None, runner.fingerprint) and not opts.allow_other_model:
         raise LnaError(f"{opts.neurons}: neuron sets of another model (fingerprint {ns.source['model_fingerprint']}, "
                        f"{opts.model} has {runner.fingerprint}); pass --allow-other-model to ablate them anyway")
@@ -243,7 +237,7 @@ def run(opts: Options) -> Path:
         f"with {backend} on {runner.device} -> {out}")
 
     last, unsaved = [time.monotonic()], [False]
-    with _Bar(opts.progress, p.n_forward * sum(map(predicted, todo)), "ablate", "tok") as bar:
+    with Bar(opts.progress, p.n_forward * sum(map(predicted, todo)), "ablate", "tok") as bar:
         def on_chunk(nll, tokens):
             bar.update(tokens)
             unsaved[0] = True
@@ -299,7 +293,7 @@ def _questions(opts: Options, ns: neurons.NeuronSets, say):
     if opts.responses and not Path(opts.responses).is_file():
         raise LnaError(f"--responses {opts.responses}: no such file (lna-profile writes X.responses.jsonl "
                        "beside its store X.zarr)")
-    _, questions = data.load(spec, opts.langs)
+    _, questions = data.load(spec, opts.langs, limit=opts.limit)
     missing = sorted({q.lang for q in questions} - {q.lang for q in questions if q.responses or q.response_ids})
     if missing:
         raise LnaError(f"{spec}: no responses for {', '.join(missing)}; ablation measures perplexity on "

@@ -44,14 +44,18 @@ class Question:
         return template.format(language=languages.get(self.lang).name, query=self.query)
 
 
-def load(spec: str, langs: str | None = None) -> tuple[str, list[Question]]:
-    """(dataset name, questions of the requested languages) for a dataset spec."""
+def load(spec: str, langs: str | None = None, limit: int | None = None) -> tuple[str, list[Question]]:
+    """(dataset name, questions of the requested languages; the first `limit` of each)."""
     name, questions = _load_all(spec)
     available = sorted({q.lang for q in questions}, key=_study_order)
     if not questions:
         raise LnaError(f"dataset {spec!r} holds no questions")
     wanted = languages.parse_langs(langs, available)
-    return name, [q for q in questions if q.lang in wanted]
+    kept: dict = {}
+    for q in questions:
+        if q.lang in wanted and (limit is None or len(kept.setdefault(q.lang, [])) < limit):
+            kept.setdefault(q.lang, []).append(q)
+    return name, [q for qs in kept.values() for q in qs]
 
 
 def _study_order(code: str):

@@ -26,6 +26,24 @@ class Row:
         return len(self.prompt) + sum(len(r) for r in self.responses)
 
 
+def chunks(samples: list[Sample], chunk_tokens: int):
+    """Whole questions (samples sharing a group), longest first, cut every `chunk_tokens`
+    tokens: the unit of resume and progress in lna-profile and lna-ablate."""
+    groups: dict = {}
+    for s in samples:
+        groups.setdefault(s.group or s.key, []).append(s)
+    size_of = {k: len(g[0].prompt) + sum(len(s.response) for s in g) for k, g in groups.items()}
+    chunk, size = [], 0
+    for key in sorted(groups, key=lambda k: -size_of[k]):
+        chunk += groups[key]
+        size += size_of[key]
+        if size >= chunk_tokens:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 def plan_rows(samples: list[Sample], max_row_tokens: int, settings=None) -> list[Row]:
     """Group samples sharing a prompt (and setting) into rows of at most `max_row_tokens`
     (a longer group is split, its prompt repeated; a single overlong sample gets a row)."""

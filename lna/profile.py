@@ -5,16 +5,15 @@ each chunk its counts are added in memory and its samples marked done; the store
 rewritten atomically every `checkpoint_every` seconds and at the end. A killed run loses
 at most the chunks since the last checkpoint, and its rerun counts each sample once.
 """
-import importlib.util
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from lna import config, data, responses
 from lna.errors import LnaError
+from lna.packing import chunks
+from lna.progress import Bar, sayer
+from lna.runners import make_runner
 from lna.store import CountStore, check_compatible, is_store, open_store, save_store
 
 
@@ -46,33 +45,8 @@ def default_out(model: str, dataset: str) -> Path:
     return Path(f"{name}.{Path(dataset).stem}.zarr")
 
 
-def make_runner(opts: Options):
-    """The runner for --backend auto|hf|vllm on --device (defaults: the GPU where there is one)."""
-    import torch
-
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = opts.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    backend = opts.backend
-    if backend not in ("auto", "hf", "vllm"):
-        raise LnaError(f"unknown backend {backend!r}: use auto, hf or vllm")
-    vllm_installed = importlib.util.find_spec("vllm") is not None
-    if backend == "vllm" or (backend == "auto" and vllm_installed and device.startswith("cuda")):
-        if not vllm_installed:
-            raise LnaError("--backend vllm: vllm is not installed (pip install 'lna[vllm]'); or use --backend hf")
-        from lna.runners.vllm import VllmRunner
-
-        return VllmRunner(opts.model, device=device, dtype=dtype), "vllm", dtype
-    from lna.runners.hf import HFRunner
-
-    budget = opts.token_budget or (16384 if device.startswith("cuda") else 2048)
-    return HFRunner(opts.model, device=device, dtype=dtype, token_budget=budget,
-                    max_row_tokens=opts.max_row_tokens), "hf", dtype
-
-
 def run(opts: Options) -> Path:
-    name, questions = data.load(opts.dataset, opts.langs)
-    if opts.limit is not None:
-        questions = _first_per_language(questions, opts.limit)
+    name, questions = data.load(opts.dataset, opts.langs, limit=opts.limit)
     langs = list(dict.fromkeys(q.lang for q in questions))
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset)
     existing = None
@@ -82,7 +56,8 @@ def run(opts: Options) -> Path:
         existing = open_store(out)
     template_name, template = config.template_for(opts.model, opts.template)
 
-    runner, backend, dtype = make_runner(opts)
+    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
+                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
     meta = {
         "model": opts.model, "model_fingerprint": runner.fingerprint, "revision": runner.info.revision,
         "architecture": runner.info.architecture, "dtype": dtype, "backend": backend, "dataset": name,
@@ -95,12 +70,12 @@ def run(opts: Options) -> Path:
     for lang in langs:
         store = store.with_language(lang)
 
-    say = _progress_printer(opts.progress)
+    say = sayer(opts.progress)
     resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
     questions = responses.prepare(
         questions, runner.tokenizer, template, resp_path, runner=runner, n=opts.samples,
         temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
-        progress=lambda total: _Bar(opts.progress, total, "sample", "question"),
+        progress=lambda total: Bar(opts.progress, total, "sample", "question"),
     )
     samples = responses.samples(questions)
     ledger = _Ledger(store, samples, out)
@@ -108,8 +83,8 @@ def run(opts: Options) -> Path:
     say(f"profiling {sum(len(s.response) for s in todo):,} response tokens of {len(todo):,} samples "
         f"({len(samples) - len(todo):,} already counted) with {backend} on {runner.device} -> {out}")
     last_save = time.monotonic()
-    with _Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
-        for chunk in _chunks(todo, 8 * getattr(runner, "token_budget", 16384)):
+    with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
+        for chunk in chunks(todo, 8 * getattr(runner, "token_budget", 16384)):
             counts, tokens = runner.count(chunk, store.languages)
             store.counts += counts
             store.tokens += tokens
@@ -123,11 +98,6 @@ def run(opts: Options) -> Path:
     save_store(store, out)
     say(f"wrote {out} (responses: {resp_path})")
     return out
-
-
-def _first_per_language(questions, limit):
-    seen: dict = {}
-    return [q for q in questions if seen.setdefault(q.lang, []).append(q) or len(seen[q.lang]) <= limit]
 
 
 class _Ledger:
@@ -160,49 +130,3 @@ class _Ledger:
 
     def complete(self) -> bool:
         return all(d.all() for d in self.done.values())
-
-
-def _chunks(samples, chunk_tokens: int):
-    """Whole questions, longest first, cut every `chunk_tokens` tokens (the resume unit)."""
-    groups: dict = {}
-    for s in samples:
-        groups.setdefault(s.group, []).append(s)
-    order = sorted(groups.values(), key=lambda g: -(len(g[0].prompt) + sum(len(s.response) for s in g)))
-    chunk, size = [], 0
-    for g in order:
-        chunk += g
-        size += len(g[0].prompt) + sum(len(s.response) for s in g)
-        if size >= chunk_tokens:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
-def _progress_printer(enabled: bool):
-    def say(msg):
-        if enabled:
-            print(msg, file=sys.stderr)
-    return say
-
-
-class _Bar:
-    """A tqdm bar on stderr (rate and ETA), or nothing when quiet or empty."""
-
-    def __init__(self, enabled: bool, total: int, desc: str, unit: str):
-        self.bar = None
-        if enabled and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()

@@ -67,16 +67,6 @@ def log_ppl(nll_of_samples, samples, targets):
                      / sum(len(s.response) for s in samples if s.lang == t) for t in targets])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on the shared 2-core machines threads
-    contend (measured: this module 17 s with one thread, 50-90 s with two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_models):
     return tiny_models["llama"]

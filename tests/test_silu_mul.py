@@ -161,7 +161,7 @@ def test_packed_and_leading_dims(backend):
     out = silu_mul_packed(gate_up, lang_ids=lang_ids, counts=counts, masks=masks, mask_ids=mask_ids,
                           backend=backend)
     flat = gate_up.reshape(18, 80)
-    expected = silu_mul_native(flat[:, :40], flat[:, 40:], lang_ids.reshape(-1), expected_counts, masks,
+    silu_mul_native(flat[:, :40], flat[:, 40:], lang_ids.reshape(-1), expected_counts, masks,
                                mask_ids.reshape(-1))
     assert out.shape == (2, 9, 40)
     assert torch.equal(counts, expected_counts)

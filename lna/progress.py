@@ -1,0 +1,32 @@
+"""Progress on stderr: one-line messages and tqdm bars (rate and ETA); silent when quiet."""
+import sys
+
+
+def sayer(enabled: bool):
+    """A print-to-stderr function, or one that prints nothing."""
+    def say(msg: str) -> None:
+        if enabled:
+            print(msg, file=sys.stderr)
+    return say
+
+
+class Bar:
+    """A tqdm bar (context manager with .update(n)), or nothing when quiet or empty."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, unit: str):
+        self.bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
