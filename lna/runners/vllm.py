@@ -56,15 +56,6 @@ def available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def auto_backend() -> str:
-    """`--backend auto`: vLLM where it is installed and a GPU is present, else transformers."""
-    if not available():
-        return "hf"
-    import torch
-
-    return "vllm" if torch.cuda.is_available() else "hf"
-
-
 class VllmRunner:
     """A `lna.runners.base.Runner` on a vLLM engine (see the module docstring)."""
 
