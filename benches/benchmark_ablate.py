@@ -15,14 +15,14 @@ or:  python benches/benchmark_ablate.py [--device cuda] [--limit N]
 """
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def setup(device: str, limit: int, threads: int | None):
@@ -80,9 +80,6 @@ def sync(runner):
 
 
 def report(device: str, limit: int, rounds: int, threads: int | None) -> dict:
-    import torch
-    import transformers
-
     runner, backend, dtype, samples, p = setup(device, limit, threads)
     times = measure(runner, samples, p, rounds)
     best = {k: min(v) for k, v in times.items()}
@@ -107,41 +104,13 @@ def report(device: str, limit: int, rounds: int, threads: int | None) -> dict:
         },
         "response_tokens_per_s": {"plain": round(response / best["plain"]),
                                   "matrix": round(p.n_forward * response / best["matrix"])},
-        "device": device_info(device, threads),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "device": common.machine(device, threads),
+        "versions": common.versions(),
     }
 
 
-def device_info(device: str, threads):
-    import torch
-
-    info = {"device": device, "platform": platform.platform()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    else:
-        info["cpu"] = _cpu_name()
-        info["torch_threads"] = torch.get_num_threads()
-        info["load_average_1min"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write(result: dict) -> Path:
-    name = "ablate_cuda.json" if result["device"]["device"].startswith("cuda") else "ablate_cpu.json"
-    path = HERE / "results" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return common.write("ablate_cuda" if result["device"]["device"].startswith("cuda") else "ablate_cpu", result)
 
 
 def test_ablation_matrix_costs_its_forward_settings():

@@ -13,7 +13,7 @@ Run: pytest benches/benchmark_identify.py   (writes benches/results/identify.jso
 import json
 import math
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -21,28 +21,21 @@ import numpy as np
 import pytest
 import torch
 
-from lna.identify import identify_store
-from lna.importer import import_counts
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+from lna.identify import identify_store  # noqa: E402
+from lna.importer import import_counts  # noqa: E402
+
 DATA = Path(os.environ.get("LNA_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 NPZ = DATA / "reference" / "mistralmathoctopus7b-mgsm-counts.npz"
-RESULTS = HERE / "results" / "identify.json"
 
 
 @pytest.fixture(scope="module")
 def one_core():
-    """Pin the process to one core (numpy and torch alike) for the whole measurement."""
-    pin = hasattr(os, "sched_setaffinity")  # Linux; elsewhere numpy's kernels are single-threaded anyway
-    before = os.sched_getaffinity(0) if pin else None
-    threads = torch.get_num_threads()
-    if pin:
-        os.sched_setaffinity(0, {min(before)})
-    torch.set_num_threads(1)
-    yield
-    if pin:
-        os.sched_setaffinity(0, before)
-    torch.set_num_threads(threads)
+    with common.one_core():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -143,21 +136,9 @@ def test_identify_released_counts(benchmark, store, one_core):
             "lna / floor": round(lna_s / floor_s, 1),
         },
         "meets_target": lna_s < 0.5,
-        "device": {"cpu": _cpu_name(), "cores_used": 1, "platform": platform.platform(),
-                   # A busy shared machine slows every column alike; ratios stay comparable.
-                   "load_average_1min": round(os.getloadavg()[0], 2)},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
+        "device": common.machine("cpu", threads=1),
+        "versions": common.versions(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    common.write("identify", result)
     print(json.dumps(result, indent=2))
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

@@ -14,18 +14,18 @@ matmuls dwarf this function.
 Run: pytest benches/benchmark_silu_mul.py   (writes benches/results/silu_mul_cpu.json)
 """
 import json
-import os
-import platform
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lna.kernels import silu_mul, silu_mul_native
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "silu_mul_cpu.json"
+from lna.kernels import silu_mul, silu_mul_native  # noqa: E402
+
 N_TOKENS, N_NEURONS, N_LANGS = 2048, 14336, 10
 DTYPES = ("float32", "bfloat16")
 VARIANTS = ("plain", "lna", "lna+count", "naive", "copy")
@@ -36,22 +36,12 @@ _times = {}  # (dtype, variant) -> {"min": s, "median": s}
 
 @pytest.fixture(scope="module")
 def one_core():
-    """One thread on one core: on a shared machine a multi-threaded op waits for its slowest
-    thread at every barrier, which makes the times (and their ratios) erratic."""
-    pin = hasattr(os, "sched_setaffinity")
-    before = os.sched_getaffinity(0) if pin else None
-    threads = torch.get_num_threads()
-    if pin:
-        os.sched_setaffinity(0, {min(before)})
-    torch.set_num_threads(1)
-    yield
-    if pin:
-        os.sched_setaffinity(0, before)
-    torch.set_num_threads(threads)
+    with common.one_core():
+        yield
 
 
 @pytest.fixture(scope="module")
-def report():
+def report(one_core):  # torn down (and the file written) while still on one core
     yield _times
     if len(_times) == len(DTYPES) * len(VARIANTS):  # a full run (not a -k subset)
         _write(_times)
@@ -97,10 +87,8 @@ def _write(times):
                   "counted_tokens": "about 10/11 (ids drawn from -1..9)"},
         "timing": f"min and median of {ROUNDS} rounds after one warm-up, seconds",
         "results": {},
-        "device": {"cpu": _cpu_name(), "cores_used": 1, "torch_threads": 1, "platform": platform.platform(),
-                   # A busy shared machine slows every column alike; ratios stay comparable.
-                   "load_average_1min": round(os.getloadavg()[0], 2)},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "device": common.machine("cpu", threads=1),
+        "versions": common.versions(),
     }
     for dtype in DTYPES:
         t = {v: times[(dtype, v)]["min"] for v in VARIANTS}
@@ -119,16 +107,6 @@ def _write(times):
                 "lna+count GB/s / copy GB/s": round(moved / t["lna+count"] / 1e9 / copy_gbs, 3),
             },
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    common.write("silu_mul_cpu", result)
     print(json.dumps(result, indent=2))
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

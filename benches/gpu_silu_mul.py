@@ -18,13 +18,12 @@ near it), correctness on the device (exact counts; output against torch and floa
 included), and the GEMM-epilogue variant against cuBLAS + the fused kernel (kept only if
 it wins).
 
-Run: python benches/gpu_silu_mul.py [--quick] [--out benches/results/gpu_silu_mul.json]
+Run: python benches/gpu_silu_mul.py [--quick] [--name gpu_silu_mul]   (writes benches/results/<name>.json)
 The results file is rewritten after every section ("complete": false until the end).
 """
 import argparse
 import importlib.util
 import json
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = (512, 2048, 8192)
@@ -44,8 +46,10 @@ DEVICE = "cuda"  # a module constant so that the script can be smoke-tested on C
 def import_kernels():
     """lna.kernels, installed or straight from this checkout (kernels/ ships as lna.kernels)."""
     try:
-        import lna.kernels  # noqa: F401
-    except ImportError:
+        installed = importlib.util.find_spec("lna.kernels") is not None
+    except ImportError:  # no lna package at all
+        installed = False
+    if not installed:
         sys.path.insert(0, str(ROOT))
         spec = importlib.util.spec_from_file_location(
             "lna.kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")])
@@ -100,7 +104,7 @@ def copy_bandwidth(timer):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no configuration sweep")
-    parser.add_argument("--out", type=Path, default=ROOT / "benches" / "results" / "gpu_silu_mul.json")
+    parser.add_argument("--name", default="gpu_silu_mul", help="results file: benches/results/<name>.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_silu_mul: no CUDA device here; this benchmark needs one (nothing written)", file=sys.stderr)
@@ -108,18 +112,15 @@ def main():
     if importlib.util.find_spec("triton") is None:
         print("gpu_silu_mul: the triton package is not installed (nothing written)", file=sys.stderr)
         return 2
-    import triton
-
     fused, gemm, silu_mul_native, silu_mul_torch = import_kernels()
     timer = Timer(reps=20 if args.quick else 100)
-    props = torch.cuda.get_device_properties(0)
+    machine = common.machine(DEVICE)
     result = {
         "benchmark": "fused SiLU*up with per-language counts (lna.kernels) on the GPU",
         "complete": False,
-        "device": {"name": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
-                   "memory_gib": round(props.total_memory / 2**30, 1)},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "cuda": torch.version.cuda, "triton": triton.__version__},
+        # name, sms and memory_gib: this file's keys from before common.machine
+        "device": machine | {"name": machine["gpu"], "sms": machine["gpu_sms"], "memory_gib": machine["gpu_memory_gib"]},
+        "versions": common.versions(),
         "shape": {"tokens": list(TOKENS), "neurons": N_NEURONS, "hidden": HIDDEN, "languages": N_LANGS,
                   "masks": N_MASKS, "dtype": str(DTYPE).removeprefix("torch.")},
         "timing": f"median of {timer.reps} calls (ms), CUDA events, warm-up excluded, L2 flushed",
@@ -128,8 +129,7 @@ def main():
 
     def save(section, value):
         result[section] = value
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        common.write(args.name, result)
         print(f"== {section}\n{json.dumps(value, indent=2)}", flush=True)
 
     copy_gbs = copy_bandwidth(timer)
@@ -324,5 +324,6 @@ def time_gemm(n_tokens, fused, gemm, timer):
 if __name__ == "__main__":
     started = time.time()
     status = main()
-    print(f"gpu_silu_mul: {time.time() - started:.0f} s", file=sys.stderr)
+    if status == 0:  # a refusal stays one line
+        print(f"gpu_silu_mul: {time.time() - started:.0f} s", file=sys.stderr)
     sys.exit(status)
