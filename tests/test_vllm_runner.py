@@ -51,7 +51,7 @@ def test_tracker_preemption_recompute_is_not_counted_twice():
     tr.step([meta], [0], [6], 6)  # positions 0..5, then preempted: recomputed from 0
     again = tr.step([meta], [0], [10], 10)
     assert again.ids.tolist() == [-1] * 6 + [0] * 4
-    assert tr.done.tolist() == [8] and tr.recomputed == 4 and tr.gaps == []
+    assert tr.done.tolist() == [8] and tr.recomputed == 4 and tr.gaps == [] and tr.reused == 0
 
 
 def test_tracker_reports_a_cache_hit_over_response_positions():
@@ -60,10 +60,10 @@ def test_tracker_reports_a_cache_hit_over_response_positions():
     assert tr.gaps == [(1, 8, 16)]
     msg = problems(tr.done, tr.gaps, [12, 12], "count")
     assert "positions 8..15 never went through the model" in msg[0] and "4 of 12" in msg[1]
-    # A hit that ends inside the prompt is harmless.
+    # A hit that ends inside the prompt is harmless (and is work saved).
     ok = Tracker("count", 1)
     ok.step([(0, 8, 20, 0)], [8], [12], 12)
-    assert ok.gaps == [] and problems(ok.done, ok.gaps, [12], "count") == []
+    assert ok.gaps == [] and problems(ok.done, ok.gaps, [12], "count") == [] and ok.reused == 8
 
 
 def test_tracker_nll_scores_next_tokens_and_masks_whole_sequence():
@@ -177,6 +177,10 @@ def _engineered(seed):
     samples += [Sample("shared/0", "zh", prompt, stem + tails[0], group="shared"),
                 Sample("shared/1", "zh", prompt, stem + tails[1], group="shared"),
                 Sample("shared/2", "ja", prompt, stem + tails[0], group="shared")]  # a duplicate
+    # A long prompt with distinct responses: its first two blocks are computed once.
+    long_prompt = tuple([1] + rng.integers(3, 259, 2 * BLOCK + 5).tolist())
+    samples += [Sample(f"long/{j}", "sw", long_prompt, tuple(rng.integers(3, 259, 12).tolist()), group="long")
+                for j in range(3)]
     return samples
 
 
@@ -189,8 +193,10 @@ def test_counts_equal_naive_hooks(engine):
     assert tokens.tolist() == [sum(len(s.response) for s in samples if s.lang == lang) for lang in LANGS]
     call = engine.last_call
     assert call["done"] == call["tokens"] == int(tokens.sum())
-    if engine.enable_prefix_caching:  # the engineered duplicates were kept off the cache
-        assert call["skip_cache"] >= 3
+    if engine.enable_prefix_caching:  # duplicates kept off the cache, shared prompts served from it
+        assert call["skip_cache"] >= 3 and call["reused"] >= 2 * 2 * BLOCK
+    else:
+        assert call["reused"] == 0
 
 
 @pytest.mark.vllm

@@ -237,7 +237,8 @@ class VllmRunner:
         found = merged["errors"] + problems(merged["done"], merged["gaps"], lengths, mode,
                                               [s.key for s in samples])
         self.last_call = {"mode": mode, "submitted": len(todo), "skip_cache": int(risky.sum()),
-                          "recomputed": merged["recomputed"], "steps": merged["steps"],
+                          "recomputed": merged["recomputed"], "reused": merged["reused"],
+                          "steps": merged["steps"],
                           "tokens": int(sum(lengths)), "done": int(sum(merged["done"]))}
         if found:
             what = "counts" if mode == "count" else "log-likelihoods"

@@ -44,6 +44,7 @@ class Tracker:
     upto: np.ndarray = field(init=False)  # first position not yet computed, per sample
     done: np.ndarray = field(init=False)  # window positions counted or scored, per sample
     recomputed: int = 0  # window positions that went through the model a second time
+    reused: int = 0  # positions served from the prefix cache at a sample's first step (shared prompts)
     gaps: list = field(default_factory=list)  # (sample, first, end) never computed
 
     def __post_init__(self):
@@ -72,6 +73,8 @@ class Tracker:
                 sample, lo, hi, slot = (int(v) for v in meta)
                 first, end = self.window(lo, hi)
                 seen = int(self.upto[sample])
+                if seen == 0:
+                    self.reused += start
                 if start > seen and max(first, seen) < min(end, start):
                     self.gaps.append((sample, max(first, seen), min(end, start)))
                 if start < seen:
@@ -170,7 +173,7 @@ def gather_ranks(outs: list[dict]) -> dict:
                          f"got {[o['rank'] for o in outs]}")
     first = by_rank[0]
     for o in by_rank[1:]:
-        for key in ("done", "gaps", "recomputed", "steps"):
+        for key in ("done", "gaps", "recomputed", "reused", "steps"):
             if o.get(key) != first.get(key):
                 raise ValueError(f"gather_ranks: rank {o['rank']} disagrees with rank 0 on {key!r}")
     merged = {k: v for k, v in first.items() if k not in ("counts", "shape", "rank", "nll")}

@@ -153,7 +153,7 @@ class LnaWorkerExtension:
         st = self._lna
         out = {"rank": get_tensor_model_parallel_rank(), "world": get_tensor_model_parallel_world_size(),
                "done": st.tracker.done.tolist(), "gaps": [list(g) for g in st.tracker.gaps],
-               "recomputed": st.tracker.recomputed, "steps": st.steps, "calls": list(st.calls),
+               "recomputed": st.tracker.recomputed, "reused": st.tracker.reused, "steps": st.steps,
                "errors": list(st.errors), "counts": None, "shape": None, "nll": None}
         if st.counts is not None:
             counts = st.counts.cpu().numpy()
