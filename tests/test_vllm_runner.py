@@ -292,6 +292,27 @@ def test_bad_input_is_one_clear_error(engine):
     assert tokens.sum() == sum(len(x.response) for x in s)
 
 
+def _dummy_forward(worker, tokens):
+    """What vLLM runs to warm up and profile: a forward pass outside the scheduler."""
+    worker.model_runner._dummy_run(tokens)
+    worker.model_runner.profile_run()
+
+
+@pytest.mark.vllm
+def test_warmup_and_dummy_runs_are_never_counted(engine):
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        pytest.skip("sends a function to the worker: needs the in-process engine")
+    engine.llm.collective_rpc("lna_begin", args=("count", 1, 0, None, None))
+    engine.llm.collective_rpc(_dummy_forward, args=(64,))
+    (out,) = engine.llm.collective_rpc("lna_end")
+    assert out["steps"] == 0 and out["errors"] == []
+    assert not np.frombuffer(out["counts"], np.int64).any()
+    samples = random_samples(9, LANGS, questions=3)  # and the engine still counts right after them
+    counts, _ = engine.count(samples, LANGS)
+    ref, amb = naive.counts(engine.path, samples, LANGS)
+    naive.assert_counts_equal(counts, ref, amb)
+
+
 @pytest.mark.vllm
 def test_preemption_and_chunked_prefill_count_right(tiny_models):
     """A KV cache far too small for the batch, small prefill chunks: vLLM preempts and
