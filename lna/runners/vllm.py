@@ -7,7 +7,10 @@ Design (why it is built this way):
   through `llm.collective_rpc`; it swaps the `act_fn` (vLLM's SiluAndMul) of every
   SiLU-gated MLP (Llama, Mistral, Qwen2 and every model reusing LlamaMLP) for lna's kernel
   after loading, so no model class is copied and any SiLU-gated architecture vLLM runs
-  works. The engine runs eagerly (`enforce_eager=True`): torch.compile and CUDA graphs
+  works; a general plugin would instead patch every engine of every process that imports
+  vLLM, opt-out rather than opt-in. The extension reads the V1 model runner's batch
+  (`VLLM_USE_V2_MODEL_RUNNER=0`, checked at install), hence the pin to vllm 0.32.x.
+  The engine runs eagerly (`enforce_eager=True`): torch.compile and CUDA graphs
   would bake the original op in and bypass the patch. A per-step check that every layer
   ran the counting activation turns any such bypass into an error, not a zero count.
 - Per-token metadata: each request carries (sample, response start, end, slot) in
@@ -32,7 +35,8 @@ Design (why it is built this way):
   counted in every step, and raises LnaError otherwise: it never miscounts silently.
 - Tensor parallelism: each rank counts its contiguous slice of the neurons; the slices
   are concatenated in rank order (lna.runners.vllm_batch.gather_ranks).
-- nll: the worker scores response tokens from the hidden states of the forward pass
+- nll: a sample's mask deactivates its neurons on every token of the sample (prompt too),
+  as the study's scripts do; the worker scores response tokens from the hidden states of the forward pass
   (logits of the actual next token, fp32 log-softmax, float64 sums), so nothing but one
   float per sample comes back; prompt logprobs would return top-k dictionaries per token.
 """
