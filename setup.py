@@ -37,7 +37,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10"],
-        "vllm": ["vllm>=0.11"],
+        # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).
+        "vllm": ["vllm>=0.32,<0.33"],
     },
     entry_points={
         "console_scripts": [

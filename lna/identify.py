@@ -156,7 +156,8 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
         langs = parse_langs(langs, store.languages)
     if langs is not None:
         store = store.select(langs)
-    source = {"model": store.meta.get("model"), "dataset": store.meta.get("dataset"),
+    source = {"model": store.meta.get("model"), "model_fingerprint": store.meta.get("model_fingerprint"),
+              "dataset": store.meta.get("dataset"),
               "provenance": store.meta.get("provenance", "profile"),
               "tokens": {lang: int(n) for lang, n in zip(store.languages, store.tokens)}}
     source.update(options.pop("source", {}) or {})

@@ -112,15 +112,16 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     return model, tokenizer
 
 
-def fingerprint(info: ModelInfo, model) -> str:
-    """A short hash of config.json and a slice of the weights: tells finetunes apart, and
-    stays the same whatever dtype the model was loaded in."""
+def fingerprint(info: ModelInfo, embed_rows, down_rows) -> str:
+    """A short hash of config.json and the first rows of two weights (the input embeddings
+    and the last layer's down_proj): tells finetunes apart, is the same whatever dtype the
+    model was loaded in, and whichever backend read the weights."""
     import torch
 
     cfg = json.loads((info.path / "config.json").read_text())
     for key in ("torch_dtype", "dtype", "transformers_version", "_name_or_path"):
         cfg.pop(key, None)
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    for w in (model.get_input_embeddings().weight, model.model.layers[-1].mlp.down_proj.weight):
+    for w in (embed_rows, down_rows):
         h.update(w.detach()[:4].to(torch.bfloat16).to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -65,7 +65,8 @@ class HFRunner:
                  token_budget: int = 8192, max_row_tokens: int = 2048):
         info = models.resolve(model)
         net, tokenizer = models.load(info, device=device, dtype=dtype)
-        self._setup(net, tokenizer, info, models.fingerprint(info, net), token_budget, max_row_tokens)
+        fingerprint = models.fingerprint(info, net.get_input_embeddings().weight, net.model.layers[-1].mlp.down_proj.weight)
+        self._setup(net, tokenizer, info, fingerprint, token_budget, max_row_tokens)
 
     @classmethod
     def wrap(cls, net, tokenizer, info: models.ModelInfo, *, token_budget: int = 8192,

