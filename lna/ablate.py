@@ -19,7 +19,6 @@ sample order, so its result equals an uninterrupted run's.
 """
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lna import config, data, models, neurons, responses
+from lna.atomic import atomic_file, staged_dir
 from lna.errors import LnaError
 from lna.packing import chunks
 from lna.progress import Bar, sayer
@@ -350,23 +350,18 @@ def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) 
         for lang, m in ids.items():
             if m >= 0:
                 names[m].append(f"{name}/{lang}")
-    tmp = state.with_name(f".{state.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, nll=nll, keys=np.array([s.key for s in samples]),
-                     langs=np.array([s.lang for s in samples]), tokens=np.array([predicted(s) for s in samples]),
-                     rows=np.array(["baseline"] + [",".join(n) for n in names]),
-                     identity=np.array(json.dumps(identity)))
-        os.replace(tmp, state)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(state) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, nll=nll, keys=np.array([s.key for s in samples]),
+                 langs=np.array([s.lang for s in samples]), tokens=np.array([predicted(s) for s in samples]),
+                 rows=np.array(["baseline"] + [",".join(n) for n in names]),
+                 identity=np.array(json.dumps(identity)))
 
 
 # -- outputs --------------------------------------------------------------------------------------
 def write_outputs(result: dict, out, title: str = "") -> list:
     """ppl.json, ppl-/change-SETTING.csv and change-SETTING.png, all or none (ppl.json last)."""
     from lna import plots
-    from lna.analysis import staged_dir, write_csv
+    from lna.analysis import write_csv
 
     targets = result["languages"]
     with staged_dir(out) as tmp:

@@ -7,6 +7,7 @@ the three types (Figures 3, 5 and 10 of the paper).
 """
 import numpy as np
 
+from lna.atomic import staged_dir
 from lna.neurons import NeuronSets
 
 TYPES = ("specific", "related", "general")
@@ -94,38 +95,6 @@ def write_csv(path, header, rows) -> None:
 
 
 # -- outputs ------------------------------------------------------------------------------
-def staged_dir(out):
-    """Context manager: write into a hidden folder beside OUT, move the files into OUT only
-    when everything succeeded (no half-written report)."""
-    import contextlib
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from lna.errors import LnaError
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LnaError(f"{out}: exists and is not a folder; give an output folder")
-    base = out.parent
-    while not base.exists():
-        base = base.parent
-
-    @contextlib.contextmanager
-    def stage():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=base))
-        try:
-            yield tmp
-            out.mkdir(parents=True, exist_ok=True)
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, out / f.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    return stage()
-
-
 def write_report(ns: NeuronSets, out, *, with_neurons: bool = False) -> list:
     """CSV tables and figures of one set of neurons into folder `out`; returns the file names."""
     from lna import neurons, plots

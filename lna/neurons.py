@@ -13,12 +13,12 @@ Exportable to the released `.pt` mask layout (list over languages of list over l
 LongTensor), which the study's and Tang et al.'s scripts read.
 """
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from lna.atomic import atomic_file
 from lna.errors import LnaError
 
 FORMAT = "lna-neurons/1"
@@ -94,18 +94,9 @@ class NeuronSets:
 
 def save(ns: NeuronSets, path) -> Path:
     """Write the JSON atomically (nothing half-written on failure)."""
-    path = Path(path)
-    if path.is_dir():
-        raise LnaError(f"{path}: is a folder; give a file name such as {path / 'neurons.json'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        # One layer per line keeps the file small and diffable.
-        tmp.write_text(_dumps(ns.to_json()), encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_file(path, "json") as tmp:
+        tmp.write_text(_dumps(ns.to_json()), encoding="utf-8")  # one layer per line: small, diffable
+    return Path(path)
 
 
 def _dumps(obj: dict) -> str:
@@ -204,14 +195,6 @@ def export_pt(ns: NeuronSets, path, *, kind: str = "all") -> Path:
 
     sets = ns.sets if kind == "all" else ns.split(kind)
     mask = [[torch.as_tensor(a, dtype=torch.long) for a in sets[lang]] for lang in ns.languages]
-    path = Path(path)
-    if path.is_dir():
-        raise LnaError(f"{path}: is a folder; give a file name such as {path / 'mask.pt'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
+    with atomic_file(path, "pt") as tmp:
         torch.save(mask, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

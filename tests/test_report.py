@@ -4,7 +4,8 @@ import csv
 import numpy as np
 import pytest
 
-from lna.analysis import layer_types, shared_by_n, staged_dir, write_report
+from lna.analysis import layer_types, shared_by_n, write_report
+from lna.atomic import staged_dir
 from lna.errors import LnaError
 from lna.identify import identify
 
