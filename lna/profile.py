@@ -77,7 +77,8 @@ def run(opts: Options) -> Path:
         temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
         progress=lambda total: Bar(opts.progress, total, "sample", "question"),
     )
-    samples = responses.samples(questions)
+    samples = responses.samples(questions)  # compact int32 token arrays
+    del questions  # host memory holds tokens once, never activations: it stays flat while counting
     ledger = _Ledger(store, samples, out)
     todo = [s for s in samples if not ledger.is_done(s)]
     say(f"profiling {sum(len(s.response) for s in todo):,} response tokens of {len(todo):,} samples "

@@ -361,3 +361,37 @@ def test_tensor_parallel_ranks_concatenate_to_the_full_counts(tiny_models):
         assert np.abs(got - ref64).max() <= 2 * np.abs(ref32 - ref64).max() + 1e-9
     finally:
         runner.close()
+
+
+@pytest.mark.vllm
+def test_profile_cli_backends_agree(tiny_models, tmp_path):
+    """`lna-profile --backend vllm` writes the store `--backend hf` writes (fp32: exactly),
+    and the two cannot be merged: same model, same samples, counted twice."""
+    import json
+
+    from lna.cli import run
+    from lna.cli.merge import merge
+    from lna.cli.profile import profile
+    from lna.store import open_store
+
+    _vllm_env()
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"lang": "en", "query": "What is 2+3?", "responses": [" 2+3 = 5. The answer is 5.", " Five."]},
+        {"lang": "zh", "query": "2加3等于多少？", "responses": [" 2加3等于5。答案是5。"]},
+        {"lang": "sw", "query": "2 + 3 ni ngapi?", "responses": [" Jibu ni 5.", " 5"]},
+    ]) + "\n", encoding="utf-8")
+    stores = {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / f"{backend}.zarr"
+        args = ["-q", "--model", tiny_models["llama"], "--dataset", str(data), "--out", str(out),
+                "--backend", backend, "--device", "cpu", "--dtype", "float32"]
+        assert run(profile, "lna-profile", args) == 0
+        stores[backend] = open_store(out, allow_partial=False)
+    hf, vl = stores["hf"], stores["vllm"]
+    assert vl.meta["backend"] == "vllm" and hf.meta["backend"] == "hf"
+    assert vl.languages == hf.languages and np.array_equal(vl.tokens, hf.tokens)
+    assert np.array_equal(vl.counts, hf.counts)
+    assert vl.meta["model_fingerprint"] == hf.meta["model_fingerprint"]
+    assert run(merge, "lna merge", [str(tmp_path / "hf.zarr"), str(tmp_path / "vllm.zarr"),
+                                    "-o", str(tmp_path / "both.zarr")]) == 1  # double counting
