@@ -21,47 +21,42 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and N are whole numbers
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     _pyplot().close(fig)
 
 
-def layer_types(types: dict, path, title: str = "") -> None:
-    """Figure 3: {type: counts per layer} as three lines."""
+def _layer_lines(series: dict, path, ylabel: str, title: str, around_zero: bool) -> None:
+    """One line per neuron type over the layers (Figures 3 and 4)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for t, values in types.items():
+    for t, values in series.items():
         ax.plot(np.arange(len(values)), values, marker="o", markersize=3, linewidth=1.5,
                 color=COLORS.get(t), label=LABELS.get(t, t))
+    if around_zero:
+        ax.axhline(0, color="black", linewidth=0.8)
+    else:
+        ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_xlabel("Layer")
-    ax.set_ylabel("Number of neurons")
-    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def layer_types(types: dict, path, title: str = "") -> None:
+    """Figure 3: {type: counts per layer} as three lines."""
+    _layer_lines(types, path, "Number of neurons", title, around_zero=False)
 
 
 def layer_change(changes: dict, path, title: str = "") -> None:
     """Figure 4: {type: (after - before) per layer} as lines around zero."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for t, values in changes.items():
-        ax.plot(np.arange(len(values)), values, marker="o", markersize=3, linewidth=1.5,
-                color=COLORS.get(t), label=LABELS.get(t, t))
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("Layer")
-    ax.set_ylabel("Change in number of neurons")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
-    if title:
-        ax.set_title(title)
-    _save(fig, path)
+    _layer_lines(changes, path, "Change in number of neurons", title, around_zero=True)
 
 
 def shared_by_n(series: dict, path, title: str = "") -> None:
