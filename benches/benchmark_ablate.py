@@ -36,8 +36,8 @@ def setup(device: str, limit: int, threads: int | None):
         torch.set_num_threads(threads)
     runner, backend, dtype = make_runner("lna:tiny-llama", backend="hf", device=device)
     _, questions = data.load("demo", "all", limit=limit)
-    samples = responses.samples(ablate._tokenized(questions, runner.tokenizer,
-                                                  config.template_for("lna:tiny-llama")[1]))
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer,
+                                                    config.template_for("lna:tiny-llama")[1]))
     langs = list(dict.fromkeys(s.lang for s in samples))
     counts, tokens = runner.count(samples, langs)
     ns = identify(counts / np.maximum(tokens, 1)[None, :, None], langs)

@@ -19,7 +19,6 @@ sample order, so its result equals an uninterrupted run's.
 """
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +218,7 @@ def run(opts: Options) -> Path:
         raise LnaError(f"{opts.neurons}: neuron sets of another model (fingerprint {ns.source['model_fingerprint']}, "
                        f"{opts.model} has {runner.fingerprint}); pass --allow-other-model to ablate them anyway")
     _, template = config.template_for(opts.model, opts.template)
-    samples = responses.samples(_tokenized(questions, runner.tokenizer, template))
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, template))
     empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
     if empty:
         raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
@@ -299,16 +298,6 @@ def _questions(opts: Options, ns: neurons.NeuronSets, say):
         raise LnaError(f"{spec}: no responses for {', '.join(missing)}; ablation measures perplexity on "
                        "responses: run lna-profile first and pass its X.responses.jsonl with --responses")
     return spec, questions
-
-
-def _tokenized(questions, tokenizer, template):
-    """Questions with token ids: as recorded (same tokenizer), else tokenized here (the
-    responses are never sampled, and nothing is written beside the user's files)."""
-    tid = responses.tokenizer_id(tokenizer)
-    if all(q.tokenizer == tid and q.prompt_ids is not None and q.response_ids is not None for q in questions):
-        return questions
-    with tempfile.TemporaryDirectory() as tmp:
-        return responses.prepare(questions, tokenizer, template, Path(tmp) / "responses.jsonl")
 
 
 def _digest(masks: np.ndarray) -> str:

@@ -18,6 +18,8 @@ from lna.data import Question
 from lna.errors import LnaError
 from lna.runners.base import Sample
 
+NO_RESPONSES = ("the data has no responses; sampling them needs the model (give --responses FILE "
+                "or a dataset with responses)")
 BATCH_QUESTIONS = 8  # questions per sampling batch (fixed: resume must see the same batches)
 
 
@@ -57,16 +59,10 @@ def prepare(questions: list[Question], tokenizer, template: str, path, *, runner
         if rec is not None and (rec["prompt"] != prompt or rec.get("tokenizer") != tid):
             raise LnaError(f"{path}: holds {q.key} with another prompt or tokenizer; "
                            "choose another --out or delete that file")
-        if q.responses:
-            if q.tokenizer != tid or q.prompt_ids is None or q.response_ids is None:
-                ids = tokenizer(prompt)["input_ids"]
-                q = _with_ids(q, prompt, ids, [encode_response(tokenizer, prompt, ids, r) for r in q.responses], tid)
-        else:
-            if rec is not None and rec.get("sampling") != sampling:
-                raise LnaError(f"{path}: responses were sampled with {rec.get('sampling')}, not {sampling}; "
-                               "choose another --out or delete that file")
-            q = _with_ids(q, prompt, tokenizer(prompt)["input_ids"], None, tid)
-        out.append(q)
+        if not q.responses and rec is not None and rec.get("sampling") != sampling:
+            raise LnaError(f"{path}: responses were sampled with {rec.get('sampling')}, not {sampling}; "
+                           "choose another --out or delete that file")
+        out.append(_tokenize(q, tokenizer, prompt, tid))
     # Sampling goes in fixed batches of the dataset's order, seeded by batch index; a batch
     # the file holds only in part (killed mid-append) is sampled again whole.
     batches: dict = {}
@@ -81,8 +77,7 @@ def prepare(questions: list[Question], tokenizer, template: str, path, *, runner
         else:
             todo[b] = idx
     if todo and runner is None:
-        raise LnaError("the data has no responses; sampling them needs the model (give --responses FILE "
-                       "or a dataset with responses)")
+        raise LnaError(NO_RESPONSES)
     sampled = {out[i].key for idx in todo.values() for i in idx}
     written = set(kept) - sampled
 
@@ -103,6 +98,25 @@ def prepare(questions: list[Question], tokenizer, template: str, path, *, runner
                 bar.update(len(idx))
     append(out)
     return out
+
+
+def tokenized(questions: list[Question], tokenizer, template: str) -> list[Question]:
+    """Questions with token ids, in memory only (no file, no sampling): data with responses."""
+    if not all(q.responses for q in questions):
+        raise LnaError(NO_RESPONSES)
+    tid = tokenizer_id(tokenizer)
+    return [_tokenize(q, tokenizer, q.render(template), tid) for q in questions]
+
+
+def _tokenize(q: Question, tokenizer, prompt: str, tid: str) -> Question:
+    """`q` with the prompt's and given responses' token ids for this tokenizer (those lna
+    recorded for it are kept); a question without responses gets its prompt's only."""
+    if not q.responses:
+        return _with_ids(q, prompt, tokenizer(prompt)["input_ids"], None, tid)
+    if q.tokenizer == tid and q.prompt_ids is not None and q.response_ids is not None:
+        return q
+    ids = tokenizer(prompt)["input_ids"]
+    return _with_ids(q, prompt, ids, [encode_response(tokenizer, prompt, ids, r) for r in q.responses], tid)
 
 
 def _with_ids(q: Question, prompt: str, prompt_ids, response_ids, tid) -> Question:
