@@ -119,25 +119,24 @@ def _check_inputs(gate, up, lang_ids, counts, masks, mask_ids, backend):
         raise ValueError("silu_mul: lang_ids and counts go together: pass both to count, or neither")
     if counts is not None:
         _check_ids("lang_ids", lang_ids, lead, device)
-        if not isinstance(counts, torch.Tensor) or counts.dtype not in COUNT_DTYPES:
-            raise TypeError(f"silu_mul: counts must be an int32 or int64 tensor [n_langs, I], "
-                            f"got {getattr(counts, 'dtype', type(counts).__name__)}")
-        if counts.dim() != 2 or counts.shape[1] != width:
-            raise ValueError(f"silu_mul: counts must be [n_langs, {width}] (I = gate.shape[-1]), "
-                             f"got {tuple(counts.shape)}")
-        _same_device("counts", counts, device)
+        _check_table("counts", counts, COUNT_DTYPES, "an int32 or int64", "n_langs", width, device)
 
     if (masks is None) != (mask_ids is None):
         raise ValueError("silu_mul: masks and mask_ids go together: pass both to mask, or neither")
     if masks is not None:
         _check_ids("mask_ids", mask_ids, lead, device)
-        if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool:
-            raise TypeError(f"silu_mul: masks must be a bool tensor [n_masks, I], "
-                            f"got {getattr(masks, 'dtype', type(masks).__name__)}")
-        if masks.dim() != 2 or masks.shape[1] != width:
-            raise ValueError(f"silu_mul: masks must be [n_masks, {width}] (I = gate.shape[-1]), "
-                             f"got {tuple(masks.shape)}")
-        _same_device("masks", masks, device)
+        _check_table("masks", masks, (torch.bool,), "a bool", "n_masks", width, device)
+
+
+def _check_table(name, t, dtypes, kind, rows, width, device):
+    """A [rows, I] table (counts or masks) of one of `dtypes` on gate's device."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
+        raise TypeError(f"silu_mul: {name} must be {kind} tensor [{rows}, I], "
+                        f"got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.dim() != 2 or t.shape[1] != width:
+        raise ValueError(f"silu_mul: {name} must be [{rows}, {width}] (I = gate.shape[-1]), "
+                         f"got {tuple(t.shape)}")
+    _same_device(name, t, device)
 
 
 def _check_ids(name, ids, lead, device):
