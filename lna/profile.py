@@ -14,7 +14,7 @@ from lna.errors import LnaError
 from lna.packing import chunks
 from lna.progress import Bar, sayer
 from lna.runners import make_runner
-from lna.store import CountStore, check_compatible, is_store, open_store, save_store
+from lna.store import CountStore, check_compatible, open_store, save_store
 
 
 @dataclass
@@ -49,11 +49,7 @@ def run(opts: Options) -> Path:
     name, questions = data.load(opts.dataset, opts.langs, limit=opts.limit)
     langs = list(dict.fromkeys(q.lang for q in questions))
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset)
-    existing = None
-    if out.exists():
-        if not is_store(out):
-            raise LnaError(f"{out}: exists and is not an lna count store; choose another --out")
-        existing = open_store(out)
+    existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     template_name, template = config.template_for(opts.model, opts.template)
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
@@ -81,10 +77,11 @@ def run(opts: Options) -> Path:
     del questions  # host memory holds tokens once, never activations: it stays flat while counting
     ledger = _Ledger(store, samples, out)
     todo = [s for s in samples if not ledger.is_done(s)]
-    say(f"profiling {sum(len(s.response) for s in todo):,} response tokens of {len(todo):,} samples "
+    todo_tokens = sum(len(s.response) for s in todo)
+    say(f"profiling {todo_tokens:,} response tokens of {len(todo):,} samples "
         f"({len(samples) - len(todo):,} already counted) with {backend} on {runner.device} -> {out}")
     last_save = time.monotonic()
-    with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
+    with Bar(opts.progress, todo_tokens, "count", "tok") as bar:
         for chunk in chunks(todo, 8 * getattr(runner, "token_budget", 16384)):
             counts, tokens = runner.count(chunk, store.languages)
             store.counts += counts
