@@ -153,25 +153,40 @@ class HFRunner:
     @torch.inference_mode()
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> list[list[list[int]]]:
+        """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0."""
+        from transformers import GenerationConfig
+
+        if temperature <= 0 and n > 1:
+            raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
+                           "use --samples 1 or a temperature above 0")
         tok = self.tokenizer
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
         pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+        # Exactly the decoding asked for, as vLLM does with explicit SamplingParams: transformers
+        # fills what is not passed from the model's generation_config.json (a repetition penalty
+        # there makes "greedy" non-greedy) and from its global defaults (top-k 50).
+        plain = GenerationConfig(eos_token_id=sorted(eos), pad_token_id=pad, bos_token_id=tok.bos_token_id)
+        sampling = temperature > 0
         out = []
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
-        for start in range(0, len(prompts), per_batch):
-            chunk = [list(p) for p in prompts[start:start + per_batch]]
-            width = max(len(p) for p in chunk)  # left padding: generation continues every row
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
-            attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
-            torch.manual_seed(seed + start)  # batches are fixed, so a resumed run samples the same
-            gen = self.model.generate(
-                input_ids=ids, attention_mask=attn, do_sample=temperature > 0, temperature=temperature or None,
-                top_p=top_p if temperature > 0 else None, top_k=None, max_new_tokens=max_new_tokens,
-                num_return_sequences=n, pad_token_id=pad,
-            )[:, width:].tolist()
-            for q in range(len(chunk)):
-                out.append([_until_eos(g, eos) for g in gen[q * n:(q + 1) * n]])
+        saved, self.model.generation_config = self.model.generation_config, plain
+        try:
+            for start in range(0, len(prompts), per_batch):
+                chunk = [list(p) for p in prompts[start:start + per_batch]]
+                width = max(len(p) for p in chunk)  # left padding: generation continues every row
+                ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
+                attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
+                torch.manual_seed(seed + start)  # batches are fixed, so a resumed run samples the same
+                gen = self.model.generate(
+                    input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                    pad_token_id=pad, do_sample=sampling,
+                    **(dict(temperature=temperature, top_p=top_p, top_k=0) if sampling else {}),
+                )[:, width:].tolist()
+                for q in range(len(chunk)):
+                    out.append([_until_eos(g, eos) for g in gen[q * n:(q + 1) * n]])
+        finally:
+            self.model.generation_config = saved
         return out
 
 
