@@ -48,6 +48,7 @@ setup(
             "lna-ablate=lna.cli:ablate_main",
             "lna-report=lna.cli:report_main",
             "lna-compare=lna.cli:compare_main",
+            "lna-eval=lna.cli:eval_main",
         ]
     },
 )

@@ -125,3 +125,28 @@ def heatmap(values, rows, cols, path, title: str = "", xlabel: str = "", ylabel:
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def accuracy_bars(series: dict, columns: list, path, title: str = "") -> None:
+    """Tables 1 and 5 as a figure: {model: accuracy % per column (languages, then Avg.)} as
+    grouped bars, one colour per model; NaN (language not evaluated) leaves a gap."""
+    plt = _pyplot()
+    names = list(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.45 + 0.2 * len(names)) * len(columns)), 3.6))
+    width = 0.8 / len(names)
+    x = np.arange(len(columns))
+    for i, name in enumerate(names):
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, series[name], width, label=name,
+                      color=SERIES[i % len(SERIES)])
+        if len(names) == 1:  # a 0 reads as 0, not as missing (several models: the table has the numbers)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(x, labels=columns)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("Language")
+    ax.set_ylabel("Accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    if len(names) > 1:
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if title:
+        ax.set_title(title)
+    _save(fig, path)

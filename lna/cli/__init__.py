@@ -15,6 +15,7 @@ def _commands() -> dict:
     # Imported here so `lna --help` stays light; torch loads only inside commands.
     from lna.cli.ablate import ablate
     from lna.cli.compare import compare
+    from lna.cli.eval import eval_
     from lna.cli.identify import identify
     from lna.cli.import_counts import import_counts
     from lna.cli.merge import merge
@@ -22,7 +23,7 @@ def _commands() -> dict:
     from lna.cli.report import report
 
     return {"profile": profile, "identify": identify, "ablate": ablate, "report": report,
-            "compare": compare, "import-counts": import_counts, "merge": merge}
+            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_}
 
 
 class _Group(click.Group):
@@ -76,3 +77,4 @@ identify_main = _script("identify")
 ablate_main = _script("ablate")
 report_main = _script("report")
 compare_main = _script("compare")
+eval_main = _script("eval")

@@ -1,0 +1,130 @@
+"""lna-eval with a model: greedy decoding equals a plain argmax loop, end to end on the built-in
+tiny model and the demo data, resume after an interruption, refusal to mix runs."""
+import json
+
+import pytest
+import torch
+
+from lna.cli import run
+from lna.cli.eval import eval_
+
+
+def eval_cli(*args):
+    return run(eval_, "lna-eval", ["-q", *args])
+
+
+def argmax_continuation(model_dir, prompt_ids, steps, eos=2):
+    """Greedy decoding the plain way: an unmodified transformers model, one token at a time."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids, out = list(prompt_ids), []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            if token == eos:
+                break
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sampling_defaults_model(tmp_path_factory):
+    """A tiny model whose generation_config.json asks for sampling and a repetition penalty,
+    as released checkpoints often do: greedy decoding must not pick them up."""
+    from transformers import GenerationConfig
+
+    from lna.tiny import build_tiny
+
+    path = build_tiny(tmp_path_factory.mktemp("m") / "llama", "llama", hidden=64, layers=2, intermediate=96, heads=2,
+                      kv_heads=1, seed=3)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, do_sample=True, temperature=0.6, top_p=0.9, top_k=5,
+                     repetition_penalty=1.3).save_pretrained(path)
+    return str(path)
+
+
+def test_greedy_is_argmax_whatever_the_models_generation_config(sampling_defaults_model):
+    from lna.runners.hf import HFRunner
+
+    runner = HFRunner(sampling_defaults_model, token_budget=512)  # all prompts in one left-padded batch
+    prompts = [runner.tokenizer(t)["input_ids"] for t in ("What is 2+3?", "Combien font sept moins quatre ?", "ab")]
+    got = runner.generate(prompts, n=1, temperature=0, top_p=0.95, max_new_tokens=12, seed=0)
+    assert got == [[argmax_continuation(sampling_defaults_model, p, 12)] for p in prompts]
+    with pytest.raises(Exception, match="greedy decoding"):
+        runner.generate(prompts, n=2, temperature=0, top_p=1.0, max_new_tokens=4, seed=0)
+
+
+def test_end_to_end_tiny_model_on_demo(tmp_path, monkeypatch):
+    """The README's example: the built-in random model answers the demo's questions (its own
+    answers, not the demo's worked ones) and scores about 0."""
+    monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ev"
+    assert eval_cli("--model", "lna:tiny-llama", "--dataset", "demo", "--limit", "2", "--max-new-tokens", "8",
+                    "-o", str(out)) == 0
+    assert {p.name for p in out.iterdir()} == {"accuracy.json", "accuracy.csv", "accuracy.md", "accuracy.png",
+                                               "verdicts.jsonl", "responses.jsonl", "run.json"}
+    result = json.loads((out / "accuracy.json").read_text(encoding="utf-8"))
+    assert result["languages"] == ["bn", "th", "sw", "ja", "zh", "ru", "de", "es", "fr", "en"]
+    assert result["samples"] == {lang: 2 for lang in result["languages"]}
+    assert result["sampling"] == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 0}
+    assert result["average"] <= 0.1  # random weights: a right last number would be chance
+    header = (out / "accuracy.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "model,bn,th,sw,ja,zh,ru,de,es,fr,en,Avg."
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    # the scored text is the decoded sampled tokens, which are the greedy continuation
+    from lna.models import resolve
+    from lna.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    recs = [json.loads(line) for line in (out / "responses.jsonl").read_text(encoding="utf-8").splitlines()]
+    verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(recs) == len(verdicts) == 20
+    by_key = {v["key"]: v for v in verdicts}
+    for rec in recs:
+        assert by_key[rec["key"]]["response"] == rec["responses"][0] == tok.decode(rec["response_ids"][0], skip_special_tokens=True)
+        assert "The answer is" not in rec["responses"][0]  # not the demo's worked answer
+    model_dir = resolve("lna:tiny-llama").path
+    for rec in recs[:: 10]:
+        assert rec["response_ids"][0] == argmax_continuation(model_dir, rec["prompt_ids"], 8)
+
+
+def test_interrupted_sampling_resumes_to_the_same_result(tiny_models, tmp_path, monkeypatch):
+    from lna.runners.hf import HFRunner
+
+    args = ["--model", tiny_models["llama"], "--dataset", "demo", "--limit", "2", "--max-new-tokens", "6"]
+    assert eval_cli(*args, "-o", str(tmp_path / "whole")) == 0
+
+    real, calls, kill = HFRunner.generate, [], [True]
+
+    def dying(self, prompts, **kw):  # killed during the second batch of questions
+        calls.append(len(prompts))
+        if kill[0] and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, prompts, **kw)
+
+    monkeypatch.setattr(HFRunner, "generate", dying)
+    cut = tmp_path / "cut"
+    assert eval_cli(*args, "-o", str(cut)) == 130
+    assert len((cut / "responses.jsonl").read_text().splitlines()) == 8 and not (cut / "accuracy.json").exists()
+    calls.clear()
+    kill[0] = False
+    assert eval_cli(*args, "-o", str(cut)) == 0
+    assert calls == [8, 4]  # only the batches not written yet
+    for name in ("responses.jsonl", "verdicts.jsonl", "accuracy.csv"):
+        assert (cut / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    calls.clear()
+    assert eval_cli(*args, "-o", str(cut)) == 0 and calls == []  # a finished run samples nothing
+
+
+def test_a_folder_of_another_run_is_refused(tiny_models, tmp_path, capsys):
+    args = ["--dataset", "demo", "--limit", "1", "--langs", "en,zh", "-o", str(tmp_path / "ev")]
+    assert eval_cli("--model", tiny_models["llama"], "--max-new-tokens", "4", *args) == 0
+    before = (tmp_path / "ev" / "responses.jsonl").read_bytes()
+    capsys.readouterr()
+    assert eval_cli("--model", tiny_models["mistral"], "--max-new-tokens", "4", *args) == 1
+    err = capsys.readouterr().err
+    assert "holds responses of another run" in err and "model" in err and err.count("\n") == 1
+    assert eval_cli("--model", tiny_models["llama"], "--max-new-tokens", "5", *args) == 1
+    assert "sampled with" in capsys.readouterr().err
+    assert (tmp_path / "ev" / "responses.jsonl").read_bytes() == before
