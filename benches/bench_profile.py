@@ -226,6 +226,8 @@ def measure(opts, report: dict, flush=lambda: None):
             else:
                 t = timed(device, fn)[0]
                 report["seconds"][name] = min(report["seconds"].get(name, float("inf")), t)
+            key = "naive_two_pass_subset" if name == "naive" else name
+            print(f"profile: {name}: {report['seconds'][key]:.2f} s", file=sys.stderr, flush=True)
             derive(report, params, counted, processed)
             flush()
     if device.startswith("cuda"):
