@@ -153,6 +153,8 @@ def parent(args) -> int:
             continue
         limit = min(cap * (DRY_CAP_FACTOR if dry else 1), left)
         print(f"== gpu_check: stage {name} ({limit:.0f} s at most)", flush=True)
+        for d in dirs:  # a stage that dies before writing must not leave an older run's figures standing
+            (Path(d) / f"{name}_{suffix}.json").unlink(missing_ok=True)
         t0 = time.time()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--module", module,
                "--deadline", str(t0 + limit)]
@@ -163,8 +165,10 @@ def parent(args) -> int:
             status = subprocess.run(cmd, env=env, timeout=limit + GRACE).returncode
         except subprocess.TimeoutExpired:
             status = "killed at its time limit"
-        path = Path(dirs[0]) / f"{name}_{suffix}.json"
-        results[name] = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            results[name] = json.loads((Path(dirs[0]) / f"{name}_{suffix}.json").read_text())
+        except (OSError, ValueError):  # the stage died before its first write
+            results[name] = {}
         errors = results[name].get("errors") or {}
         check["stages"][name] = {"status": "ok" if status == 0 and not errors else "failed", "exit": status,
                                  "seconds": round(time.time() - t0, 1), "errors": errors,
