@@ -17,7 +17,7 @@ setup(
     # The design card keeps kernels/ and configs/ at the top level; they ship as
     # lna.kernels and lna.configs so that no top-level `kernels` package shadows
     # the Hugging Face package of that name (transformers probes it).
-    packages=["lna", "lna.cli", "lna.runners", "lna.kernels", "lna.configs"],
+    packages=["lna", "lna.align", "lna.cli", "lna.runners", "lna.kernels", "lna.configs"],
     package_dir={"lna.kernels": "kernels", "lna.configs": "configs"},
     package_data={"lna.configs": ["*.yaml"]},
     install_requires=[
@@ -39,6 +39,9 @@ setup(
         "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10"],
         # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).
         "vllm": ["vllm>=0.32,<0.33"],
+        # lna-align's DPO with LoRA (TRL's DPOTrainer/DPOConfig of the 1.x line, PEFT's LoRA);
+        # datasets is what DPOTrainer takes. NLLB's tokenizer loads from its tokenizer.json.
+        "align": ["trl>=1.0,<2", "peft>=0.18", "datasets>=4"],
     },
     entry_points={
         "console_scripts": [
@@ -49,6 +52,7 @@ setup(
             "lna-report=lna.cli:report_main",
             "lna-compare=lna.cli:compare_main",
             "lna-eval=lna.cli:eval_main",
+            "lna-align=lna.cli:align_main",
         ]
     },
 )

@@ -208,8 +208,45 @@ def overlap_table(a: NeuronSets, b: NeuronSets, names) -> tuple[list, list]:
     return ["type", *names, "shared", "overlap", f"of_{names[0]}", f"of_{names[1]}", "jaccard"], rows
 
 
-def write_comparison(models: dict, out, *, trained=None) -> tuple[list, str]:
-    """Compare the first model of `models` ({name: NeuronSets}) with each of the others.
+def series_table(models: dict) -> tuple[list, list]:
+    """Figures 12-14 as a table: per model of a series (the base first, then checkpoints in
+    order), layer and type, the number of neurons and its change from the base."""
+    names = list(models)
+    base = layer_types(models[names[0]])
+    rows = []
+    for name in names:
+        types = layer_types(models[name])
+        for t in TYPES:
+            rows += [[name, layer, t, int(types[t][layer]), int(types[t][layer] - base[t][layer])]
+                     for layer in range(len(types[t]))]
+    return ["model", "layer", "type", "neurons", "change"], rows
+
+
+def write_series(models: dict, folder) -> list:
+    """series.csv, series_<type>.png (change per layer along the series, one line a
+    checkpoint: Figures 12-14) and series_totals.png (neurons per type along the series)."""
+    from pathlib import Path
+
+    from lna import plots
+
+    folder = Path(folder)
+    header, rows = series_table(models)
+    write_csv(folder / "series.csv", header, rows)
+    names = list(models)
+    files = ["series.csv"]
+    for t in TYPES:
+        lines = {n: [r[4] for r in rows if r[0] == n and r[2] == t] for n in names[1:]}
+        plots.series_lines(lines, folder / f"series_{t}.png", t,
+                           title=f"{plots.LABELS[t]} neurons: change per layer from {names[0]}")
+        files.append(f"series_{t}.png")
+    totals = {t: [sum(r[3] for r in rows if r[0] == n and r[2] == t) for n in names] for t in TYPES}
+    plots.series_totals(names, totals, folder / "series_totals.png", title="Neurons per type along the series")
+    return files + ["series_totals.png"]
+
+
+def write_comparison(models: dict, out, *, trained=None, series: bool = False) -> tuple[list, str]:
+    """Compare the first model of `models` ({name: NeuronSets}) with each of the others;
+    with `series`, the others are checkpoints in order and the series figures are drawn too.
 
     Returns the written file names and a printable summary.
     """
@@ -222,11 +259,11 @@ def write_comparison(models: dict, out, *, trained=None) -> tuple[list, str]:
     lines = []
     with staged_dir(out) as tmp:
         header = ["model"] + list(TYPES) + [f"N={n}" for n in range(1, len(base.languages) + 1)]
-        series = []  # one row per model: a checkpoint series reads down this table
+        totals_rows = []  # one row per model: a checkpoint series reads down this table
         for name, ns in models.items():
             totals = {t: int(v.sum()) for t, v in layer_types(ns).items()}
-            series.append([name] + [totals[t] for t in TYPES] + [int(x) for x in shared_by_n(ns).sum(axis=0)[1:]])
-        write_csv(tmp / "models.csv", header, series)
+            totals_rows.append([name] + [totals[t] for t in TYPES] + [int(x) for x in shared_by_n(ns).sum(axis=0)[1:]])
+        write_csv(tmp / "models.csv", header, totals_rows)
         write_csv(tmp / "english.csv", *english_table(models))
         for name in names[1:]:
             other = models[name]
@@ -257,5 +294,10 @@ def write_comparison(models: dict, out, *, trained=None) -> tuple[list, str]:
             lines.append("  overlap (|A & B| / min): " + ", ".join(f"{r[0]} {r[4]}" for r in ov_rows))
         for r in english_table(models)[1]:
             lines.append(f"{r[0]}: {r[1]} mean specific {r[2]:g}, related {r[3]:g}")
+        if series:
+            write_series(models, tmp)
+            totals = {n: {t: int(v.sum()) for t, v in layer_types(ns).items()} for n, ns in models.items()}
+            lines.append("series (specific / related / general): " + ", ".join(
+                f"{n} {v['specific']}/{v['related']}/{v['general']}" for n, v in totals.items()))
         files = sorted(p.name for p in tmp.iterdir())
     return files, "\n".join(lines)

@@ -150,3 +150,44 @@ def accuracy_bars(series: dict, columns: list, path, title: str = "") -> None:
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def series_lines(series: dict, path, kind: str, title: str = "") -> None:
+    """Figures 12-14: {checkpoint: change per layer} for one neuron type, one line a
+    checkpoint, coloured from light (early) to dark (late)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    cmap = plt.get_cmap({"specific": "Reds", "related": "Blues", "general": "Greens"}.get(kind, "Greys"))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = list(series)
+    for i, name in enumerate(names):
+        values = series[name]
+        ax.plot(np.arange(len(values)), values, marker="o", markersize=2.5, linewidth=1.3,
+                color=cmap(0.35 + 0.6 * (i + 1) / len(names)), label=name)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Layer")
+    ax.set_ylabel("Change in number of neurons")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=7, ncol=max(1, len(names) // 6))
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def series_totals(names, totals: dict, path, title: str = "") -> None:
+    """Neurons of each type (all layers) along a series of checkpoints, one line a type."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(names))
+    for t, values in totals.items():
+        ax.plot(x, values, marker="o", markersize=3, linewidth=1.5, color=COLORS.get(t), label=LABELS.get(t, t))
+    ax.set_xticks(x, labels=names, rotation=30 if len(names) > 6 else 0, fontsize=8)
+    ax.set_xlabel("Checkpoint")
+    ax.set_ylabel("Number of neurons")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)

@@ -14,6 +14,7 @@ from lna.errors import LnaError
 def _commands() -> dict:
     # Imported here so `lna --help` stays light; torch loads only inside commands.
     from lna.cli.ablate import ablate
+    from lna.cli.align import align
     from lna.cli.compare import compare
     from lna.cli.eval import eval_
     from lna.cli.identify import identify
@@ -23,7 +24,7 @@ def _commands() -> dict:
     from lna.cli.report import report
 
     return {"profile": profile, "identify": identify, "ablate": ablate, "report": report,
-            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_}
+            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_, "align": align}
 
 
 class _Group(click.Group):
@@ -78,3 +79,4 @@ ablate_main = _script("ablate")
 report_main = _script("report")
 compare_main = _script("compare")
 eval_main = _script("eval")
+align_main = _script("align")

@@ -11,8 +11,11 @@ from lna.cli.identify import identify_options, parse_identify_options
 @click.option("--names", default=None, help="Comma-separated names of the inputs (default: file names).")
 @click.option("--trained-langs", default=None,
               help="Languages used in alignment (e.g. zh,ja,ru): adds the spontaneous-alignment table.")
+@click.option("--series", is_flag=True,
+              help="The inputs after BASE are checkpoints in training order: also draw the layer-wise change "
+                   "per type along them (series_<type>.png, Figures 12-14), series_totals.png and series.csv.")
 @identify_options
-def compare(sources, out, names, trained_langs, method, top_rate, tau_quantile, lam, langs, allow_partial):
+def compare(sources, out, names, trained_langs, series, method, top_rate, tau_quantile, lam, langs, allow_partial):
     """Compare BASE (first) with each later source; each is a count store (identified with
     the options below) or a neuron-set JSON.
 
@@ -22,6 +25,8 @@ def compare(sources, out, names, trained_langs, method, top_rate, tau_quantile, 
     overlap.csv (neurons in common per type, Table 4), spontaneous_alignment.csv with
     --trained-langs (Table 2); and for all inputs models.csv (totals; a checkpoint series
     reads down it) and english.csv (English vs non-English means, Table 3).
+    With --series: series.csv and the series figures (e.g. `lna-compare base.zarr
+    step-100.zarr step-200.zarr ... --series --names 0,100,200,...`).
     """
     from pathlib import Path
 
@@ -49,7 +54,7 @@ def compare(sources, out, names, trained_langs, method, top_rate, tau_quantile, 
         from_store = path.is_dir() or is_store(path)
         models[label] = neuron_sets_from(path, allow_partial=allow_partial, **(options if from_store else {}))
     trained = parse_langs(trained_langs) if trained_langs else None
-    files, text = write_comparison(models, out, trained=trained)
+    files, text = write_comparison(models, out, trained=trained, series=series)
     click.echo(text)
     click.echo(f"wrote {', '.join(files)} to {out}")
 

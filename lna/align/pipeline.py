@@ -1,0 +1,172 @@
+"""lna-align: sample -> score -> pairs -> train, each stage a file in the output folder.
+
+    DIR/responses.jsonl   sampled responses of every language (lna's responses format)
+    DIR/scores.jsonl      per non-pivot question: every response's per-reference values and scores
+    DIR/pairs.jsonl       preference pairs, each with its split (train / dev)
+    DIR/checkpoints/step-N/  merged models; DIR/trainer/ the latest trainer state; DIR/train_log.jsonl
+
+A rerun resumes: sampling and scoring append per batch of questions and skip what the file
+holds; training resumes from the trainer's last save. `stop_after` ends after a stage; a
+file given for a stage (responses, scores, pairs) replaces that stage and those before it.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lna.align.train import TrainSettings
+from lna.errors import LnaError
+
+STAGES = ("sample", "score", "pairs", "train")
+
+
+@dataclass
+class Options:
+    model: str
+    langs: str
+    out: str
+    pivot: str = "en"
+    dataset: str = "mgsm"
+    limit: int | None = None
+    template: str | None = None
+    stop_after: str = "train"
+    responses: str | None = None  # bring your own: replaces sampling
+    scores: str | None = None  # replaces sampling and scoring
+    pairs: str | None = None  # replaces everything before training
+    # sampling: NJUNLP/MAPO Preprocess/sampling.sh (vllm_sampling.py: n 20, temperature 0.8, 512 tokens)
+    samples: int = 20
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    backend: str = "auto"
+    device: str | None = None
+    dtype: str | None = None
+    token_budget: int | None = None
+    # scoring
+    scorer: str = "facebook/nllb-200-distilled-600M"
+    scorer_dtype: str = "float32"
+    score: str = "clean"  # which score ranks the pairs: clean | released
+    # pairs
+    max_pairs: int | None = 10000
+    dev_every: int = 10
+    # training
+    train: TrainSettings = field(default_factory=TrainSettings)
+    save_dtype: str | None = None
+    progress: bool = True
+
+
+def run(o: Options) -> list[Path]:
+    """Run the stages from the first one needed to `o.stop_after`; returns the merged checkpoints."""
+    from lna.align import pairs as pairs_mod, records, score as score_mod
+    from lna.align.train import checkpoints, train
+    from lna.languages import parse_langs
+    from lna.progress import Bar, sayer
+
+    if o.stop_after not in STAGES:
+        raise LnaError(f"unknown stage {o.stop_after!r}: use one of {', '.join(STAGES)}")
+    o.train.check()  # before hours of sampling and scoring, not after
+    out = Path(o.out)
+    if out.exists() and not out.is_dir():
+        raise LnaError(f"{out}: exists and is not a folder; give an output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    say = sayer(o.progress)
+    pivot = parse_langs(o.pivot)[0]
+    langs = [x for x in parse_langs(o.langs) if x != pivot]
+    if not langs:
+        raise LnaError(f"--langs names only the pivot {pivot}: give the languages to align (e.g. zh,de)")
+    first = "train" if o.pairs else "pairs" if o.scores else "score" if o.responses else "sample"
+    stop = STAGES.index(o.stop_after)
+    if STAGES.index(first) > stop:
+        raise LnaError(f"--stop-after {o.stop_after}: the file given replaces that stage; nothing to do")
+
+    scored = None
+    if first in ("sample", "score"):
+        questions = _sample(o, out, langs, pivot, say) if first == "sample" else _given(o, langs, pivot)
+        if stop == 0:
+            return []
+        translator = lambda: score_mod.Translator(o.scorer, device=o.device, dtype=o.scorer_dtype,  # noqa: E731
+                                                  token_budget=o.token_budget)
+        settings = {"model": o.scorer, "dtype": o.scorer_dtype, "max_length": score_mod.MAX_LENGTH,
+                    "released_batch": score_mod.RELEASED_BATCH}
+        path = out / "scores.jsonl"
+        say(f"score: {o.scorer} ({o.scorer_dtype}), responses against their {pivot} references -> {path}")
+        scored = score_mod.score(questions, pivot, path, translator=translator, settings=settings,
+                                 progress=lambda total: Bar(o.progress, total, "score", "ref"))
+    elif first == "pairs":
+        scored = [r for r in records.read(o.scores, "scores") if r.get("lang") in langs]
+        _require(scored, o.scores, ("key", "lang", "qid", "prompt", "answer", "responses"), "scores")
+    if stop == 1:
+        return []
+    if scored is not None:
+        pairs = pairs_mod.extract(scored, score=o.score, max_pairs=o.max_pairs, dev_every=o.dev_every, seed=o.seed)
+        records.write(out / "pairs.jsonl", pairs)
+        say(f"{pairs_mod.summary(pairs)} ({o.score} scores) -> {out / 'pairs.jsonl'}")
+    else:
+        pairs = [p for p in records.read(o.pairs, "pairs") if p.get("lang") in langs]
+        _require(pairs, o.pairs, ("split", "lang", "prompt", "chosen", "rejected"), "pairs")
+    if stop == 2:
+        return []
+    found = train(o.model, pairs, out, o.train, device=o.device, save_dtype=o.save_dtype, progress=o.progress, say=say)
+    say(f"checkpoints: {', '.join(str(p) for p in found) or 'none'}")
+    return checkpoints(out)
+
+
+def _require(recs: list, path, keys: tuple, what: str) -> None:
+    if not recs:
+        raise LnaError(f"{path}: no {what} records of the languages asked for")
+    missing = [k for k in keys if k not in recs[0]]
+    if missing:
+        raise LnaError(f"{path}: {what} records need {', '.join(missing)} (see lna-align --help)")
+
+
+def _load(o: Options, spec: str, langs: list, pivot: str) -> list:
+    from lna import data
+    from lna.config import template_for
+
+    _, questions = data.load(spec, ",".join([*langs, pivot]), limit=o.limit)
+    _, template = template_for(o.model, o.template)
+    from dataclasses import replace
+
+    return [replace(q, prompt=q.render(template)) for q in questions]
+
+
+def _given(o: Options, langs: list, pivot: str) -> list:
+    questions = _load(o, o.responses, langs, pivot)
+    empty = [q.key for q in questions if not q.responses]
+    if empty:
+        raise LnaError(f"{o.responses}: {empty[0]} has no responses ({len(empty)} questions without); "
+                       "give a file with responses for every question, or drop --responses to sample them")
+    return questions
+
+
+def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
+    """Stage 1: the dataset's questions with n sampled responses each (lna.responses.prepare),
+    kept in DIR/responses.jsonl; the model loads only if something is left to sample."""
+    from transformers import AutoTokenizer
+
+    from lna import models, responses
+    from lna.config import template_for
+    from lna.progress import Bar
+    from lna.runners import make_runner
+
+    for key in ("samples", "max_new_tokens"):
+        if getattr(o, key) < 1:
+            raise LnaError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(o, key)}")
+    questions = _load(o, o.dataset, langs, pivot)
+    _, template = template_for(o.model, o.template)
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(o.model).path)
+    path = out / "responses.jsonl"
+    say(f"sample: {o.samples} responses per question, temperature {o.temperature}, up to {o.max_new_tokens} "
+        f"tokens -> {path}")
+
+    class Lazy:  # the model loads on the first batch that needs sampling
+        runner = None
+
+        def generate(self, *args, **kw):
+            if self.runner is None:
+                self.runner = make_runner(o.model, backend=o.backend, device=o.device, dtype=o.dtype,
+                                          token_budget=o.token_budget)[0]
+            return self.runner.generate(*args, **kw)
+
+    return responses.prepare(questions, tokenizer, template, path, runner=Lazy(), n=o.samples,
+                             temperature=o.temperature, top_p=o.top_p, max_new_tokens=o.max_new_tokens,
+                             seed=o.seed, progress=lambda total: Bar(o.progress, total, "sample", "question"))
