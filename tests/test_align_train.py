@@ -120,7 +120,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(trained, tiny_
     for step in ("step-2", "step-4"):
         a, b = weights(tmp_path / "checkpoints" / step), weights(out / "checkpoints" / step)
         for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{step} {key}")
     said = []
     train(tiny_models["llama"], PAIRS, tmp_path, settings(), device="cpu", progress=False, say=said.append)
     assert "nothing to do" in said[0]

@@ -78,7 +78,7 @@ def train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
     from trl import DPOConfig, DPOTrainer
 
     from lna import models
@@ -157,6 +157,7 @@ def train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device
 
             records.append(out / "train_log.jsonl", [{"step": state.global_step, **(logs or {})}])
 
+    set_seed(settings.seed)  # LoRA's A is random: seeded, two runs (or a run and its resume) agree
     trainer = DPOTrainer(model=net, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
                          processing_class=tokenizer, peft_config=lora, callbacks=[Checkpoints(), Log()])
