@@ -155,8 +155,9 @@ def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
     _, template = template_for(o.model, o.template)
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(o.model).path)
     path = out / "responses.jsonl"
-    say(f"sample: {o.samples} responses per question, temperature {o.temperature}, up to {o.max_new_tokens} "
-        f"tokens -> {path}")
+    need = sum(1 for q in questions if not q.responses)
+    say(f"sample: {need:,} of {len(questions):,} questions need responses ({o.samples} each, temperature "
+        f"{o.temperature}, up to {o.max_new_tokens} tokens; those {path.name} holds are kept) -> {path}")
 
     class Lazy:  # the model loads on the first batch that needs sampling
         runner = None

@@ -17,6 +17,7 @@ resumes from it - and the merged model to DIR/checkpoints/step-N/.
 import hashlib
 import json
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,9 +71,16 @@ def _imports():
         raise LnaError(NEEDS) from None
 
 
-def train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device: str | None = None,
-          save_dtype: str | None = None, progress: bool = True, say=print) -> list[Path]:
-    """DPO on the train pairs; returns the merged checkpoints (all steps saved so far)."""
+def train(model: str, pairs: list[dict], out, settings: TrainSettings, **kw) -> list[Path]:
+    """DPO on the train pairs; returns the merged checkpoints (all steps saved so far).
+    Keywords: device, save_dtype, progress, say."""
+    with warnings.catch_warnings():  # transformers' renames of TRL's own arguments: nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        return _train(model, pairs, out, settings, **kw)
+
+
+def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device: str | None = None,
+           save_dtype: str | None = None, progress: bool = True, say=print) -> list[Path]:
     settings.check()
     _imports()
     import torch
@@ -157,10 +165,18 @@ def train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device
 
             records.append(out / "train_log.jsonl", [{"step": state.global_step, **(logs or {})}])
 
+    if not progress:  # nor the bars of TRL's dataset preparation
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
     set_seed(settings.seed)  # LoRA's A is random: seeded, two runs (or a run and its resume) agree
     trainer = DPOTrainer(model=net, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
                          processing_class=tokenizer, peft_config=lora, callbacks=[Checkpoints(), Log()])
+    if not progress:  # quiet: no per-log prints (the log still goes to train_log.jsonl)
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     resume = _last_state(state_dir)
     say(f"train: DPO+LoRA on {len(train_rows):,} pairs ({len(dev_rows):,} dev), {settings.steps} steps of "
         f"{settings.batch}, {dtype} on {device}" + (f", resuming from {resume.name}" if resume else ""))
