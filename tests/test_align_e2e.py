@@ -67,6 +67,20 @@ def test_align_profile_compare_series(setup, tiny_models, tmp_path):
               "layer_change.1.png", "models.csv"):
         assert (cmp / f).stat().st_size > 0, f
 
+    # The checkpoint is a model for the other commands too.
+    from lna.cli.ablate import ablate
+    from lna.cli.eval import eval_
+    from lna.cli.identify import identify
+
+    step = str(out / "checkpoints" / "step-2")
+    assert run(eval_, "lna-eval", ["--model", step, "--dataset", "demo", "--langs", "en,zh", "--limit", "1",
+                                   "--max-new-tokens", "4", "--backend", "hf", "--device", "cpu",
+                                   "-o", str(tmp_path / "eval"), "-q"]) == 0
+    assert run(identify, "lna-identify", [stores[-1], "-o", str(tmp_path / "n.json")]) == 0
+    assert run(ablate, "lna-ablate", ["--model", step, "--neurons", str(tmp_path / "n.json"), "--langs", "en,de",
+                                      "--backend", "hf", "--device", "cpu", "-o", str(tmp_path / "abl"), "-q"]) == 0
+    assert (tmp_path / "eval" / "accuracy.json").is_file() and (tmp_path / "abl" / "ppl.json").is_file()
+
     # A rerun finds every stage done: nothing is sampled, scored or trained again.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "pairs.jsonl"}
     assert run(align, "lna-align", args) == 0
@@ -102,6 +116,7 @@ def test_sample_stage_samples_once_and_resumes(setup, tiny_models, tmp_path, mon
     (["--langs", "zh", "--responses", "NORESP"], "has no responses"),
     (["--langs", "zh", "-o", "FILE"], "is not a folder"),
     (["--langs", "zh", "--batch", "3"], "multiple of --micro-batch"),
+    (["--langs", "zh", "--scorer", "nobody/no-such-nllb"], "not in the local Hugging Face cache"),
 ])
 def test_one_line_errors(setup, tiny_models, tmp_path, capsys, extra, message):
     root, _ = setup

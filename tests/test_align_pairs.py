@@ -68,6 +68,15 @@ def test_dev_split_every_tenth_question_group_and_cap(tmp_path):
     assert records.read(tmp_path / "pairs.jsonl", "pairs") == capped
 
 
+def test_answers_read_as_lna_eval_reads_them():
+    rec = {**Q0, "lang": "de", "answer": "1500", "responses": [
+        resp("Also 1.500 Äpfel.", 2.0), resp("Es sind -1500 Äpfel.", 1.5), resp("Vielleicht 7.", 1.0)]}
+    got = [(p["chosen_index"], p["rejected_index"]) for p in pairs.question_pairs(rec)]
+    assert got == [(0, 1), (0, 2)]  # German reads "1.500" as 1500; -1500 is wrong
+    got = [(p["chosen_index"], p["rejected_index"]) for p in pairs.question_pairs(rec, extraction="mapo")]
+    assert got == [(1, 2)]  # the released rule reads 1.5 and drops the sign
+
+
 def test_missing_answer_is_an_error():
     with pytest.raises(LnaError, match="no gold answer"):
         pairs.question_pairs({**Q0, "answer": ""})

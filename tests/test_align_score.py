@@ -144,6 +144,15 @@ def test_resume_skips_scored_questions_and_redoes_a_torn_one(nllb, tmp_path):
         score.score(questions(), "en", path, settings={**SETTINGS, "dtype": "float32"}, translator=refuse)
 
 
+def test_damage_before_the_last_line_is_an_error(nllb, tmp_path):
+    path = tmp_path / "scores.jsonl"
+    run_score(nllb, path)
+    lines = path.read_text().split("\n")
+    path.write_text("\n".join([lines[0][:50]] + lines[1:]))
+    with pytest.raises(LnaError, match="scores.jsonl:1: not valid JSON"):
+        run_score(nllb, path)
+
+
 def test_pairing_errors(nllb, tmp_path):
     qs = [q for q in questions() if q.lang != "en"]
     with pytest.raises(LnaError, match="shares an id"):

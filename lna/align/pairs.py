@@ -12,10 +12,12 @@ first appearance, and every `dev_every`-th group (the 1st, 11th, ...) goes to th
 Then at most `max_pairs` train pairs per language are kept (the study's 10,000), a seeded
 random subset in file order.
 
-Where lna differs: correctness is lna.answers.is_correct (the last number equals the gold
-answer; lna-eval uses the same) where the script compares its own last-number extraction
-(no minus sign, "no number" read as 0) within 1e-3; responses with no score (a question
-without pivot references) take no part.
+Correctness is lna.answers.is_correct, as lna-eval judges: the last number, read in the
+response's language, equals the gold answer (`extraction="lna"`); `extraction="mapo"` takes the
+released reading (no minus sign, "no number" read as 0), within lna-eval's released
+tolerance 1e-2 where extract_dpo_data.py used 1e-3 (the two differ only for answers that
+far from an integer). Responses with no score (a question without pivot references) take
+no part (the script would have divided by zero).
 """
 import numpy as np
 
@@ -27,7 +29,7 @@ from lna.align import texts
 SCORES = ("clean", "released")
 
 
-def question_pairs(rec: dict, score: str = "clean") -> list[dict]:
+def question_pairs(rec: dict, score: str = "clean", extraction: str = "lna") -> list[dict]:
     """The pairs of one scored question (one record of the scores file)."""
     if score not in SCORES:
         raise LnaError(f"unknown score {score!r}: use {' or '.join(SCORES)}")
@@ -39,7 +41,7 @@ def question_pairs(rec: dict, score: str = "clean") -> list[dict]:
     out = []
     for a in range(len(rows) - 1):
         ja, ra = rows[a]
-        if not is_correct(ra["text"], rec["answer"]):
+        if not is_correct(ra["text"], rec["answer"], rec["lang"], method=extraction):
             continue
         for jb, rb in rows[a + 1:]:
             if ra[field] != rb[field] and not texts.same_after_annotations(ra["text"], rb["text"]):
@@ -49,12 +51,12 @@ def question_pairs(rec: dict, score: str = "clean") -> list[dict]:
     return out
 
 
-def extract(score_records: list[dict], *, score: str = "clean", max_pairs: int | None = 10000,
-            dev_every: int = 10, seed: int = 0) -> list[dict]:
+def extract(score_records: list[dict], *, score: str = "clean", extraction: str = "lna",
+            max_pairs: int | None = 10000, dev_every: int = 10, seed: int = 0) -> list[dict]:
     """All pairs, each with "split": "train" or "dev"."""
     groups: dict = {}  # qid -> pairs, in order of first appearance
     for rec in score_records:
-        groups.setdefault(rec["qid"], []).extend(question_pairs(rec, score))
+        groups.setdefault(rec["qid"], []).extend(question_pairs(rec, score, extraction))
     out = []
     for position, group in enumerate(groups.values()):
         split = "dev" if dev_every and position % dev_every == 0 else "train"

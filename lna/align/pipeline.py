@@ -46,6 +46,7 @@ class Options:
     scorer_dtype: str = "float32"
     score: str = "clean"  # which score ranks the pairs: clean | released
     # pairs
+    extraction: str = "lna"  # how correctness is read: lna | mapo (lna.answers, as lna-eval)
     max_pairs: int | None = 10000
     dev_every: int = 10
     # training
@@ -97,7 +98,7 @@ def run(o: Options) -> list[Path]:
     if stop == 1:
         return []
     if scored is not None:
-        pairs = pairs_mod.extract(scored, score=o.score, max_pairs=o.max_pairs, dev_every=o.dev_every, seed=o.seed)
+        pairs = pairs_mod.extract(scored, score=o.score, extraction=o.extraction, max_pairs=o.max_pairs, dev_every=o.dev_every, seed=o.seed)
         records.write(out / "pairs.jsonl", pairs)
         say(f"{pairs_mod.summary(pairs)} ({o.score} scores) -> {out / 'pairs.jsonl'}")
     else:

@@ -40,6 +40,9 @@ STAGES = ("sample", "score", "pairs", "train")
 @click.option("--score", type=click.Choice(["clean", "released"]), default="clean", show_default=True,
               help="Score that ranks the pairs: clean (mean over each reference's own tokens) or released "
                    "(the MAPO script's, divided by its batch's padded length).")
+@click.option("--extraction", type=click.Choice(["lna", "mapo"]), default="lna", show_default=True,
+              help="How a chosen response's answer is read, as lna-eval --extraction: lna, or the released "
+                   "MAPO rules.")
 @click.option("--max-pairs", type=int, default=10000, show_default=True, help="Train pairs kept per language.")
 @click.option("--dev-every", type=int, default=10, show_default=True,
               help="Every N-th question group goes to the dev split (0: none).")
