@@ -84,8 +84,9 @@ def run(o: Options) -> list[Path]:
         questions = _sample(o, out, langs, pivot, say) if first == "sample" else _given(o, langs, pivot)
         if stop == 0:
             return []
-        translator = lambda: score_mod.Translator(o.scorer, device=o.device, dtype=o.scorer_dtype,  # noqa: E731
-                                                  token_budget=o.token_budget)
+        def translator():  # loaded only when something is left to score
+            return score_mod.Translator(o.scorer, device=o.device, dtype=o.scorer_dtype, token_budget=o.token_budget)
+
         settings = {"model": o.scorer, "dtype": o.scorer_dtype, "max_length": score_mod.MAX_LENGTH,
                     "released_batch": score_mod.RELEASED_BATCH}
         path = out / "scores.jsonl"

@@ -23,12 +23,14 @@ Where lna differs:
 - Questions without a pivot question or references get no scores (the script divides by
   zero) and so give no pairs.
 """
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 from lna.align import records, texts
 from lna.errors import LnaError
+from lna.languages import get as language
 
 SCORER = "facebook/nllb-200-distilled-600M"
 MAX_LENGTH = 512  # PPL_batched.py: truncation=True, max_length=512 for source and labels
@@ -177,8 +179,6 @@ def score(questions: list, pivot: str, path, *, translator=None, settings: dict,
     against the pivot responses of the same question id; append one record a question to
     `path` (resumed: questions it holds are kept). `translator()` builds the Translator when
     there is work; `progress(total)` gives a bar."""
-    from lna.languages import get
-
     by_id = texts.pivot_index(questions, pivot)
     targets = [q for q in questions if q.lang != pivot]
     if not targets:
@@ -202,21 +202,19 @@ def score(questions: list, pivot: str, path, *, translator=None, settings: dict,
     if todo:
         model = translator()
         total = sum(len(q.responses) * len(refs) for q, _, refs in todo)
-        import contextlib
-
         with progress(total) if progress else contextlib.nullcontext() as bar:
             for i in range(0, len(todo), QUESTIONS_PER_APPEND):
-                records.append(path, _score_chunk(model, todo[i:i + QUESTIONS_PER_APPEND], pivot, settings, bar, get))
+                records.append(path, _score_chunk(model, todo[i:i + QUESTIONS_PER_APPEND], pivot, settings, bar))
     done = {r["key"]: r for r in records.read(path, "scores")}
     return [done[q.key] for q in targets]
 
 
-def _score_chunk(model, chunk, pivot, settings, bar, get) -> list[dict]:
+def _score_chunk(model, chunk, pivot, settings, bar) -> list[dict]:
     sources, targets, pairs, spans = [], [], [], []
     for q, piv, refs in chunk:
         src0, tgt0 = len(sources), len(targets)
-        sources += model.encode([texts.source_text(r) for r in q.responses], get(q.lang).nllb)
-        targets += model.encode(refs, get(pivot).nllb) if refs else []
+        sources += model.encode([texts.source_text(r) for r in q.responses], language(q.lang).nllb)
+        targets += model.encode(refs, language(pivot).nllb) if refs else []
         pairs += [(src0 + j, tgt0 + k) for j in range(len(q.responses)) for k in range(len(refs))]
         spans.append(len(pairs))
     nll, count = model.nll(sources, targets, pairs, bar)
