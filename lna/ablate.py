@@ -28,6 +28,7 @@ import numpy as np
 from lna import config, data, models, neurons, responses
 from lna.atomic import atomic_file, staged_dir
 from lna.errors import LnaError
+from lna.identity import check_runner
 from lna.packing import chunks
 from lna.progress import Bar, sayer
 from lna.runners import make_runner
@@ -214,9 +215,11 @@ def run(opts: Options) -> Path:
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
-    if ns.source.get("model_fingerprint") not in (None, runner.fingerprint) and not opts.allow_other_model:
-        raise LnaError(f"{opts.neurons}: neuron sets of another model (fingerprint {ns.source['model_fingerprint']}, "
-                       f"{opts.model} has {runner.fingerprint}); pass --allow-other-model to ablate them anyway")
+    if not opts.allow_other_model:
+        try:
+            check_runner(ns.source, runner, f"{opts.neurons} and --model {opts.model}")
+        except LnaError as err:
+            raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
     _, template = config.template_for(opts.model, opts.template)
     samples = responses.samples(responses.tokenized(questions, runner.tokenizer, template))
     empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]

@@ -157,6 +157,7 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
     if langs is not None:
         store = store.select(langs)
     source = {"model": store.meta.get("model"), "model_fingerprint": store.meta.get("model_fingerprint"),
+              "model_fingerprint_legacy": store.meta.get("model_fingerprint_legacy"),
               "dataset": store.meta.get("dataset"),
               "provenance": store.meta.get("provenance", "profile"),
               "tokens": {lang: int(n) for lang, n in zip(store.languages, store.tokens)}}

@@ -3,7 +3,6 @@
 Hugging Face ids resolve through the local cache only: lna never downloads weights behind
 the user's back, and says how to get them when they are missing.
 """
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -110,18 +109,3 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
         if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj")):
             raise LnaError(f"{info.name}: layer {i} has no gate_proj/up_proj/down_proj MLP; lna supports {SUPPORTED}")
     return model, tokenizer
-
-
-def fingerprint(info: ModelInfo, embed_rows, down_rows) -> str:
-    """A short hash of config.json and the first rows of two weights (the input embeddings
-    and the last layer's down_proj): tells finetunes apart, is the same whatever dtype the
-    model was loaded in, and whichever backend read the weights."""
-    import torch
-
-    cfg = json.loads((info.path / "config.json").read_text())
-    for key in ("torch_dtype", "dtype", "transformers_version", "_name_or_path"):
-        cfg.pop(key, None)
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    for w in (embed_rows, down_rows):
-        h.update(w.detach()[:4].to(torch.bfloat16).to(torch.float32).cpu().numpy().tobytes())
-    return h.hexdigest()[:16]

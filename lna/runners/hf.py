@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lna import models, packing
+from lna import identity, models, packing
 from lna.errors import LnaError
 from lna.kernels import silu_mul
 from lna.runners.base import Sample
@@ -65,19 +65,21 @@ class HFRunner:
                  token_budget: int = 8192, max_row_tokens: int = 2048):
         info = models.resolve(model)
         net, tokenizer = models.load(info, device=device, dtype=dtype)
-        fingerprint = models.fingerprint(info, net.get_input_embeddings().weight, net.model.layers[-1].mlp.down_proj.weight)
-        self._setup(net, tokenizer, info, fingerprint, token_budget, max_row_tokens)
+        # From the files, not the loaded tensors: the same for every backend and dtype.
+        self._setup(net, tokenizer, info, identity.of(info), token_budget, max_row_tokens, identity.legacy(info))
 
     @classmethod
     def wrap(cls, net, tokenizer, info: models.ModelInfo, *, token_budget: int = 8192,
              max_row_tokens: int = 2048) -> "HFRunner":
-        """A runner around a model built in memory (benches: random 7B weights, never saved)."""
+        """A runner around a model built in memory (benches: random 7B weights, never saved);
+        its identity is "unsaved", which matches no store or neuron set."""
         self = cls.__new__(cls)
-        self._setup(net, tokenizer, info, "unsaved", token_budget, max_row_tokens)
+        self._setup(net, tokenizer, info, identity.UNSAVED, token_budget, max_row_tokens)
         return self
 
-    def _setup(self, net, tokenizer, info, fingerprint, token_budget, max_row_tokens):
+    def _setup(self, net, tokenizer, info, fingerprint, token_budget, max_row_tokens, legacy_fingerprint=None):
         self.model, self.tokenizer, self.info, self.fingerprint = net, tokenizer, info, fingerprint
+        self.legacy_fingerprint = legacy_fingerprint
         weight = net.get_input_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.token_budget, self.max_row_tokens = token_budget, max_row_tokens

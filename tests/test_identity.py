@@ -1,0 +1,190 @@
+"""Model identity from the files on disk: tells a one-weight fine-tune apart, the same for
+every dtype and backend, free for the Hugging Face cache, cached for local folders; merge
+and lna-ablate refuse to mix models; artefacts of lna 0.1 keep working with a note."""
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import legacy
+from lna import identity, models
+from lna.cli import run
+from lna.cli.ablate import ablate
+from lna.cli.merge import merge
+from lna.cli.profile import profile
+from lna.neurons import NeuronSets, save
+from lna.store import open_store
+
+Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def changed(tiny_models, tmp_path_factory):
+    """A copy of the tiny llama with one element of one attention weight changed: what no
+    cheap sample of embedding or MLP rows can see."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path_factory.mktemp("changed") / "llama"
+    shutil.copytree(tiny_models["llama"], path)
+    tensors = load_file(path / "model.safetensors")
+    tensors[Q_PROJ][5, 7] += torch.tensor(1e-3, dtype=tensors[Q_PROJ].dtype)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return str(path)
+
+
+def info(path):
+    return models.resolve(str(path))
+
+
+def test_one_changed_attention_weight_changes_the_identity(tiny_models, changed):
+    a, b = identity.of(info(tiny_models["llama"])), identity.of(info(changed))
+    assert a.startswith(identity.PREFIX) and b.startswith(identity.PREFIX) and a != b
+    # lna 0.1's fingerprint could not tell them apart (the point of the new one)
+    assert identity.legacy(info(tiny_models["llama"])) == identity.legacy(info(changed))
+
+
+def test_legacy_fingerprint_is_the_one_lna_0_1_recorded(tiny_models):
+    for path in tiny_models.values():
+        assert identity.legacy(info(path)) == legacy.fingerprint(path)
+
+
+def test_identity_is_the_files_sha256(tiny_models):
+    """Independent reference: sha256 of config (normalised) and of each weight file."""
+    path = info(tiny_models["mistral"]).path
+    cfg = json.loads((path / "config.json").read_text())
+    for key in ("torch_dtype", "dtype", "transformers_version", "_name_or_path"):
+        cfg.pop(key, None)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    h.update(f"model.safetensors\0{hashlib.sha256((path / 'model.safetensors').read_bytes()).hexdigest()}\n".encode())
+    assert identity.of(info(path)) == identity.PREFIX + h.hexdigest()[:32]
+
+
+def test_same_identity_for_every_dtype(tiny_models):
+    from lna.runners.hf import HFRunner
+
+    fp32 = HFRunner(tiny_models["llama"], dtype="float32")
+    bf16 = HFRunner(tiny_models["llama"], dtype="bfloat16")
+    assert fp32.fingerprint == bf16.fingerprint == identity.of(info(tiny_models["llama"]))
+    assert fp32.legacy_fingerprint == bf16.legacy_fingerprint == legacy.fingerprint(tiny_models["llama"])
+    wrapped = HFRunner.wrap(fp32.model, fp32.tokenizer, fp32.info)
+    assert wrapped.fingerprint == "unsaved" and wrapped.legacy_fingerprint is None
+
+
+def test_hub_cache_blob_names_are_used_without_reading(tiny_models, tmp_path, monkeypatch):
+    src = info(tiny_models["llama"]).path
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / ("0" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copy(f, repo / "blobs" / sha)
+        (snap / f.name).symlink_to(os.path.relpath(repo / "blobs" / sha, snap))
+    plain = identity.of(info(src))
+
+    def no_reading(file):
+        raise AssertionError(f"read {file}: the blob's name is its sha256")
+
+    monkeypatch.setattr(identity, "_stream_sha256", no_reading)
+    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 0)
+    assert identity.of(info(snap)) == plain  # a hub snapshot and a plain copy agree
+
+
+def test_local_weights_are_hashed_once(tiny_models, tmp_path, monkeypatch):
+    path = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], path)
+    monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 0)
+    real, calls = identity._stream_sha256, []
+    monkeypatch.setattr(identity, "_stream_sha256", lambda f: calls.append(f) or real(f))
+    first = identity.of(info(path))
+    assert [f.name for f in calls] == ["model.safetensors"]
+    assert identity.of(info(path)) == first and len(calls) == 1  # from the cache
+    entry = json.loads(next((tmp_path / "cache" / "identity").iterdir()).read_text())
+    assert entry["sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    st = (path / "model.safetensors").stat()
+    os.utime(path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # rewritten in place
+    assert identity.of(info(path)) == first and len(calls) == 2
+
+
+def test_weight_files_follow_the_index(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors"}}))
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "consolidated.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [f.name for f in identity.weight_files(tmp_path)] == ["model-00001-of-00002.safetensors",
+                                                                 "model-00002-of-00002.safetensors"]
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(Exception, match="model-00002-of-00002.safetensors listed in .* is missing"):
+        identity.weight_files(tmp_path)
+
+
+# -- merge and ablate refuse to mix them ----------------------------------------------------------
+def call(command, name, capsys, *args):
+    rc = run(command, name, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line(rc, out, err):
+    assert rc != 0 and err.count("\n") == 1 and "error:" in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_models, changed, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    out = {}
+    for name, model in (("base", tiny_models["llama"]), ("changed", changed)):
+        out[name] = root / f"{name}.zarr"
+        assert run(profile, "lna-profile", ["-q", "--model", model, "--dataset", "demo", "--langs", "en,zh",
+                                            "--limit", "2", "--out", str(out[name])]) == 0
+    return out
+
+
+def test_merge_refuses_a_fine_tune(stores, tmp_path, capsys):
+    assert open_store(stores["base"]).meta["model_fingerprint"] != open_store(stores["changed"]).meta["model_fingerprint"]
+    err = one_line(*call(merge, "lna-merge", capsys, stores["base"], stores["changed"], "-o", tmp_path / "m.zarr"))
+    assert "different models" in err and "weights differ" not in err  # two paths: named apart already
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def sets_of(source: dict) -> NeuronSets:
+    per_layer = [np.arange(i, i + 5, dtype=np.int64) for i in range(3)]
+    general = [np.zeros(0, np.int64)] * 3
+    return NeuronSets("ternary", 0.01, 0.1, 0.5, ["en", "zh"], 3, 96, {"en": per_layer, "zh": per_layer},
+                      general, source)
+
+
+def ablate_cli(capsys, model, neurons, out, *extra):
+    return call(ablate, "lna-ablate", capsys, "-q", "--model", model, "--neurons", neurons, "--dataset", "demo",
+                "--langs", "en,zh", "--limit", "1", "-o", out, *extra)
+
+
+def test_ablate_refuses_sets_of_a_fine_tune(tiny_models, changed, stores, tmp_path, capsys):
+    # sets identified on the fine-tune, ablated on the base model of the same name
+    src = open_store(stores["changed"]).meta
+    source = {"model": tiny_models["llama"], **{k: src.get(k) for k in identity.KEYS}}
+    neurons = save(sets_of(source), tmp_path / "n.json")
+    err = one_line(*ablate_cli(capsys, tiny_models["llama"], neurons, tmp_path / "out"))
+    assert "different models" in err and "whose weights differ" in err and "--allow-other-model" in err
+    assert not (tmp_path / "out").exists()
+    rc, _, err = ablate_cli(capsys, tiny_models["llama"], neurons, tmp_path / "out", "--allow-other-model")
+    assert rc == 0, err
+
+
+def test_ablate_with_sets_of_lna_0_1(tiny_models, tmp_path, capsys):
+    """Sets recorded with lna 0.1's fingerprint: checked on it, with a note."""
+    model = tiny_models["llama"]
+    neurons = save(sets_of({"model": model, "model_fingerprint": legacy.fingerprint(model)}), tmp_path / "old.json")
+    rc, _, err = ablate_cli(capsys, model, neurons, tmp_path / "ok")
+    assert rc == 0, err
+    assert "records the older, weaker model identity" in err
+    other = save(sets_of({"model": model, "model_fingerprint": legacy.fingerprint(tiny_models["mistral"])}),
+                 tmp_path / "other.json")
+    err = one_line(*ablate_cli(capsys, model, other, tmp_path / "no"))
+    assert "different models" in err
