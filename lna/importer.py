@@ -20,6 +20,7 @@ import numpy as np
 
 from lna import languages as langreg
 from lna.errors import LnaError
+from lna.manifest import Counted
 from lna.store import CountStore
 
 DEFAULT_MODEL = "kevinpro/MistralMathOctopus-7B"
@@ -80,7 +81,8 @@ def import_counts(sources, *, model: str = DEFAULT_MODEL, dataset: str | None = 
             "dataset": dataset, "sources": sorted({p.origin for p in pairs})}
     store = CountStore(counts, tokens, [p.lang for p in pairs], meta)
     for p in pairs:
-        store.samples[p.lang] = [{"source": f"import:{p.fingerprint()}", "total": None, "done": "all"}]
+        # Samples unknown: the language is summed as a whole, and never with other counts of it.
+        store.samples[p.lang] = Counted(unknown=[{"source": f"import:{p.fingerprint()}"}])
     return store
 
 

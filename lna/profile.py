@@ -9,12 +9,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lna import config, data, responses
 from lna.errors import LnaError
+from lna.manifest import Counted, legacy_done, sample_ids
+from lna.merge import check_compatible
 from lna.packing import chunks
 from lna.progress import Bar, sayer
 from lna.runners import make_runner
-from lna.store import CountStore, check_compatible, open_store, save_store
+from lna.store import CountStore, open_store, save_store
 
 
 @dataclass
@@ -55,13 +59,15 @@ def run(opts: Options) -> Path:
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
     meta = {
-        "model": opts.model, "model_fingerprint": runner.fingerprint, "revision": runner.info.revision,
+        "model": opts.model, "model_fingerprint": runner.fingerprint,
+        "model_fingerprint_legacy": runner.legacy_fingerprint, "revision": runner.info.revision,
         "architecture": runner.info.architecture, "dtype": dtype, "backend": backend, "dataset": name,
         "template": template_name, "template_text": template, "provenance": "profile",
     }
     store = CountStore.empty(langs, runner.layers, runner.neurons, meta)
     if existing is not None:
-        check_compatible(existing, store, what=f"{out} with this run (it was made by another model or setting)")
+        check_compatible(existing, store, what=f"{out} with this run (it was made by another model or setting)",
+                         names=(str(out), opts.model))
         store = existing
     for lang in langs:
         store = store.with_language(lang)
@@ -99,32 +105,50 @@ def run(opts: Options) -> Path:
 
 
 class _Ledger:
-    """Which samples the store has counted, per language (its manifest, kept in step)."""
+    """Which of this run's samples the store has counted, by content id (lna.manifest),
+    kept in step with the store's manifest."""
 
     def __init__(self, store: CountStore, samples, out):
-        self.store, self.by_lang, self.pos = store, {}, {}
-        for s in samples:
-            group = self.by_lang.setdefault(s.lang, [])
-            self.pos[s.key] = len(group)
-            group.append(s)
-        self.source, self.done = {}, {}
-        for lang, group in self.by_lang.items():
-            source = responses.digest(group)
-            others = [p["source"] for p in store.samples.get(lang, []) if p["source"] != source]
-            if others:
-                raise LnaError(f"{out} already holds {lang} counts of other samples ({others[0]}); "
-                               "profile into a new --out and combine them with `lna merge`")
-            self.source[lang] = source
-            self.done[lang] = store.done_mask(lang, source, len(group)).copy()
+        self.store = store
+        ids = sample_ids(samples).tolist()
+        self.id_of = {id(s): i for s, i in zip(samples, ids)}  # by object: keys need not be unique
+        by_lang: dict = {}
+        for s, i in zip(samples, ids):
+            by_lang.setdefault(s.lang, []).append((s, i))
+        self.done = set()
+        for lang, group in by_lang.items():
+            counted = store.counted(lang)
+            if counted.unknown:
+                counted = store.samples[lang] = _upgrade(counted, group, lang, out)
+            foreign = ~np.isin(counted.ids, np.array([i for _, i in group], np.uint64))
+            if foreign.any():
+                raise LnaError(f"{out} already holds {int(foreign.sum())} {lang} samples this run does not have "
+                               f"(e.g. {counted.keys[int(np.argmax(foreign))]}): it was made from other data; "
+                               "profile into a new --out and combine the stores with `lna merge`")
+            self.done.update(counted.ids.tolist())
+        self.todo = set(ids) - self.done
 
     def is_done(self, s) -> bool:
-        return bool(self.done[s.lang][self.pos[s.key]])
+        return self.id_of[id(s)] in self.done
 
     def mark(self, chunk) -> None:
         for s in chunk:
-            self.done[s.lang][self.pos[s.key]] = True
-        for lang in {s.lang for s in chunk}:
-            self.store.mark_done(lang, self.source[lang], len(self.done[lang]), self.done[lang])
+            i = self.id_of[id(s)]
+            self.store.counted(s.lang).add([i], [s.key])
+            self.done.add(i)
+            self.todo.discard(i)
 
     def complete(self) -> bool:
-        return all(d.all() for d in self.done.values())
+        return not self.todo
+
+
+def _upgrade(counted: Counted, group: list, lang: str, out) -> Counted:
+    """A store of lna 0.1 recorded its samples by position in the run's list of `lang`
+    samples (named by the list's digest): the same list maps them to content ids exactly."""
+    parts, samples = counted.unknown, [s for s, _ in group]
+    if len(parts) == 1 and parts[0].get("total") == len(group) and parts[0]["source"] == responses.digest(samples):
+        done = legacy_done(parts[0])
+        return Counted([i for (_, i), d in zip(group, done) if d], [s.key for s, d in zip(samples, done) if d])
+    kind = "imported" if any(p["source"].startswith("import:") for p in parts) else "other"
+    raise LnaError(f"{out} already holds {kind} {lang} counts whose samples lna cannot match with this run's; "
+                   f"profile {lang} into a new --out (and combine other languages with `lna merge`)")

@@ -1,17 +1,26 @@
 """The count store: activation counts as an open zarr v3 group (design.md, "Count store").
 
 Layout (readable with plain zarr, and with xarray through `dimension_names`):
-    counts   int64 [layer, language, neuron]  response tokens on which the neuron fired
-    tokens   int64 [language]                 response tokens counted
-    language str   [language]                 coordinate: language codes, in store order
-    layer, neuron  int64                      coordinates: 0..layers-1, 0..neurons-1
-    attrs: format, languages, model, architecture, layers, neurons, counted, ... and
-           `samples`, the manifest of processed samples (resume and merge bookkeeping).
+    counts          int64  [layer, language, neuron]  response tokens on which the neuron fired
+    tokens          int64  [language]                 response tokens counted
+    language        str    [language]                 coordinate: language codes, in store order
+    layer, neuron   int64                             coordinates: 0..layers-1, 0..neurons-1
+    sample_id       uint64 [sample]                   content ids of the counted samples (lna.manifest),
+                                                      by language in store order, then by id
+    sample_keys     uint8  [byte]                     their keys in the data, utf-8, one a line
+                                                      (for messages; one blob reads faster than strings)
+    attrs: format, lna_version, languages, complete, meta (model and its identity, dtype,
+           backend, dataset, template, what was counted, ...), sample_counts (samples per
+           language, in sample_id's order), unknown_samples (counts whose samples are not
+           known: imports) and integrity (lna.integrity), checked on every open.
 
 A store is small (32 x 10 x 14336 int64 is 37 MB before compression), so it is read
-whole and always rewritten whole, atomically: a half-written store never exists.
+whole and always rewritten whole, atomically: zarr encodes it in memory, lna writes the
+files into a hidden folder beside the target with plain synchronous writes (no zarr writer
+thread can outlive a failure and recreate the folder), then swaps it in with two renames.
+A half-written store never exists; a failed write leaves the previous one unchanged.
 """
-import base64
+import errno
 import json
 import os
 import shutil
@@ -20,10 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from lna import integrity
 from lna._version import __version__
-from lna.errors import LnaError
+from lna.errors import LnaError, note
+from lna.manifest import Counted, keys_blob
 
-FORMAT = "lna-counts/1"
+FORMAT = "lna-counts/2"
+# Stores of lna 0.1: no integrity record, samples recorded by position. They still open:
+# refusing them would throw away profiles that took GPU hours and are almost surely intact,
+# while what went wrong with them in practice is still caught (a missing chunk by its absent
+# file, a truncated or corrupted one when it is decoded); only a chunk altered into another
+# valid one slips through, which is what the note says.
+LEGACY_FORMAT = "lna-counts/1"
 DIMS = ("layer", "language", "neuron")
 # What a count means; stores that differ here must never be summed.
 IDENTITY = ("counted", "activation", "layers", "neurons")
@@ -35,8 +52,7 @@ class CountStore:
     tokens: np.ndarray  # int64 [language]
     languages: list[str]
     meta: dict = field(default_factory=dict)
-    # lang -> list of manifest parts {"source": str, "total": int | None, "done": "all" | b64}
-    samples: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=dict)  # lang -> lna.manifest.Counted
     complete: bool = True
 
     def __post_init__(self):
@@ -47,6 +63,8 @@ class CountStore:
         self.meta.setdefault("counted", "response-tokens")
         self.meta.setdefault("activation", "silu(gate)>0")
         self.meta["layers"], self.meta["neurons"] = self.layers, self.neurons
+        self.samples = {lang: c if isinstance(c, Counted) else Counted(unknown=list(c))
+                        for lang, c in self.samples.items()}
         validate(self)
 
     @property
@@ -67,6 +85,10 @@ class CountStore:
             raise LnaError(f"the store has no language {lang!r}: it has {', '.join(self.languages)}")
         return self.languages.index(lang)
 
+    def counted(self, lang: str) -> Counted:
+        """The samples counted for `lang` (a fresh, empty record where there are none yet)."""
+        return self.samples.setdefault(lang, Counted())
+
     def probabilities(self) -> np.ndarray:
         """p[layer, language, neuron] = counts / tokens (float64; 0 where nothing was counted)."""
         return self.counts / np.maximum(self.tokens, 1)[None, :, None]
@@ -83,41 +105,6 @@ class CountStore:
         zeros = np.zeros((self.layers, 1, self.neurons), np.int64)
         return replace(self, counts=np.concatenate([self.counts, zeros], axis=1),
                        tokens=np.append(self.tokens, 0), languages=self.languages + [lang])
-
-    # -- manifest of processed samples ----------------------------------------------
-    def done_mask(self, lang: str, source: str, total: int) -> np.ndarray:
-        """Which of the `total` samples of `source` are already counted for `lang`."""
-        for part in self.samples.get(lang, []):
-            if part["source"] == source:
-                if part["total"] != total:
-                    raise LnaError(
-                        f"the store counted {lang} samples of {source} out of {part['total']}, now "
-                        f"there are {total}: the data changed; profile into a new store"
-                    )
-                return _decode_done(part, total)
-        return np.zeros(total, bool)
-
-    def mark_done(self, lang: str, source: str, total: int, done: np.ndarray) -> None:
-        parts = [p for p in self.samples.get(lang, []) if p["source"] != source]
-        parts.append({"source": source, "total": int(total), "done": _encode_done(done)})
-        self.samples[lang] = parts
-
-
-def _encode_done(done: np.ndarray) -> str:
-    done = np.asarray(done, bool)
-    if done.all():
-        return "all"
-    return base64.b64encode(np.packbits(done).tobytes()).decode()
-
-
-def _decode_done(part: dict, total: int | None = None) -> np.ndarray:
-    total = part["total"] if total is None else total
-    if total is None:  # imported: sample list unknown, counted as a whole
-        return np.ones(1, bool)
-    if part["done"] == "all":
-        return np.ones(total, bool)
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(part["done"]), np.uint8))
-    return bits[:total].astype(bool)
 
 
 def validate(store: CountStore) -> None:
@@ -138,24 +125,37 @@ def validate(store: CountStore) -> None:
         raise LnaError("count store has counts above its token totals: it is damaged; recreate it")
 
 
-# -- reading and writing ----------------------------------------------------------------
+# -- reading --------------------------------------------------------------------------------
 def _previous(path: Path) -> Path:
     return path.parent / f".{path.name}.previous"
 
 
-def is_store(path) -> bool:
-    path = Path(path)
+def _attributes(path: Path) -> dict | None:
+    """The group's attributes if `path` is an lna count store, else None; a store whose
+    zarr.json is unreadable is an error, not "something else"."""
     meta = path / "zarr.json"
     if not meta.is_file():
-        return False
+        return None
     try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError) as err:
+        if (path / "counts").is_dir():
+            raise LnaError(f"{path}: damaged count store: zarr.json is unreadable "
+                           f"({integrity._first_line(err)}); {integrity.RECREATE}") from None
+        return None
+    return attrs if isinstance(attrs, dict) and attrs.get("format") in (FORMAT, LEGACY_FORMAT) else None
+
+
+def is_store(path) -> bool:
+    try:
+        return _attributes(Path(path)) is not None
+    except LnaError:
+        return True  # a damaged store is still a store (never overwritten as "something else")
 
 
 def open_store(path, *, allow_partial: bool = True) -> CountStore:
-    """Read a store; a clear LnaError for anything that is not one."""
+    """Read a store and verify it against its integrity record; a clear one-line LnaError
+    for anything that is not a store, or a damaged one."""
     import zarr
 
     path = Path(path)
@@ -163,59 +163,132 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
         _previous(path).rename(path)  # a swap was interrupted between its two renames
     if not path.exists():
         raise LnaError(f"{path}: no such count store (create one with lna-profile or lna import-counts)")
-    if not is_store(path):
+    attrs = _attributes(path)
+    if attrs is None:
         raise LnaError(f"{path}: not an lna count store (expected a zarr v3 group with format {FORMAT})")
+    languages, meta = attrs.get("languages"), attrs.get("meta", {})
+    if not isinstance(languages, list) or not isinstance(meta, dict):
+        raise LnaError(f"{path}: damaged count store: attributes lack the languages or meta; {integrity.RECREATE}")
     try:
         root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        attrs = dict(root.attrs)
-        counts = np.asarray(root["counts"][...])
-        tokens = np.asarray(root["tokens"][...])
-        languages = attrs["languages"]
-    except (KeyError, ValueError, TypeError, OSError) as err:
-        raise LnaError(f"{path}: damaged count store (missing or unreadable {err}); recreate it") from None
-    store = CountStore(counts, tokens, languages, attrs.get("meta", {}),
-                       attrs.get("samples", {}), attrs.get("complete", True))
+    except Exception as err:  # noqa: BLE001 - zarr raises many kinds for a damaged group
+        raise LnaError(f"{path}: damaged count store ({integrity._first_line(err)}); {integrity.RECREATE}") from None
+    reader = integrity.Reader(path, root, languages)
+    counts = reader.read("counts", by_language=True)
+    tokens = reader.read("tokens")
+    if attrs["format"] == LEGACY_FORMAT:
+        integrity.check_legacy(reader, counts, tokens)
+        parts = attrs.get("samples") if isinstance(attrs.get("samples"), dict) else {}
+        samples = {lang: Counted(unknown=list(p)) for lang, p in parts.items()}
+        note(f"{path} was written by an older lna ({LEGACY_FORMAT}): it has no checksums (missing and "
+             "unreadable chunks are detected, altered ones are not) and the older, weaker model identity; "
+             "re-run lna-profile or lna import-counts to get both")
+    else:
+        record = attrs.get("integrity")
+        if not isinstance(record, dict):
+            raise LnaError(f"{path}: damaged count store: its integrity record is missing; {integrity.RECREATE}")
+        samples = _read_samples(reader, attrs)
+        integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples)
+    try:
+        store = CountStore(counts, tokens, languages, meta, samples, attrs.get("complete", True))
+    except LnaError as err:
+        raise LnaError(f"{path}: {err}") from None
     if not allow_partial and not store.complete:
         raise LnaError(f"{path}: unfinished profile; rerun the same lna-profile command to finish it")
     return store
 
 
-def save_store(store: CountStore, path) -> Path:
-    """Write `store` to `path` atomically (a fresh group, then a rename swap)."""
-    import zarr
-    from zarr.codecs import BloscCodec
+def _read_samples(reader: integrity.Reader, attrs: dict) -> dict:
+    ids = reader.read("sample_id")
+    blob = reader.read("sample_keys").tobytes().decode("utf-8", errors="replace")
+    keys = blob.split("\n") if len(ids) else []
+    sizes = attrs.get("sample_counts", {})
+    if not (isinstance(sizes, dict) and all(isinstance(n, int) for n in sizes.values())
+            and sum(sizes.values()) == len(ids) == len(keys)):
+        reader.fail("sample_id", f"{len(ids)} ids and {len(keys)} keys do not match sample_counts {sizes}")
+    samples, start = {}, 0
+    for lang, n in sizes.items():
+        samples[lang] = Counted(ids[start:start + n], keys[start:start + n])
+        start += n
+    for lang, parts in attrs.get("unknown_samples", {}).items():
+        samples.setdefault(lang, Counted()).unknown = list(parts)
+    return samples
 
+
+# -- writing --------------------------------------------------------------------------------
+def save_store(store: CountStore, path) -> Path:
+    """Write `store` to `path` atomically; any OSError (a full disk, no permission) becomes
+    one line and leaves the previous store, if any, unchanged and no temporary behind."""
     path = Path(path)
     if path.exists() and not is_store(path):
         raise LnaError(f"{path}: exists and is not an lna count store; choose another output path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files = _encode(store)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        codec = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
-        L, K, neurons = store.counts.shape
-        arr = root.create_array("counts", shape=store.counts.shape, dtype="int64",
-                                chunks=(L, 1, neurons), compressors=codec, dimension_names=DIMS)
-        arr[...] = store.counts
-        root.create_array("tokens", shape=(K,), dtype="int64", dimension_names=("language",))[...] = store.tokens
-        root.create_array("language", shape=(K,), dtype=str, dimension_names=("language",))[...] = np.array(
-            store.languages, dtype=object)
-        root.create_array("layer", shape=(L,), dtype="int64", dimension_names=("layer",))[...] = np.arange(L)
-        root.create_array("neuron", shape=(neurons,), dtype="int64", compressors=codec,
-                          dimension_names=("neuron",))[...] = np.arange(neurons)
-        root.attrs.update({
-            "format": FORMAT,
-            "lna_version": __version__,
-            "languages": store.languages,
-            "complete": bool(store.complete),
-            "meta": store.meta,
-            "samples": store.samples,
-        })
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_files(tmp, files)
         _swap(tmp, path)
+    except OSError as err:
+        raise LnaError(_write_error(path, err)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(path)
     return path
+
+
+def _encode(store: CountStore) -> dict:
+    """The store's files (relative path -> bytes), encoded by zarr in memory."""
+    import zarr
+    from zarr.codecs import BloscCodec
+    from zarr.storage import MemoryStore
+
+    buffers: dict = {}
+    root = zarr.open_group(MemoryStore(buffers), mode="w", zarr_format=3)
+    codec = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    # Every chunk is written, zeros included: a missing chunk file is then always damage.
+    full = {"write_empty_chunks": True}
+
+    def array(name, values, dims, **kw):
+        root.create_array(name, shape=values.shape, dtype=kw.pop("dtype", values.dtype), dimension_names=dims,
+                          config=full, **kw)[...] = values
+
+    L, K, neurons = store.counts.shape
+    array("counts", store.counts, DIMS, chunks=(L, 1, neurons), compressors=codec)
+    array("tokens", store.tokens, ("language",))
+    array("language", np.array(store.languages, dtype=object), ("language",), dtype=str)
+    array("layer", np.arange(L, dtype=np.int64), ("layer",))
+    array("neuron", np.arange(neurons, dtype=np.int64), ("neuron",), compressors=codec)
+    known = {lang: store.samples[lang].sorted() for lang in store.languages
+             if lang in store.samples and len(store.samples[lang].ids)}
+    kept = replace(store, samples={**store.samples, **known})
+    array("sample_id", np.concatenate([c.ids for c in known.values()] or [np.zeros(0, np.uint64)]),
+          ("sample",), compressors=codec)
+    keys = keys_blob(k for c in known.values() for k in c.keys)
+    array("sample_keys", np.frombuffer(keys, np.uint8), ("byte",), compressors=codec)
+    root.attrs.update({
+        "format": FORMAT,
+        "lna_version": __version__,
+        "languages": store.languages,
+        "complete": bool(store.complete),
+        "meta": store.meta,
+        "sample_counts": {lang: len(c.ids) for lang, c in known.items()},
+        "unknown_samples": {lang: c.unknown for lang, c in store.samples.items() if c.unknown},
+        "integrity": integrity.record(kept),
+    })
+    return {key: buf.to_bytes() for key, buf in buffers.items()}
+
+
+def _write_files(root: Path, files: dict) -> None:
+    """Plain synchronous writes (fsync'd: the rename that publishes them must not overtake
+    their data on a crash)."""
+    for key in sorted(files):
+        target = root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(files[key])
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _swap(new: Path, path: Path) -> None:
@@ -223,63 +296,46 @@ def _swap(new: Path, path: Path) -> None:
     shutil.rmtree(prev, ignore_errors=True)
     if path.exists():
         path.rename(prev)
-    new.rename(path)
+    try:
+        new.rename(path)
+    except OSError:
+        if prev.exists() and not path.exists():
+            prev.rename(path)  # put the previous store back
+        raise
     shutil.rmtree(prev, ignore_errors=True)
 
 
-# -- merging ------------------------------------------------------------------------------
-def check_compatible(a: CountStore, b: CountStore, what: str = "stores") -> None:
-    for key in IDENTITY:
-        if a.meta.get(key) != b.meta.get(key):
-            raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
-    fa, fb = a.meta.get("model_fingerprint"), b.meta.get("model_fingerprint")
-    same_model = fa == fb if fa and fb else a.meta.get("model") == b.meta.get("model")
-    if not same_model:
-        raise LnaError(
-            f"cannot combine {what}: they are from different models "
-            f"({a.meta.get('model')!r} vs {b.meta.get('model')!r})"
-        )
+def _write_error(path: Path, err: OSError) -> str:
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        fix = f"free space on the disk of {path.parent} or write the store elsewhere"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"write the store where you may write ({path.parent} is not writable)"
+    else:
+        fix = "check that disk, or write the store elsewhere"
+    return f"{path}: could not write the count store ({reason}); any previous store there is unchanged; {fix}"
 
 
-def merge(stores: list[CountStore]) -> CountStore:
-    """Sum stores of the same model (shards, extra languages); refuse double counting."""
-    if not stores:
-        raise LnaError("nothing to merge")
-    out = stores[0]
-    out = replace(out, counts=out.counts.copy(), tokens=out.tokens.copy(),
-                  samples=json.loads(json.dumps(out.samples)))
-    for other in stores[1:]:
-        check_compatible(out, other)
-        for lang in other.languages:
-            out = out.with_language(lang)
-            k, j = out.index(lang), other.index(lang)
-            out.samples[lang] = _merge_parts(lang, out.samples.get(lang, []), other.samples.get(lang, []))
-            out.counts[:, k] += other.counts[:, j]
-            out.tokens[k] += other.tokens[j]
-        out.complete = out.complete and other.complete
-        # Imported counts are not exact (two-pass differences): the sum is not either.
-        if "import" in (out.meta.get("provenance"), other.meta.get("provenance")):
-            out.meta["provenance"] = "import"
-        for key in ("dataset", "backend", "dtype"):
-            values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]
-            if values and values[0] != values[-1]:
-                out.meta[key] = f"{values[0]}+{values[-1]}"
-    validate(out)
-    return out
+def _remove_stale(path: Path) -> None:
+    """Temporary folders of earlier runs that died before cleaning up (killed, or a writer
+    that recreated them): removed once their process is gone."""
+    prefix = f".{path.name}.tmp-"
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        if p.name.startswith(prefix) and p.name[len(prefix):].isdigit():
+            pid = int(p.name[len(prefix):])
+            if pid != os.getpid() and not _alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
 
 
-def _merge_parts(lang: str, mine: list, theirs: list) -> list:
-    parts = {p["source"]: p for p in mine}
-    for p in theirs:
-        q = parts.get(p["source"])
-        if q is None:
-            parts[p["source"]] = p
-            continue
-        a, b = _decode_done(q), _decode_done(p)
-        if a.shape != b.shape or (a & b).any():
-            raise LnaError(
-                f"cannot merge: both stores counted the same {lang} samples of {p['source']} "
-                "(summing would count them twice)"
-            )
-        parts[p["source"]] = {"source": p["source"], "total": p["total"], "done": _encode_done(a | b)}
-    return list(parts.values())
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

@@ -5,7 +5,7 @@ import torch
 
 from lna.errors import LnaError
 from lna.importer import import_counts
-from lna.store import merge
+from lna.merge import merge
 
 NPZ = "reference/mistralmathoctopus7b-mgsm-counts.npz"
 

@@ -392,6 +392,12 @@ def test_profile_cli_backends_agree(tiny_models, tmp_path):
     assert vl.meta["backend"] == "vllm" and hf.meta["backend"] == "hf"
     assert vl.languages == hf.languages and np.array_equal(vl.tokens, hf.tokens)
     assert np.array_equal(vl.counts, hf.counts)
+    # one model identity whichever backend read the weights (lna.identity: from the files)
     assert vl.meta["model_fingerprint"] == hf.meta["model_fingerprint"]
+    assert vl.meta["model_fingerprint"].startswith("weights-sha256:")
+    assert vl.meta["model_fingerprint_legacy"] == hf.meta["model_fingerprint_legacy"] is not None
+    # and the same samples by content: the sum would count them twice
+    for lang in hf.languages:
+        assert np.array_equal(np.sort(vl.samples[lang].ids), np.sort(hf.samples[lang].ids))
     assert run(merge, "lna merge", [str(tmp_path / "hf.zarr"), str(tmp_path / "vllm.zarr"),
                                     "-o", str(tmp_path / "both.zarr")]) == 1  # double counting

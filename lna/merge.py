@@ -1,0 +1,87 @@
+"""`lna merge`: the sum of count stores of one model (shards, extra languages).
+
+Rules (README, "Formats"):
+- The stores count the same thing (IDENTITY: counted, activation, layers, neurons) with the
+  same model (lna.identity.combine: equal weight identities; lna 0.1's weaker fingerprint
+  or the model's name where one side has nothing better, with a note).
+- A language held by one input is taken as is. A language held by several is summed only
+  where every input identifies its samples by content and no sample is in two inputs
+  (lna.manifest.combine): disjoint shards sum exactly to one run over their union; any
+  overlap, partial or under another dataset name, is refused with its size and an example.
+- Imported counts (released .pt/.npz: their samples are unknown) and stores of lna 0.1
+  (samples recorded by position) are wholes: they merge with other languages only, since
+  nothing can show that another input's samples of that language are not among theirs.
+"""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from lna import identity
+from lna.errors import LnaError
+from lna.manifest import combine
+from lna.store import IDENTITY, CountStore, open_store, save_store, validate
+
+
+def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=("the first", "the second")) -> dict:
+    """Refuse stores that count different things or come from different models; return the
+    model identity of both together (lna.identity.combine)."""
+    for key in IDENTITY:
+        if a.meta.get(key) != b.meta.get(key):
+            raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
+    ident = lambda m: {"model": m.get("model"), **identity.recorded(m)}  # noqa: E731
+    return identity.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
+
+
+def merge(stores: list[CountStore], names=None) -> CountStore:
+    """Sum stores of the same model; refuse anything that could count a sample twice.
+    `names`: what to call each store in messages (their paths)."""
+    if not stores:
+        raise LnaError("nothing to merge")
+    names = list(names or [f"store {i + 1}" for i in range(len(stores))])
+    out = stores[0]
+    out = replace(out, counts=out.counts.copy(), tokens=out.tokens.copy(), meta=json.loads(json.dumps(out.meta)),
+                  samples={lang: c.copy() for lang, c in out.samples.items()})
+    so_far = names[0]
+    for other, name in zip(stores[1:], names[1:]):
+        ident = check_compatible(out, other, names=(so_far, name))
+        for key, value in ident.items():
+            if value is None:
+                out.meta.pop(key, None)
+            else:
+                out.meta[key] = value
+        # Imported counts are not exact (two-pass differences): the sum is not either.
+        if "import" in (out.meta.get("provenance"), other.meta.get("provenance")):
+            out.meta["provenance"] = "import"
+        for lang in other.languages:
+            out = out.with_language(lang)
+            k, j = out.index(lang), other.index(lang)
+            out.samples[lang] = combine(lang, out.counted(lang), other.counted(lang), (so_far, name),
+                                        (int(out.tokens[k]), int(other.tokens[j])))
+            out.counts[:, k] += other.counts[:, j]
+            out.tokens[k] += other.tokens[j]
+        out.complete = out.complete and other.complete
+        for key in ("dataset", "backend", "dtype"):
+            values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]
+            if values and values[0] != values[-1]:
+                out.meta[key] = f"{values[0]}+{values[-1]}"
+        so_far = f"{so_far} + {name}" if len(so_far) < 200 else "the stores before it"
+    out.samples = {lang: c for lang, c in out.samples.items() if len(c.ids) or c.unknown}
+    validate(out)
+    return out
+
+
+def run(inputs, out, *, force: bool = False) -> CountStore:
+    """The command: read, check and sum INPUTS, write OUT (refused if it exists, unless force)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise LnaError(f"{out}: already exists; give --force to replace it, or choose another -o")
+    stores = [open_store(path) for path in inputs]
+    merged = merge(stores, names=[str(p) for p in inputs])
+    save_store(merged, out)
+    return merged
+
+
+def summary(store: CountStore) -> str:
+    return ", ".join(f"{lang} {int(n):,} tokens" for lang, n in zip(store.languages, np.asarray(store.tokens)))
