@@ -138,7 +138,8 @@ def recorded(source) -> dict:
     source (dict), as a dict of KEYS."""
     if isinstance(source, dict):
         return {k: source.get(k) for k in KEYS}
-    return {"model_fingerprint": source.fingerprint, "model_fingerprint_legacy": source.legacy_fingerprint}
+    return {"model_fingerprint": source.fingerprint,
+            "model_fingerprint_legacy": getattr(source, "legacy_fingerprint", None)}
 
 
 def _strong(ident: dict) -> str | None:

@@ -81,7 +81,7 @@ def combine(lang: str, mine: Counted, theirs: Counted, names: tuple, tokens: tup
             raise LnaError(f"cannot merge {lang}: {names[side]} holds {_unknown_kind(c)}, so lna cannot tell "
                            f"whether they overlap the {lang} counts of {names[1 - side]}; merge it only with "
                            "stores of other languages")
-    common, i, j = np.intersect1d(mine.ids, theirs.ids, assume_unique=True, return_indices=True)
+    common, i, j = np.intersect1d(mine.ids, theirs.ids, return_indices=True)
     if len(common):
         raise LnaError(f"cannot merge {lang}: {len(common)} of its {len(theirs.ids)} samples in {names[1]} are "
                        f"already counted in {names[0]} (e.g. {theirs.keys[j[0]]} is {mine.keys[i[0]]} there: same "

@@ -60,7 +60,7 @@ def run(opts: Options) -> Path:
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
     meta = {
         "model": opts.model, "model_fingerprint": runner.fingerprint,
-        "model_fingerprint_legacy": runner.legacy_fingerprint, "revision": runner.info.revision,
+        "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
         "architecture": runner.info.architecture, "dtype": dtype, "backend": backend, "dataset": name,
         "template": template_name, "template_text": template, "provenance": "profile",
     }
@@ -132,11 +132,14 @@ class _Ledger:
         return self.id_of[id(s)] in self.done
 
     def mark(self, chunk) -> None:
+        by_lang: dict = {}
         for s in chunk:
-            i = self.id_of[id(s)]
-            self.store.counted(s.lang).add([i], [s.key])
-            self.done.add(i)
-            self.todo.discard(i)
+            by_lang.setdefault(s.lang, []).append(s)
+        for lang, group in by_lang.items():  # one append a language: a manifest grows by chunks
+            ids = [self.id_of[id(s)] for s in group]
+            self.store.counted(lang).add(ids, [s.key for s in group])
+            self.done.update(ids)
+            self.todo.difference_update(ids)
 
     def complete(self) -> bool:
         return not self.todo

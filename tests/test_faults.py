@@ -60,9 +60,9 @@ def one_line(result, *words) -> str:
 def only(folder, *names):
     """Nothing but `names` in `folder` (no output, no temporary), now and a moment later
     (a writer thread finishing late would recreate its folder)."""
-    for _ in range(2):
-        assert sorted(p.name for p in folder.iterdir()) == sorted(names)
-        time.sleep(0.2)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    time.sleep(0.1)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
 
 
 # == store faults (trust-store) ===================================================================
