@@ -113,8 +113,8 @@ def keys_blob(keys) -> bytes:
     return "\n".join(str(k).replace("\n", " ") for k in keys).encode()
 
 
-def ids_crc(c: Counted) -> int:
-    """Checksum of a manifest as stored (ids, then keys), for the store's integrity record."""
+def ids_crc(ids) -> int:
+    """CRC-32 of sample ids as a store keeps them (little-endian uint64)."""
     import zlib
 
-    return zlib.crc32(keys_blob(c.keys), zlib.crc32(np.ascontiguousarray(c.ids, "<u8")))
+    return zlib.crc32(np.ascontiguousarray(ids, "<u8"))

@@ -187,8 +187,8 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
         record = attrs.get("integrity")
         if not isinstance(record, dict):
             raise LnaError(f"{path}: damaged count store: its integrity record is missing; {integrity.RECREATE}")
-        samples = _read_samples(reader, attrs)
-        integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples)
+        samples, keys = _read_samples(reader, attrs)
+        integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples, keys)
     try:
         store = CountStore(counts, tokens, languages, meta, samples, attrs.get("complete", True))
     except LnaError as err:
@@ -198,10 +198,11 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
     return store
 
 
-def _read_samples(reader: integrity.Reader, attrs: dict) -> dict:
+def _read_samples(reader: integrity.Reader, attrs: dict) -> tuple:
+    """(lang -> Counted, the sample_keys bytes as read)."""
     ids = reader.read("sample_id")
-    blob = reader.read("sample_keys").tobytes().decode("utf-8", errors="replace")
-    keys = blob.split("\n") if len(ids) else []
+    raw = reader.read("sample_keys").tobytes()
+    keys = raw.decode("utf-8", errors="replace").split("\n") if len(ids) else []
     sizes = attrs.get("sample_counts", {})
     if not (isinstance(sizes, dict) and all(isinstance(n, int) for n in sizes.values())
             and sum(sizes.values()) == len(ids) == len(keys)):
@@ -212,7 +213,7 @@ def _read_samples(reader: integrity.Reader, attrs: dict) -> dict:
         start += n
     for lang, parts in attrs.get("unknown_samples", {}).items():
         samples.setdefault(lang, Counted()).unknown = list(parts)
-    return samples
+    return samples, raw
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def _encode(store: CountStore) -> dict:
         "meta": store.meta,
         "sample_counts": {lang: len(c.ids) for lang, c in known.items()},
         "unknown_samples": {lang: c.unknown for lang, c in store.samples.items() if c.unknown},
-        "integrity": integrity.record(kept),
+        "integrity": integrity.record(kept, keys),
     })
     return {key: buf.to_bytes() for key, buf in buffers.items()}
 

@@ -6,7 +6,7 @@ Store faults (real stores written by lna-profile on a tiny model):
   another valid chunk, or swapped in from another language -> lna-identify, lna-report and
   lna merge name the store, the array and the language
 - the tokens chunk missing or altered; an array's metadata missing; the sample manifest
-  altered; the integrity record removed; the group's zarr.json torn
+  or its keys altered; the integrity record removed; the group's zarr.json torn
 - a store of lna 0.1 (no checksums) with a missing chunk; an intact one opens with a note
 - ENOSPC, EACCES or EIO while writing a store (lna merge, lna import-counts, lna-profile at
   its first write and at a checkpoint): the previous store is unchanged, nothing is left
@@ -124,6 +124,8 @@ STORE_FAULTS = {
     "counts metadata missing": (lambda s: (s / "counts" / "zarr.json").unlink(), ["array counts", "missing"]),
     "sample manifest altered": (lambda s: write_through_zarr(s, "sample_id", lambda v: v.__setitem__(0, v[0] ^ 1)),
                                 ["array sample_id", "sample manifest differs"]),
+    "sample keys altered": (lambda s: write_through_zarr(s, "sample_keys", lambda v: v.__setitem__(0, v[0] ^ 1)),
+                            ["array sample_keys", "chunk altered"]),
     "integrity record removed": (lambda s: _attrs(s, lambda a: a.pop("integrity")), ["integrity record is missing"]),
     "group zarr.json torn": (lambda s: (s / "zarr.json").write_text((s / "zarr.json").read_text()[:100]),
                              ["zarr.json is unreadable"]),
