@@ -5,14 +5,14 @@ the user's back, and says how to get them when they are missing.
 """
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from lna import families
 from lna.errors import LnaError
 
-SUPPORTED = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and other decoders " \
-            "whose MLP is down(SiLU(gate(x)) * up(x)) with gate_proj/up_proj/down_proj"
-SILU = ("silu", "swish")
+SUPPORTED = families.supported()
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -24,20 +24,43 @@ class ModelInfo:
     layers: int
     neurons: int
     revision: str  # snapshot hash for hub models, "local" otherwise
+    # how its MLPs are counted (lna.families); models built in memory are Llama-like
+    family: families.Family = field(default=families.BY_TYPE["llama"])
+
+    @property
+    def display(self) -> str:
+        """The model's name for titles: the hub id, not a cache or temporary path."""
+        return display_name(self.name)
+
+
+def display_name(model: str) -> str:
+    """A hub id or lna:name as given; "org/name" for a Hugging Face cache snapshot path;
+    the folder's name for any other local path."""
+    text = str(model).rstrip("/")
+    m = re.search(r"models--([^/]+?)--([^/]+)(/snapshots/[^/]+)?$", text)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}"
+    if text.startswith("lna:") or (text.count("/") == 1 and not text.startswith((".", "/", "~"))
+                                   and not Path(text).expanduser().exists()):
+        return text
+    return Path(text).name or text
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LNA_CACHE", Path.home() / ".cache" / "lna"))
 
 
-def resolve(model: str) -> ModelInfo:
-    """Find the model's folder and check, from its config alone, that lna can profile it."""
+def resolve(model: str, revision: str | None = None) -> ModelInfo:
+    """Find the model's folder and check, from its config alone, that lna can profile it.
+    `revision` (a hub model's branch, tag or commit) is looked up in the local cache."""
+    if revision is not None and (model.startswith("lna:") or Path(model).expanduser().is_dir()):
+        raise LnaError(f"--revision {revision}: {model} is not a Hugging Face id; revisions are for hub models")
     if model.startswith("lna:"):
         path, revision = _builtin(model[4:]), "builtin"
     elif Path(model).expanduser().is_dir():
         path, revision = Path(model).expanduser().resolve(), "local"
     else:
-        path, revision = _from_hub_cache(model)
+        path, revision = _from_hub_cache(model, revision)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise LnaError(f"{path}: no config.json; give a Hugging Face model folder or id")
@@ -45,13 +68,12 @@ def resolve(model: str) -> ModelInfo:
         cfg = json.loads(config_file.read_text())
     except ValueError:
         raise LnaError(f"{config_file}: not valid JSON") from None
+    if not isinstance(cfg, dict):
+        raise LnaError(f"{config_file}: not a model config (a JSON object)")
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
-    act = cfg.get("hidden_act", cfg.get("hidden_activation"))
-    if act not in SILU or "intermediate_size" not in cfg or "num_hidden_layers" not in cfg:
-        raise LnaError(
-            f"{model}: {arch} with activation {act!r} is not a SiLU-gated decoder; lna supports {SUPPORTED}"
-        )
-    return ModelInfo(model, path, arch, int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"]), revision)
+    family = families.identify(cfg, model)
+    text = families.text_config(cfg)
+    return ModelInfo(model, path, arch, text["num_hidden_layers"], text["intermediate_size"], revision, family)
 
 
 def _builtin(name: str) -> Path:
@@ -74,25 +96,29 @@ def _builtin(name: str) -> Path:
     return path
 
 
-def _from_hub_cache(model: str) -> tuple[Path, str]:
+def _from_hub_cache(model: str, revision: str | None = None) -> tuple[Path, str]:
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise LnaError(f"{model}: no such folder, and not a Hugging Face id of the form org/name")
+    rev = f" --revision {revision}" if revision else ""
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(model, local_files_only=True))
+        path = Path(snapshot_download(model, revision=revision, local_files_only=True))
     except Exception:  # not cached (or hub library refused): tell the user how to get it
+        what = f"{model} at revision {revision}" if revision else model
         raise LnaError(
-            f"{model} is not in the local Hugging Face cache: download it with "
-            f"`huggingface-cli download {model}` (or pass a local folder)"
+            f"{what} is not in the local Hugging Face cache: download it with "
+            f"`huggingface-cli download {model}{rev}` (gated models such as Llama and Gemma need "
+            f"their license accepted on huggingface.co and `huggingface-cli login` first), "
+            f"or pass a local folder"
         ) from None
     return path, path.name
 
 
 def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
-    """(model in eval mode on `device`, tokenizer) with sdpa attention (lna passes 4D masks)."""
+    """(model in eval mode on `device`, tokenizer); its MLPs checked against its family."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # lna shows its own progress; one bar at a time
@@ -101,11 +127,9 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LnaError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     tokenizer = AutoTokenizer.from_pretrained(info.path)
+    config = AutoConfig.from_pretrained(info.path)
     model = AutoModelForCausalLM.from_pretrained(
-        info.path, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+        info.path, config=config, dtype=getattr(torch, dtype), attn_implementation=families.attn_implementation(config)
     ).to(device).eval()
-    for i, layer in enumerate(model.model.layers):
-        mlp = getattr(layer, "mlp", None)
-        if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj")):
-            raise LnaError(f"{info.name}: layer {i} has no gate_proj/up_proj/down_proj MLP; lna supports {SUPPORTED}")
+    families.check(model, info.family, info.name)
     return model, tokenizer

@@ -1,8 +1,11 @@
-"""Tiny Llama/Mistral models with random weights and a byte-level tokenizer, built offline.
+"""Tiny random-weight models of every supported family, with a byte-level tokenizer, built offline.
 
 They stand in for real checkpoints where nothing can be downloaded: the README's default
 run, the tests and the CPU benches. Built deterministically from a seed, so two machines
-get the same weights. head_dim is 32 so that vLLM's CPU attention accepts them.
+get the same weights. head_dim is 32 where the family allows, so that vLLM's CPU attention
+accepts them. Each family's entry sets what tells it apart (rope scaling, a sliding window
+short enough to matter, multipliers, soft caps, packed projections) so that a test on the
+tiny model exercises it.
 """
 from pathlib import Path
 
@@ -12,9 +15,67 @@ PRESETS = {
     "tiny-mistral": dict(arch="mistral", hidden=128, layers=4, intermediate=512, heads=4, kv_heads=2),
 }
 SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in Llama
+WINDOW = 16  # sliding windows in the tiny models: shorter than the test sequences
+MIXED = ["sliding_attention", "full_attention"]  # layer types that alternate (2-layer models)
+
+# arch -> (transformers model_type, config entries beyond the sizes). The first two build
+# the README's demo models: leave them as they are (their weights must not change).
+ARCHS = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),
+    "llama3": ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 32}}),
+    "mistral-swa": ("mistral", {"sliding_window": WINDOW}),
+    "ministral": ("ministral", {"sliding_window": WINDOW, "layer_types": MIXED}),
+    "ministral3": ("ministral3", {}),
+    "qwen2": ("qwen2", {}),  # q/k/v projections with biases
+    "qwen3": ("qwen3", {}),  # q/k RMS norms
+    "olmo": ("olmo", {"clip_qkv": 8.0}),
+    "olmo2": ("olmo2", {}),
+    "olmo3": ("olmo3", {"sliding_window": WINDOW, "layer_types": MIXED}),
+    "granite": ("granite", {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+                            "attention_multiplier": 0.0078125, "logits_scaling": 8.0}),
+    "cohere": ("cohere", {"logit_scale": 0.0625, "use_qk_norm": False, "tie_word_embeddings": True}),
+    "cohere2": ("cohere2", {"sliding_window": WINDOW, "layer_types": MIXED, "tie_word_embeddings": True}),
+    "phi3": ("phi3", {}),  # packed gate_up_proj
+    "glm": ("glm", {}),  # packed gate_up_proj, partial rotary
+    "glm4": ("glm4", {}),
+    # Gemma: GELU-tanh; embeddings scaled by sqrt(hidden) inside the model; tied embeddings
+    # (vLLM's Gemma classes always tie them)
+    "gemma": ("gemma", {"tie_word_embeddings": True}),
+    "gemma2": ("gemma2", {"sliding_window": WINDOW, "layer_types": MIXED, "attn_logit_softcapping": 50.0,
+                          "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 32, "tie_word_embeddings": True}),
+    "gemma3": ("gemma3_text", {"sliding_window": WINDOW, "layer_types": MIXED, "query_pre_attn_scalar": 32,
+                               "final_logit_softcapping": 30.0, "tie_word_embeddings": True}),
+    # a multimodal Gemma 3 checkpoint: lna profiles its language model (a tiny vision tower)
+    "gemma3-mm": ("gemma3", {"text_config": {"sliding_window": WINDOW, "layer_types": MIXED,
+                                             "query_pre_attn_scalar": 32},
+                             "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                               "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+                             "mm_tokens_per_image": 4, "image_token_index": 3, "boi_token_index": 4,
+                             "eoi_token_index": 5, "tie_word_embeddings": True}),
+    "vaultgemma": ("vaultgemma", {"sliding_window": WINDOW, "layer_types": MIXED, "query_pre_attn_scalar": 32,
+                                  "tie_word_embeddings": True}),
+    "smollm3": ("smollm3", {"no_rope_layers": [1, 0]}),  # layer 1 without rope
+    "stablelm": ("stablelm", {"partial_rotary_factor": 0.5}),
+    "helium": ("helium", {}),
+    "exaone4": ("exaone4", {"sliding_window": WINDOW, "layer_types": MIXED}),
+    "seed_oss": ("seed_oss", {"attention_bias": True}),
+    "hunyuan_v1_dense": ("hunyuan_v1_dense", {}),
+    "ernie4_5": ("ernie4_5", {}),
+    "minicpm3": ("minicpm3", {"q_lora_rank": 32, "kv_lora_rank": 16, "qk_nope_head_dim": 16,
+                              "qk_rope_head_dim": 16, "v_head_dim": 32, "scale_emb": 12, "scale_depth": 1.4,
+                              "dim_model_base": 16, "num_key_value_heads": 2}),  # MLA: KV heads = heads
+    "hyperclovax": ("hyperclovax", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                    "attention_multiplier": 0.03125, "logits_scaling": 0.5}),
+    # differential attention: an even number (>= 2) of KV heads
+    "diffllama": ("diffllama", {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}),
+    "cwm": ("cwm", {"sliding_window": WINDOW, "layer_types": MIXED}),
+}
 
 
-def byte_tokenizer():
+def byte_tokenizer(chat_template: str | None = None):
     """A byte-level tokenizer (every UTF-8 byte one token; BOS prepended), any language."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -29,31 +90,39 @@ def byte_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
     )
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
     )
+    if chat_template is not None:
+        out.chat_template = chat_template
+    return out
 
 
 def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, intermediate: int = 96,
-               heads: int = 2, kv_heads: int = 1, seed: int = 0) -> Path:
-    """Save a random-weight causal LM of `arch` (llama | mistral) and its tokenizer to `path`."""
+               heads: int = 2, kv_heads: int = 1, seed: int = 0, chat_template: str | None = None) -> Path:
+    """Save a random-weight causal LM of `arch` (a key of ARCHS) and its tokenizer to `path`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM),
-                             "mistral": (MistralConfig, MistralForCausalLM)}[arch]
-    tokenizer = byte_tokenizer()
-    config = config_cls(
-        vocab_size=len(tokenizer),  # every id the model can sample decodes
-        hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=hidden // heads, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2, tie_word_embeddings=False,
-    )
+    if arch not in ARCHS:
+        raise ValueError(f"unknown tiny architecture {arch!r}: one of {', '.join(ARCHS)}")
+    model_type, extra = ARCHS[arch]
+    tokenizer = byte_tokenizer(chat_template)
+    sizes = {
+        "vocab_size": len(tokenizer),  # every id the model can sample decodes
+        "hidden_size": hidden, "intermediate_size": intermediate,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads, "max_position_embeddings": 4096, "bos_token_id": 1, "eos_token_id": 2,
+        "pad_token_id": 2, "tie_word_embeddings": False,
+    }
+    if "text_config" in extra:  # multimodal: the sizes are the language model's
+        extra = {**extra, "text_config": {**sizes, **extra["text_config"]}}
+        sizes = {k: sizes[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")}
+    config = AutoConfig.for_model(model_type, **{**sizes, **extra})
     torch.manual_seed(seed)
-    model = model_cls(config).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
     # HF's default init (std 0.02) makes a tiny model's gates nearly input-independent; a
     # fan-in scaled init makes them depend on the tokens. Residual branches (o_proj,
     # down_proj) start 10x smaller so that token identity, hence script and language,

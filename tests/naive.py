@@ -13,17 +13,32 @@ def load(path, dtype=torch.float32):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
 
 
+def layers(model):
+    """The decoder layers (multimodal wrappers hold the language model one level down)."""
+    inner = model.model
+    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
+
+
+def gate_hook(mlp, store, li):
+    """A forward hook recording the gate pre-activation of `mlp` (packed gate_up_proj:
+    its first half, as Phi-3's forward splits it); returns None so nothing changes."""
+    if hasattr(mlp, "gate_proj"):
+        return mlp.gate_proj.register_forward_hook(lambda m, i, o: store.__setitem__(li, o[0]))
+    return mlp.gate_up_proj.register_forward_hook(
+        lambda m, i, o: store.__setitem__(li, o[0][..., : o.shape[-1] // 2]))
+
+
 @torch.no_grad()
 def counts(path, samples, languages, count_prompt=False):
     """(counts, ambiguous) int64 [layer, language, neuron]: gate_proj(x) > 0 at response
     positions of each prompt+response sequence, and how many of those gates were ~0."""
     model = load(path)
-    L, I = model.config.num_hidden_layers, model.config.intermediate_size
+    cfg = model.config.get_text_config()
+    L, I = cfg.num_hidden_layers, cfg.intermediate_size
     out = np.zeros((L, len(languages), I), np.int64)
     amb = np.zeros_like(out)
     acts = {}
-    hooks = [layer.mlp.gate_proj.register_forward_hook(lambda m, i, o, li=li: acts.__setitem__(li, o[0]))
-             for li, layer in enumerate(model.model.layers)]
+    hooks = [gate_hook(layer.mlp, acts, li) for li, layer in enumerate(layers(model))]
     try:
         for s in samples:
             model(torch.tensor([list(s.prompt) + list(s.response)]))
@@ -49,15 +64,16 @@ def assert_counts_equal(got, ref, ambiguous):
 
 @torch.no_grad()
 def nll(path, samples, masks=None, mask_ids=None, dtype=torch.float64):
-    """Sum of response-token NLLs per sample; masks zero SiLU(gate) via a hook on act_fn."""
+    """Sum of response-token NLLs per sample; masks zero act(gate) via a hook on the activation."""
     model = load(path, dtype)
     out = np.zeros(len(samples))
     for i, s in enumerate(samples):
         hooks = []
         if masks is not None and mask_ids[i] >= 0:
-            for li, layer in enumerate(model.model.layers):
+            for li, layer in enumerate(layers(model)):
                 keep = torch.from_numpy(~masks[mask_ids[i], li]).to(dtype)
-                hooks.append(layer.mlp.act_fn.register_forward_hook(lambda m, inp, o, keep=keep: o * keep))
+                act = getattr(layer.mlp, "act_fn", None) or layer.mlp.activation_fn  # Phi-3: activation_fn
+                hooks.append(act.register_forward_hook(lambda m, inp, o, keep=keep: o * keep))
         ids = torch.tensor([list(s.prompt) + list(s.response)])
         logits = model(ids).logits[0].to(dtype)
         P = len(s.prompt)

@@ -5,26 +5,33 @@ from lna.errors import LnaError
 
 
 def make_runner(model: str, *, backend: str = "auto", device: str | None = None, dtype: str | None = None,
-                token_budget: int | None = None, max_row_tokens: int = 2048):
+                token_budget: int | None = None, max_row_tokens: int = 2048, revision: str | None = None):
     """(runner, backend name, dtype) for --backend auto|hf|vllm on --device.
 
     Defaults: the GPU where there is one; bfloat16 there, float32 on CPU; auto means vLLM
-    where it is installed and a GPU is present, else transformers.
+    where it is installed, a GPU is present and vLLM runs the model's family, else
+    transformers.
     """
     import torch
+
+    from lna import models
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if backend not in ("auto", "hf", "vllm"):
         raise LnaError(f"unknown backend {backend!r}: use auto, hf or vllm")
     vllm_installed = importlib.util.find_spec("vllm") is not None
-    if backend == "vllm" or (backend == "auto" and vllm_installed and device.startswith("cuda")):
+    family = models.resolve(model, revision).family
+    if backend == "vllm" and not family.vllm:
+        raise LnaError(f"--backend vllm: vLLM 0.32 does not run {family.name.split(' (')[0]} models; use --backend hf")
+    if backend == "vllm" or (backend == "auto" and vllm_installed and device.startswith("cuda") and family.vllm):
         if not vllm_installed:
             raise LnaError("--backend vllm: vllm is not installed (pip install 'lna[vllm]'); or use --backend hf")
         from lna.runners.vllm import VllmRunner
 
-        return VllmRunner(model, device=device, dtype=dtype), "vllm", dtype
+        return VllmRunner(model, device=device, dtype=dtype, revision=revision), "vllm", dtype
     from lna.runners.hf import HFRunner
 
     budget = token_budget or (16384 if device.startswith("cuda") else 2048)
-    return HFRunner(model, device=device, dtype=dtype, token_budget=budget, max_row_tokens=max_row_tokens), "hf", dtype
+    return HFRunner(model, device=device, dtype=dtype, token_budget=budget, max_row_tokens=max_row_tokens,
+                    revision=revision), "hf", dtype

