@@ -50,6 +50,7 @@ class Options:
     device: str | None = None
     dtype: str | None = None
     template: str | None = None
+    revision: str | None = None  # a hub model's branch, tag or commit (from the local cache)
     limit: int | None = None  # questions per language (quick runs)
     token_budget: int | None = None
     max_row_tokens: int = 2048
@@ -198,7 +199,7 @@ def run(opts: Options) -> Path:
     if out.exists() and not out.is_dir():
         raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
     ns = neurons.load(opts.neurons)
-    info = models.resolve(opts.model)
+    info = models.resolve(opts.model, opts.revision)
     check_shape(ns, info.layers, info.neurons, opts.neurons, info.name)
     check_source_model(ns, info, opts)
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
@@ -214,13 +215,14 @@ def run(opts: Options) -> Path:
         raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
+                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
+                                         revision=opts.revision)
     if not opts.allow_other_model:
         try:
             check_runner(ns.source, runner, f"{opts.neurons} and --model {opts.model}")
         except LnaError as err:
             raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
-    _, template = config.template_for(opts.model, opts.template)
+    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     samples = responses.samples(responses.tokenized(questions, runner.tokenizer, template))
     empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
     if empty:
@@ -259,7 +261,7 @@ def run(opts: Options) -> Path:
                    "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
                                    for name, sets in settings.items()},
                    "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
-    files = write_outputs(result, out, title=Path(opts.model.rstrip("/")).name)
+    files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")
     return out
 

@@ -98,12 +98,13 @@ def write_csv(path, header, rows) -> None:
 def write_report(ns: NeuronSets, out, *, with_neurons: bool = False) -> list:
     """CSV tables and figures of one set of neurons into folder `out`; returns the file names."""
     from lna import neurons, plots
+    from lna.models import display_name
 
     with staged_dir(out) as tmp:
         write_csv(tmp / "layers.csv", *layer_table(ns))
         write_csv(tmp / "shared_by_n.csv", *shared_table(ns))
         write_csv(tmp / "languages.csv", *language_table(ns))
-        name = ns.source.get("model") or "neurons"
+        name = display_name(ns.source.get("model_name") or ns.source.get("model") or "neurons")
         plots.layer_types(layer_types(ns), tmp / "layers.png", title=f"{name}: neurons per layer")
         plots.shared_by_n({name: shared_by_n(ns).sum(axis=0)[1:]}, tmp / "shared_by_n.png",
                           title=f"{name}: neurons shared by N languages")

@@ -11,7 +11,8 @@ JSONL records: {"lang": code or English name, one of "instruction"/"prompt" (ver
 prompt, the released study's format) or "query"/"question" (wrapped in the model's
 template), optional "id", "answer", and responses as "answers": [{"generated": ...}]
 (the study's format), "responses": [...] or "response": "..."; lna's responses files add
-"key", "prompt_ids", "response_ids" and "tokenizer" so reruns use the exact tokens}.
+"key", "prompt_ids", "response_ids" and "tokenizer" so reruns use the exact tokens, and
+"template", the prompt template that made "prompt"}.
 """
 import csv
 import json
@@ -37,15 +38,18 @@ class Question:
     prompt_ids: list | None = None
     response_ids: list | None = None
     tokenizer: str | None = None
+    template: str | None = None  # the template that made `prompt`, where lna's responses file says
 
-    def render(self, template: str) -> str:
+    def render(self, template) -> str:
+        """The prompt: the data's own (verbatim), else `template` (lna.config.Template) applied."""
         if self.prompt is not None:
             return self.prompt
-        return template.format(language=languages.get(self.lang).name, query=self.query)
+        return template.render(languages.get(self.lang).name, self.query)
 
 
 def load(spec: str, langs: str | None = None, limit: int | None = None) -> tuple[str, list[Question]]:
-    """(dataset name, questions of the requested languages; the first `limit` of each)."""
+    """(dataset name, questions of the requested languages; the first `limit` of each), grouped by
+    language in the order asked (`all`: the study's languages first, in the study's order)."""
     name, questions = _load_all(spec)
     available = sorted({q.lang for q in questions}, key=_study_order)
     if not questions:
@@ -55,7 +59,7 @@ def load(spec: str, langs: str | None = None, limit: int | None = None) -> tuple
     for q in questions:
         if q.lang in wanted and (limit is None or len(kept.setdefault(q.lang, [])) < limit):
             kept.setdefault(q.lang, []).append(q)
-    return name, [q for qs in kept.values() for q in qs]
+    return name, [q for lang in wanted for q in kept.get(lang, [])]  # languages in the order asked
 
 
 def _study_order(code: str):
@@ -171,5 +175,6 @@ def _parse_jsonl(lines, name: str) -> list[Question]:
             raise LnaError(f"{name}:{i + 1}: duplicate id {rec.get('id')!r}")
         seen.add(key)
         out.append(Question(key, code, query or "", str(rec.get("answer", "")), prompt, responses,
-                            rec.get("prompt_ids"), rec.get("response_ids"), rec.get("tokenizer")))
+                            rec.get("prompt_ids"), rec.get("response_ids"), rec.get("tokenizer"),
+                            rec.get("template")))
     return out

@@ -156,7 +156,8 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
         langs = parse_langs(langs, store.languages)
     if langs is not None:
         store = store.select(langs)
-    source = {"model": store.meta.get("model"), "model_fingerprint": store.meta.get("model_fingerprint"),
+    source = {"model": store.meta.get("model"), "model_name": store.meta.get("model_name"),
+              "model_fingerprint": store.meta.get("model_fingerprint"),
               "model_fingerprint_legacy": store.meta.get("model_fingerprint_legacy"),
               "dataset": store.meta.get("dataset"),
               "provenance": store.meta.get("provenance", "profile"),

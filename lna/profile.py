@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna import config, data, responses
+from lna import config, data, languages, responses
 from lna.errors import LnaError
 from lna.manifest import Counted, legacy_done, sample_ids
 from lna.merge import check_compatible
@@ -31,7 +31,8 @@ class Options:
     device: str | None = None
     dtype: str | None = None
     responses: str | None = None  # default: beside the store
-    template: str | None = None
+    template: str | None = None  # mathoctopus | plain | chat | a file (default: lna.config)
+    revision: str | None = None  # a hub model's branch, tag or commit (from the local cache)
     samples: int = 10
     temperature: float = 0.7
     top_p: float = 0.95
@@ -54,15 +55,31 @@ def run(opts: Options) -> Path:
     langs = list(dict.fromkeys(q.lang for q in questions))
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset)
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
-    template_name, template = config.template_for(opts.model, opts.template)
+    say = sayer(opts.progress)
+    if opts.langs is not None and opts.langs.strip().lower() == "all":
+        note = languages.all_note(langs)
+        if note:
+            say(note)
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens)
+                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
+                                         revision=opts.revision)
+    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
+    prompts = responses.template_record(questions, template)
+    if opts.template is not None and not prompts["template_text"]:
+        say(f"the data gives every prompt verbatim: --template {opts.template} is not applied")
+    if existing is not None and existing.meta.get("template") != prompts["template"]:
+        raise LnaError(f"{out} holds counts of prompts made with template {existing.meta.get('template')!r}; "
+                       f"this run's are {prompts['template']!r}: pass the store's --template, or choose another --out")
+    if existing is not None and existing.meta.get("template_text", "") != prompts["template_text"]:
+        raise LnaError(f"{out} holds counts of prompts made with another text of template "
+                       f"{prompts['template']!r} (configs/models.yaml or the tokenizer's chat template "
+                       f"changed); choose another --out")
     meta = {
-        "model": opts.model, "model_fingerprint": runner.fingerprint,
+        "model": opts.model, "model_name": runner.info.display, "model_fingerprint": runner.fingerprint,
         "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
-        "architecture": runner.info.architecture, "dtype": dtype, "backend": backend, "dataset": name,
-        "template": template_name, "template_text": template, "provenance": "profile",
+        "architecture": runner.info.architecture, "family": runner.info.family.name, "dtype": dtype,
+        "backend": backend, "dataset": name, **prompts, "provenance": "profile",
     }
     store = CountStore.empty(langs, runner.layers, runner.neurons, meta)
     if existing is not None:
@@ -72,7 +89,6 @@ def run(opts: Options) -> Path:
     for lang in langs:
         store = store.with_language(lang)
 
-    say = sayer(opts.progress)
     resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
     questions = responses.prepare(
         questions, runner.tokenizer, template, resp_path, runner=runner, n=opts.samples,

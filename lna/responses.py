@@ -8,12 +8,14 @@ by its index, so an interrupted run resumes where it stopped and samples the sam
 """
 import contextlib
 import hashlib
+from dataclasses import replace
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from lna.config import VERBATIM
 from lna.data import Question
 from lna.errors import LnaError
 from lna.runners.base import Sample
@@ -34,19 +36,43 @@ def tokenizer_id(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:12]
 
 
+def encode(tokenizer, text: str) -> list:
+    """Token ids of a prompt (+ response): the tokenizer adds its special tokens (BOS) unless
+    the text already starts with BOS, as a rendered chat template often does (no double BOS)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
 def encode_response(tokenizer, prompt: str, prompt_ids: list, response: str) -> list:
     """The response's tokens as the study gets them: tokenize(prompt + response) minus the
     prompt's tokens; on a boundary merge, the response tokenized on its own."""
-    full = tokenizer(prompt + response)["input_ids"]
+    full = encode(tokenizer, prompt + response)
     if full[: len(prompt_ids)] == prompt_ids:
         return full[len(prompt_ids):]
     return tokenizer(response, add_special_tokens=False)["input_ids"]
 
 
-def prepare(questions: list[Question], tokenizer, template: str, path, *, runner=None, n: int = 10,
+def template_of(q: Question, template) -> str:
+    """The name of the template `q`'s prompt comes from: the data's verbatim prompt is
+    "verbatim" (unless lna's responses file recorded the template that made it)."""
+    if q.prompt is None:
+        return template.name
+    return q.template or VERBATIM
+
+
+def template_record(questions: list[Question], template) -> dict:
+    """What the store records of the prompt format: the template name(s) applied
+    ("verbatim" where the data gave the prompts) and the exact template text."""
+    names = sorted({template_of(q, template) for q in questions})
+    used = template.name in names and any(q.prompt is None for q in questions)
+    return {"template": "+".join(names) or template.name, "template_text": template.applied if used else ""}
+
+
+def prepare(questions: list[Question], tokenizer, template, path, *, runner=None, n: int = 10,
             temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,
             progress=None) -> list[Question]:
     """Fill in token ids (and sampled responses where the data has none); write `path`.
+    `template`: the lna.config.Template for questions without a verbatim prompt.
     `progress(total)` gives a context-managed bar (with .update(n)) for the sampling."""
     tid = tokenizer_id(tokenizer)
     path = Path(path)
@@ -56,13 +82,17 @@ def prepare(questions: list[Question], tokenizer, template: str, path, *, runner
     for q in questions:
         prompt = q.render(template)
         rec = kept.get(q.key)
+        used = template_of(q, template)
+        if rec is not None and rec.get("template", used) != used:
+            raise LnaError(f"{path}: holds {q.key} made with prompt template {rec['template']!r}, this run "
+                           f"uses {used!r}; pass --template {rec['template']} or choose another --out")
         if rec is not None and (rec["prompt"] != prompt or rec.get("tokenizer") != tid):
             raise LnaError(f"{path}: holds {q.key} with another prompt or tokenizer; "
                            "choose another --out or delete that file")
         if not q.responses and rec is not None and rec.get("sampling") != sampling:
             raise LnaError(f"{path}: responses were sampled with {rec.get('sampling')}, not {sampling}; "
                            "choose another --out or delete that file")
-        out.append(_tokenize(q, tokenizer, prompt, tid))
+        out.append(replace(_tokenize(q, tokenizer, prompt, tid), template=used))
     # Sampling goes in fixed batches of the dataset's order, seeded by batch index; a batch
     # the file holds only in part (killed mid-append) is sampled again whole.
     batches: dict = {}
@@ -100,35 +130,34 @@ def prepare(questions: list[Question], tokenizer, template: str, path, *, runner
     return out
 
 
-def tokenized(questions: list[Question], tokenizer, template: str) -> list[Question]:
+def tokenized(questions: list[Question], tokenizer, template) -> list[Question]:
     """Questions with token ids, in memory only (no file, no sampling): data with responses."""
     if not all(q.responses for q in questions):
         raise LnaError(NO_RESPONSES)
     tid = tokenizer_id(tokenizer)
-    return [_tokenize(q, tokenizer, q.render(template), tid) for q in questions]
+    return [replace(_tokenize(q, tokenizer, q.render(template), tid), template=template_of(q, template))
+            for q in questions]
 
 
 def _tokenize(q: Question, tokenizer, prompt: str, tid: str) -> Question:
     """`q` with the prompt's and given responses' token ids for this tokenizer (those lna
     recorded for it are kept); a question without responses gets its prompt's only."""
     if not q.responses:
-        return _with_ids(q, prompt, tokenizer(prompt)["input_ids"], None, tid)
+        return _with_ids(q, prompt, encode(tokenizer, prompt), None, tid)
     if q.tokenizer == tid and q.prompt_ids is not None and q.response_ids is not None:
         return q
-    ids = tokenizer(prompt)["input_ids"]
+    ids = encode(tokenizer, prompt)
     return _with_ids(q, prompt, ids, [encode_response(tokenizer, prompt, ids, r) for r in q.responses], tid)
 
 
 def _with_ids(q: Question, prompt: str, prompt_ids, response_ids, tid) -> Question:
-    from dataclasses import replace
-
     return replace(q, prompt=prompt, prompt_ids=list(prompt_ids),
                    response_ids=None if response_ids is None else [list(r) for r in response_ids], tokenizer=tid)
 
 
 def _question(rec: dict) -> Question:
     return Question(rec["key"], rec["lang"], rec.get("query", ""), rec.get("answer", ""), rec["prompt"],
-                    rec["responses"], rec["prompt_ids"], rec["response_ids"], rec["tokenizer"])
+                    rec["responses"], rec["prompt_ids"], rec["response_ids"], rec["tokenizer"], rec.get("template"))
 
 
 def _read(path: Path) -> dict:
@@ -155,7 +184,7 @@ def _read(path: Path) -> dict:
 def _record(q: Question, sampling: dict | None) -> dict:
     rec = {"key": q.key, "lang": q.lang, "query": q.query, "answer": q.answer, "prompt": q.prompt,
            "responses": q.responses, "prompt_ids": q.prompt_ids, "response_ids": q.response_ids,
-           "tokenizer": q.tokenizer}
+           "tokenizer": q.tokenizer, "template": q.template}
     if sampling is not None:
         rec["sampling"] = sampling
     return rec

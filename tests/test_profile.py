@@ -133,7 +133,7 @@ def test_refuses_non_silu_model(tmp_path, dataset, capsys):
     cfg["hidden_act"] = "gelu"
     (path / "config.json").write_text(json.dumps(cfg))
     err = one_line_error(capsys, profile_cli("--model", str(path), "--dataset", dataset, "--out", str(tmp_path / "o.zarr")))
-    assert "not a SiLU-gated decoder" in err and "LlamaForCausalLM" in err
+    assert "activation 'gelu' is not supported" in err and "LlamaForCausalLM" in err and "lna supports" in err
 
 
 def test_refuses_store_of_another_model(tiny_models, dataset, tmp_path, capsys):

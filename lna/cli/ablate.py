@@ -19,7 +19,9 @@ import click
 @click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Default: bfloat16 on cuda, float32 on cpu.")
-@click.option("--template", default=None, help="Prompt template for --dataset (default: by model).")
+@click.option("--template", default=None,
+              help="Prompt template for --dataset: mathoctopus, plain, chat or a FILE (default: as lna-profile).")
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hugging Face model (from the local cache).")
 @click.option("--limit", type=int, default=None, help="Only the first N questions of each language.")
 @click.option("--token-budget", type=int, default=None,
               help="Tokens per forward batch (default: 16384 cuda, 2048 cpu).")
