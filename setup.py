@@ -1,4 +1,4 @@
-"""lna: language-neuron activation profiler for Llama/Mistral-family LLMs."""
+"""lna: language-neuron activation profiler for gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)."""
 from pathlib import Path
 
 from setuptools import setup
@@ -10,7 +10,7 @@ exec((ROOT / "lna" / "_version.py").read_text(), version)
 setup(
     name="lna",
     version=version["__version__"],
-    description="Fast, exact profiler of language neurons in Llama/Mistral-family LLMs",
+    description="Fast, exact profiler of language neurons in gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

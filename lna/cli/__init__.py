@@ -38,7 +38,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lna")
 def cli():
-    """lna: find, test and compare the language neurons of Llama/Mistral-family LLMs."""
+    """lna: find, test and compare the language neurons of gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)."""
 
 
 def run(command: click.Command, prog: str, argv=None) -> int:

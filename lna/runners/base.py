@@ -1,7 +1,8 @@
 """What every runner (transformers, vLLM) takes and gives.
 
-A runner force-decodes `Sample`s through a model whose MLPs count SiLU(gate) > 0 on
-response tokens only, per language, and returns the counts of that call. The profile
+A runner force-decodes `Sample`s through a model whose MLPs count gate > 0 (SiLU(gate) > 0,
+or GELU(gate) > 0 for Gemma: the same rule; lna.families) on response tokens only, per
+language, and returns the counts of that call. The profile
 driver (lna.profile) owns batching into resumable chunks, the store and progress.
 """
 from dataclasses import dataclass
