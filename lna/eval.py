@@ -137,13 +137,14 @@ def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
     questions = [replace(q, responses=[], response_ids=None, prompt_ids=None, tokenizer=None) for q in questions]
     for q in questions:
         accuracy.gold_of(q, dataset)
-    template_name, template = config.template_for(opts.model, opts.template)
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget)
+    # after the model: the tokenizer decides the default template (chat where it has one)
+    template_name, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     sampling = {"n": opts.samples, "temperature": opts.temperature, "top_p": opts.top_p,
                 "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}
     identity = {"model": opts.model, "model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
-                "template": template}
+                "template": template.applied}
     _claim(out, identity)
     path = out / RESPONSES
     say(f"answering {len(questions):,} questions ({opts.samples} per question, "

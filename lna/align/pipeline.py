@@ -124,8 +124,14 @@ def _load(o: Options, spec: str, langs: list, pivot: str) -> list:
     from lna import data
     from lna.config import template_for
 
+    from transformers import AutoTokenizer
+
+    from lna import models
+
     _, questions = data.load(spec, ",".join([*langs, pivot]), limit=o.limit)
-    _, template = template_for(o.model, o.template)
+    # the tokenizer decides the default template (chat where it has a chat template)
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(o.model).path)
+    _, template = template_for(o.model, o.template, tokenizer)
     from dataclasses import replace
 
     return [replace(q, prompt=q.render(template)) for q in questions]
@@ -154,8 +160,8 @@ def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
         if getattr(o, key) < 1:
             raise LnaError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(o, key)}")
     questions = _load(o, o.dataset, langs, pivot)
-    _, template = template_for(o.model, o.template)
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(o.model).path)
+    _, template = template_for(o.model, o.template, tokenizer)
     path = out / "responses.jsonl"
     need = sum(1 for q in questions if not q.responses)
     say(f"sample: {need:,} of {len(questions):,} questions need responses ({o.samples} each, temperature "
