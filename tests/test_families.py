@@ -8,8 +8,6 @@ pre-activation of an untouched model, eager attention, one sequence at a time). 
 must be exact up to gates within rounding of zero.
 """
 import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest

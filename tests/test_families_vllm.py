@@ -16,7 +16,7 @@ import torch
 import naive
 from conftest import random_samples
 from lna import families
-from lna.tiny import ARCHS, build_tiny
+from lna.tiny import build_tiny
 from test_families import TESTED, arch_param
 
 LANGS = ["en", "zh", "ja", "sw"]
