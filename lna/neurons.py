@@ -12,6 +12,7 @@ neuron shared by N languages appears under N of them: N = 1 is language-specific
 Exportable to the released `.pt` mask layout (list over languages of list over layers of
 LongTensor), which the study's and Tang et al.'s scripts read.
 """
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,8 @@ def export_pt(ns: NeuronSets, path, *, kind: str = "all") -> Path:
 
     sets = ns.sets if kind == "all" else ns.split(kind)
     mask = [[torch.as_tensor(a, dtype=torch.long) for a in sets[lang]] for lang in ns.languages]
+    buffer = io.BytesIO()  # small; written by Python so a full disk is an OSError, not torch's RuntimeError
+    torch.save(mask, buffer)
     with atomic_file(path, "pt") as tmp:
-        torch.save(mask, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)
