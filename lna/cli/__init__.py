@@ -1,14 +1,19 @@
 """Console entry points: `lna <subcommand>` and one `lna-<subcommand>` script each.
 
 Every command is a click command in its own module of this package. User mistakes
-(LnaError, bad options) print one line and exit non-zero; anything else is a bug and
-keeps its traceback.
+(LnaError, bad options) and failed writes (full disk, no permission) print one line and
+exit non-zero; anything else is a bug and keeps its traceback. Ctrl-C and SIGTERM stop a
+run the same way: what was finished is kept, and the same command resumes it.
 """
 import sys
 
 import click
 
 from lna.errors import LnaError
+from lna.interrupts import Terminated, terminate_as_interrupt
+
+HELP = {"help_option_names": ["-h", "--help"]}
+INTERRUPTED = "interrupted; run the same command again to resume"
 
 
 def _commands() -> dict:
@@ -35,7 +40,7 @@ class _Group(click.Group):
         return _commands().get(name)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings=HELP)
 @click.version_option(package_name="lna")
 def cli():
     """lna: find, test and compare the language neurons of gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)."""
@@ -43,8 +48,17 @@ def cli():
 
 def run(command: click.Command, prog: str, argv=None) -> int:
     """Run a click command, turning user errors into one line and an exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        command.main(args=argv, prog_name=prog, standalone_mode=False)
+        # make_context + invoke rather than command.main: main turns Ctrl-C into click's
+        # Abort after printing a blank line, and would hide SIGTERM behind it.
+        with terminate_as_interrupt(), command.make_context(prog, args, **HELP) as ctx:
+            command.invoke(ctx)
+    except click.exceptions.Exit as done:  # --help, --version
+        return done.exit_code
+    except click.exceptions.NoArgsIsHelpError as err:  # `lna` alone: the help, not an error line
+        click.echo(err.format_message())
+        return err.exit_code
     except LnaError as err:
         click.echo(f"{prog}: error: {err}", err=True)
         return 1
@@ -56,9 +70,18 @@ def run(command: click.Command, prog: str, argv=None) -> int:
         ctx_hint = f" (see {where} --help)" if isinstance(err, click.UsageError) else ""
         click.echo(f"{prog}: error: {err.format_message()}{ctx_hint}", err=True)
         return err.exit_code
+    except Terminated:
+        click.echo(f"{prog}: {INTERRUPTED}", err=True)
+        return 143  # 128 + SIGTERM, as a shell reports a process ended by it
     except KeyboardInterrupt:
-        click.echo(f"{prog}: interrupted; run the same command again to resume", err=True)
+        click.echo(f"{prog}: {INTERRUPTED}", err=True)
         return 130
+    except OSError as err:  # a read or write the commands did not wrap: still one line
+        from lna.atomic import write_error
+
+        where = err.filename or "a file"
+        click.echo(f"{prog}: error: {write_error(where, err, doing=None)}", err=True)
+        return 1
     return 0
 
 
