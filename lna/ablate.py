@@ -13,9 +13,10 @@ masks of a chunk of samples go to the runner in one call with per-sample mask id
 of different settings share batches through the masked kernel.
 
 Resume: per-sample NLLs of every mask are kept in DIR/nll.npz (NaN = not yet computed),
-rewritten atomically every `checkpoint_every` seconds. A rerun checks that the model,
-dtype, masks and samples are the same, computes the missing samples only, and sums in
-sample order, so its result equals an uninterrupted run's.
+rewritten atomically once `checkpoint_every` seconds have passed since the last save (checked
+after every batch) and when the run stops (error, Ctrl-C, SIGTERM). A rerun checks that
+the model, dtype, masks and samples are the same, computes the missing cells only, and
+sums in sample order, so its result equals an uninterrupted run's.
 """
 import hashlib
 import json
@@ -29,6 +30,7 @@ from lna import config, data, models, neurons, responses
 from lna.atomic import atomic_file, staged_dir
 from lna.errors import LnaError
 from lna.identity import check_runner
+from lna.interrupts import shielded
 from lna.packing import chunks
 from lna.progress import Bar, sayer
 from lna.runners import make_runner
@@ -132,27 +134,23 @@ def plan(settings: dict, layers: int, width: int) -> Plan:
 
 
 # -- forward passes ----------------------------------------------------------------------------
-def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = None, chunk_tokens: int | None = None,
+def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = None, token_budget: int | None = None,
              on_chunk=None) -> np.ndarray:
     """Response-token NLL sums, float64 [1 + n_masks, n_samples]: row 0 with nothing
-    deactivated, row m + 1 with masks[m]. Only samples with a NaN in `nll` are computed;
-    `on_chunk(nll, tokens)` follows every chunk (checkpoints, progress)."""
+    deactivated, row m + 1 with masks[m]. Only the NaN cells of `nll` are computed, about
+    one forward batch per runner call (rows of different settings share batches through
+    the per-token mask ids); `on_chunk(nll, tokens)` follows every call (checkpoints, progress)."""
     samples = list(samples)
     n_rows = 1 + len(masks)
     nll = np.full((n_rows, len(samples)), np.nan) if nll is None else nll
-    todo = [i for i in range(len(samples)) if np.isnan(nll[:, i]).any()]
-    budget = getattr(runner, "token_budget", 16384)
-    chunk_tokens = chunk_tokens or max(budget, 8 * budget // n_rows)
-    position = {id(samples[i]): i for i in todo}
-    for chunk in chunks([samples[i] for i in todo], chunk_tokens):
-        # every sample once per forward setting, in one call: the runner packs rows of
-        # different settings into the same batches (per-token mask ids in the kernel)
-        got = runner.nll([s for _ in range(n_rows) for s in chunk], masks if len(masks) else None,
-                         [m - 1 for m in range(n_rows) for _ in chunk])
-        cols = [position[id(s)] for s in chunk]
-        nll[:, cols] = np.asarray(got, np.float64).reshape(n_rows, len(chunk))
+    rows, cols = np.nonzero(np.isnan(nll))
+    work = [samples[i] for i in cols]
+    budget = getattr(runner, "token_budget", None) or token_budget or 16384  # vLLM: tokens per call
+    for idx in chunks(work, budget, settings=rows - 1):
+        got = runner.nll([work[j] for j in idx], masks if len(masks) else None, [int(rows[j]) - 1 for j in idx])
+        nll[rows[idx], cols[idx]] = np.asarray(got, np.float64)  # one assignment: whole or not at all
         if on_chunk is not None:
-            on_chunk(nll, n_rows * sum(predicted(s) for s in chunk))
+            on_chunk(nll, sum(predicted(work[j]) for j in idx))
     return nll
 
 
@@ -239,22 +237,7 @@ def run(opts: Options) -> Path:
         f"(baseline included; {shared} empty or duplicate sets shared) over {sum(map(predicted, samples)):,} "
         f"response tokens of {len(samples):,} samples ({len(samples) - len(todo):,} done) "
         f"with {backend} on {runner.device} -> {out}")
-
-    last, unsaved = [time.monotonic()], [False]
-    with Bar(opts.progress, p.n_forward * sum(map(predicted, todo)), "ablate", "tok") as bar:
-        def on_chunk(nll, tokens):
-            bar.update(tokens)
-            unsaved[0] = True
-            if time.monotonic() - last[0] >= opts.checkpoint_every:
-                _save_state(state, nll, samples, identity, p)
-                last[0], unsaved[0] = time.monotonic(), False
-
-        try:
-            nll = evaluate(runner, samples, p.masks, nll=nll, on_chunk=on_chunk)
-        finally:  # interrupted or not, keep every finished chunk (evaluate fills nll in place, a chunk at a time)
-            if unsaved[0]:
-                _save_state(state, nll, samples, identity, p)
-
+    nll = _measure(runner, samples, p, nll, state, identity, opts)
     result = matrices(nll, samples, targets, rows, p)
     result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
                    "backend": backend, "forward_settings": p.n_forward,
@@ -264,6 +247,34 @@ def run(opts: Options) -> Path:
     files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")
     return out
+
+
+def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: dict, opts: Options) -> np.ndarray:
+    """Fill the NaN cells of `nll` batch by batch; save the state by time and on any stop
+    (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
+    tokens = np.array([predicted(s) for s in samples])
+    saved = [np.count_nonzero(~np.isnan(nll)), time.monotonic()]  # cells on disk, time of the save
+
+    def save():
+        done = np.count_nonzero(~np.isnan(nll))
+        if done > saved[0]:
+            saved[:] = [done, time.monotonic()]  # set first: a save that fails is not retried
+            with shielded():
+                _save_state(state, nll, samples, identity, p)
+
+    with Bar(opts.progress, int((np.isnan(nll) * tokens).sum()), "ablate", "tok") as bar:
+        def on_chunk(nll, n_tokens):
+            bar.update(n_tokens)
+            if time.monotonic() - saved[1] >= opts.checkpoint_every:
+                save()
+
+        try:
+            nll = evaluate(runner, samples, p.masks, nll=nll, token_budget=opts.token_budget, on_chunk=on_chunk)
+        except BaseException:  # keep every finished batch (evaluate fills nll in place)
+            save()
+            raise
+        save()
+    return nll
 
 
 def check_source_model(ns: neurons.NeuronSets, info: models.ModelInfo, opts: Options) -> None:
@@ -338,7 +349,6 @@ def _resume(state: Path, identity: dict, n_rows: int, n_samples: int) -> np.ndar
 
 def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) -> None:
     """Per-sample NLLs, written atomically (a kill leaves the previous state intact)."""
-    state.parent.mkdir(parents=True, exist_ok=True)
     names = [[] for _ in range(len(p.masks))]
     for name, ids in p.ids.items():
         for lang, m in ids.items():

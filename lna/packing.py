@@ -26,20 +26,24 @@ class Row:
         return len(self.prompt) + sum(len(r) for r in self.responses)
 
 
-def chunks(samples: list[Sample], chunk_tokens: int):
-    """Whole questions (samples sharing a group), longest first, cut every `chunk_tokens`
-    tokens: the unit of resume and progress in lna-profile and lna-ablate."""
-    groups: dict = {}
-    for s in samples:
-        groups.setdefault(s.group or s.key, []).append(s)
-    size_of = {k: len(g[0].prompt) + sum(len(s.response) for s in g) for k, g in groups.items()}
-    chunk, size = [], 0
-    for key in sorted(groups, key=lambda k: -size_of[k]):
-        chunk += groups[key]
-        size += size_of[key]
-        if size >= chunk_tokens:
+def chunks(samples: list[Sample], token_budget: int, settings=None, multiple: int = 8):
+    """Index lists into `samples`, each about one forward batch: rows (a question's samples,
+    under one ablation setting where `settings` gives one per sample), longest first, while
+    rows x padded length stays within `token_budget` as in plan_batches. The unit of
+    progress, checkpoints and resume in lna-profile and lna-ablate."""
+    units: dict = {}
+    for i, s in enumerate(samples):
+        units.setdefault((s.group or s.key, -1 if settings is None else int(settings[i])), []).append(i)
+    size_of = {k: len(samples[idx[0]].prompt) + sum(len(samples[i].response) for i in idx)
+               for k, idx in units.items()}
+    chunk, rows, width = [], 0, 0
+    for key in sorted(units, key=lambda k: -size_of[k]):
+        w = max(width, _pad_to(size_of[key], multiple))
+        if chunk and (rows + 1) * w > token_budget:
             yield chunk
-            chunk, size = [], 0
+            chunk, rows, w = [], 0, _pad_to(size_of[key], multiple)
+        chunk += units[key]
+        rows, width = rows + 1, w
     if chunk:
         yield chunk
 

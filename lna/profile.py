@@ -1,9 +1,12 @@
 """lna-profile: dataset -> responses -> force-decoded counts -> count store, resumable.
 
-Work is cut into chunks of whole questions (length-sorted, so batches pad little). After
-each chunk its counts are added in memory and its samples marked done; the store is
-rewritten atomically every `checkpoint_every` seconds and at the end. A killed run loses
-at most the chunks since the last checkpoint, and its rerun counts each sample once.
+Work is cut into chunks of about one forward batch of whole questions (length-sorted, so
+batches pad little). After each chunk its counts are added in memory and its samples
+marked done (one shielded step: an interrupt never lands between the two); the progress
+bar moves, and the store is rewritten atomically once `checkpoint_every` seconds have
+passed, at the end, and when the run stops on an error, Ctrl-C or SIGTERM. A killed
+(SIGKILL) run loses at most the batches since the last checkpoint, and its rerun counts
+each sample once.
 """
 import time
 from dataclasses import dataclass
@@ -13,10 +16,11 @@ import numpy as np
 
 from lna import config, data, languages, responses
 from lna.errors import LnaError
+from lna.interrupts import shielded
 from lna.manifest import Counted, legacy_done, sample_ids
 from lna.merge import check_compatible
 from lna.packing import chunks
-from lna.progress import Bar, sayer
+from lna.progress import Bar, note, sayer
 from lna.runners import make_runner
 from lna.store import CountStore, open_store, save_store
 
@@ -53,6 +57,7 @@ def default_out(model: str, dataset: str) -> Path:
 def run(opts: Options) -> Path:
     name, questions = data.load(opts.dataset, opts.langs, limit=opts.limit)
     langs = list(dict.fromkeys(q.lang for q in questions))
+    _check_given_responses(questions)
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset)
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     say = sayer(opts.progress)
@@ -93,31 +98,72 @@ def run(opts: Options) -> Path:
     questions = responses.prepare(
         questions, runner.tokenizer, template, resp_path, runner=runner, n=opts.samples,
         temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
-        progress=lambda total: Bar(opts.progress, total, "sample", "question"),
+        progress=lambda total: Bar(opts.progress, total, "sample", "question"), note=note,
     )
     samples = responses.samples(questions)  # compact int32 token arrays
     del questions  # host memory holds tokens once, never activations: it stays flat while counting
+    empty = [lang for lang in langs if not any(s.lang == lang for s in samples)]
+    if empty:
+        raise LnaError(f"{resp_path}: every response in {', '.join(empty)} is empty, so there is nothing to "
+                       "count; check that file (delete it to sample again, e.g. with another --template or "
+                       f"--seed) or leave {', '.join(empty)} out with --langs")
     ledger = _Ledger(store, samples, out)
     todo = [s for s in samples if not ledger.is_done(s)]
     todo_tokens = sum(len(s.response) for s in todo)
     say(f"profiling {todo_tokens:,} response tokens of {len(todo):,} samples "
         f"({len(samples) - len(todo):,} already counted) with {backend} on {runner.device} -> {out}")
-    last_save = time.monotonic()
-    with Bar(opts.progress, todo_tokens, "count", "tok") as bar:
-        for chunk in chunks(todo, 8 * getattr(runner, "token_budget", 16384)):
-            counts, tokens = runner.count(chunk, store.languages)
-            store.counts += counts
-            store.tokens += tokens
-            ledger.mark(chunk)
-            bar.update(int(tokens.sum()))
-            if time.monotonic() - last_save > opts.checkpoint_every:
-                store.complete = False
-                save_store(store, out)
-                last_save = time.monotonic()
-    store.complete = ledger.complete()
-    save_store(store, out)
+    _count(runner, store, ledger, todo, out, opts)
     say(f"wrote {out} (responses: {resp_path})")
     return out
+
+
+def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, opts: Options) -> None:
+    """Count `todo` batch by batch into `store`; checkpoint by time, at the end, and on any
+    stop (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
+    unsaved, last_save = False, time.monotonic()
+
+    def checkpoint(complete: bool) -> None:
+        nonlocal unsaved, last_save
+        unsaved = False  # a save that fails is not retried: the previous one stays in place
+        store.complete = complete
+        with shielded():
+            save_store(store, out)
+        last_save = time.monotonic()
+
+    budget = getattr(runner, "token_budget", None) or opts.token_budget or 16384  # vLLM: tokens per call
+    try:
+        with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
+            for idx in chunks(todo, budget):
+                chunk = [todo[i] for i in idx]
+                langs = list(dict.fromkeys(s.lang for s in chunk))  # only these come back from the device
+                counts, tokens = runner.count(chunk, langs)
+                k = [store.index(lang) for lang in langs]
+                with shielded():
+                    store.counts[:, k] += counts
+                    store.tokens[k] += tokens
+                    ledger.mark(chunk)
+                    unsaved = True
+                bar.update(int(tokens.sum()))
+                if time.monotonic() - last_save >= opts.checkpoint_every:
+                    checkpoint(False)
+        checkpoint(ledger.complete())
+    except BaseException:
+        if unsaved:
+            checkpoint(False)
+        raise
+
+
+def _check_given_responses(questions) -> None:
+    """A language whose given responses are all empty has nothing to count: say so before
+    anything is written (sampled responses are checked once sampled)."""
+    by_lang: dict = {}
+    for q in questions:
+        by_lang.setdefault(q.lang, []).append(q)
+    empty = [lang for lang, qs in by_lang.items()
+             if all(q.responses for q in qs) and not any(r for q in qs for r in q.responses)]
+    if empty:
+        raise LnaError(f"every response in {', '.join(empty)} of the data is empty, so there is nothing to "
+                       f"count; give responses, or leave {', '.join(empty)} out with --langs")
 
 
 class _Ledger:
