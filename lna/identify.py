@@ -128,6 +128,8 @@ def identify(probs: np.ndarray, languages, *, method: str = "ternary", top_rate:
         if lam == "auto":
             lam, lam_auto = auto_lambda(t), True
         lam = float(lam)
+        if not 0 <= lam < math.inf:
+            raise LnaError(f"lambda must be auto or a number >= 0, got {lam:g}")
         selected = t.select(lam)
     elif method == "lape":
         if lam not in ("auto", None):

@@ -1,7 +1,10 @@
 """The foundation commands through their CLI entry: happy paths and every bad-input path
 (one line on stderr, non-zero exit, nothing left behind)."""
 import json
+import re
+from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from lna.cli.merge import merge
 from lna.cli.report import report
 from lna.store import CountStore, open_store, save_store
 
+REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"import-counts": import_counts, "identify": identify, "report": report, "merge": merge}
 
 
@@ -203,3 +207,25 @@ def test_merge_bad_inputs(lna, tmp_path):
     assert import_status[0] == 0
     fails(lna("merge", ref, ref, "-o", out), "count them twice")
     only(tmp_path, "a.zarr", "o.zarr", "text.txt", "release", "rel")
+
+
+# -- help ----------------------------------------------------------------------------------------------
+def test_every_script_and_subcommand_takes_h_and_every_option_has_help(capsys):
+    """`-h` works on `lna`, on every `lna-*` console script and every `lna NAME`, and every
+    option of every command says what it does."""
+    from lna import cli
+
+    scripts = re.findall(r'"(lna(?:-[a-z]+)?)=lna\.cli:(\w+)"', (REPO / "setup.py").read_text())
+    assert len(scripts) >= 6
+    for script, entry in scripts:
+        with pytest.raises(SystemExit) as done:
+            getattr(cli, entry)(["-h"])
+        assert done.value.code == 0, script
+        assert capsys.readouterr().out.startswith(f"Usage: {script} "), script
+    for name, command in cli._commands().items():
+        with pytest.raises(SystemExit) as done:
+            cli.main([name, "-h"])
+        assert done.value.code == 0 and capsys.readouterr().out.startswith(f"Usage: lna {name} ")
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"lna {name} {param.opts[0]} has no help text"

@@ -114,7 +114,7 @@ def one_line_error(capsys, code):
     (["--model", "/no/such/model"], "no such folder"),
     (["--model", "someorg/not-downloaded-model"], "huggingface-cli download"),
     (["--dtype", "float64"], "float64"),
-    (["--samples", "0"], "at least 1"),
+    (["--samples", "0"], "not in the range x>=1"),
 ])
 def test_bad_input_is_one_line(tiny_models, dataset, tmp_path, capsys, args, expect):
     base = {"--model": tiny_models["llama"], "--dataset": dataset, "--out": str(tmp_path / "o.zarr")}
