@@ -14,6 +14,7 @@ from lna.errors import LnaError
 
 SUPPORTED = families.supported()
 DTYPES = ("float32", "bfloat16", "float16")
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what transformers and vLLM load
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,16 @@ def resolve(model: str, revision: str | None = None) -> ModelInfo:
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
     family = families.identify(cfg, model)
     text = families.text_config(cfg)
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHTS):
+        raise LnaError(f"{path}: has config.json but no weights ({' or '.join(WEIGHTS)}); "
+                       + _complete_it(model, revision))
     return ModelInfo(model, path, arch, text["num_hidden_layers"], text["intermediate_size"], revision, family)
+
+
+def _complete_it(model: str, revision: str) -> str:
+    if revision == "local":
+        return "copy the model's remaining files into that folder, or give the folder that has them"
+    return f"download the whole model with `huggingface-cli download {model}`"
 
 
 def _builtin(name: str) -> Path:
@@ -82,16 +92,22 @@ def _builtin(name: str) -> Path:
     if name not in PRESETS:
         raise LnaError(f"unknown built-in model lna:{name}; built-in models: "
                        + ", ".join(f"lna:{n}" for n in PRESETS))
+    import shutil
+
+    from lna.atomic import writing
+
     path = cache_dir() / "models" / name
     if not (path / "config.json").is_file():
         tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-        build_tiny(tmp, **PRESETS[name])
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            tmp.rename(path)
-        except OSError:  # another process built it first
-            import shutil
-
+            with writing(path):  # a full or read-only cache: one line (set LNA_CACHE elsewhere)
+                build_tiny(tmp, **PRESETS[name])
+                path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.rename(path)
+            except OSError:  # another process built it first
+                pass
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
 
@@ -118,18 +134,43 @@ def _from_hub_cache(model: str, revision: str | None = None) -> tuple[Path, str]
 def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     """(model in eval mode on `device`, tokenizer); its MLPs checked against its family."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from safetensors import SafetensorError
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # lna shows its own progress; one bar at a time
     if dtype not in DTYPES:
         raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LnaError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    tokenizer = AutoTokenizer.from_pretrained(info.path)
-    config = AutoConfig.from_pretrained(info.path)
-    model = AutoModelForCausalLM.from_pretrained(
-        info.path, config=config, dtype=getattr(torch, dtype), attn_implementation=families.attn_implementation(config)
-    ).to(device).eval()
+    from lna.runners import check_device
+
+    device = check_device(device)
+    tokenizer = load_tokenizer(info)
+    try:
+        config = AutoConfig.from_pretrained(info.path)
+        model = AutoModelForCausalLM.from_pretrained(
+            info.path, config=config, dtype=getattr(torch, dtype),
+            attn_implementation=families.attn_implementation(config))
+    except (OSError, ValueError, SafetensorError) as err:  # damaged or incomplete weight files
+        raise LnaError(f"{info.path}: could not load the weights ({_first_line(err)}); "
+                       + _complete_it(info.name, info.revision)) from None
+    model = model.to(device).eval()
     families.check(model, info.family, info.name)
     return model, tokenizer
+
+
+def load_tokenizer(info: ModelInfo):
+    """The model's tokenizer; one clear line when its folder has none lna can load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(info.path)
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        raise LnaError(f"{info.path}: no tokenizer that transformers can load ({_first_line(err)}); "
+                       "it needs tokenizer.json (or tokenizer.model and tokenizer_config.json): "
+                       + _complete_it(info.name, info.revision)) from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
