@@ -1,5 +1,11 @@
-"""Progress on stderr: one-line messages and tqdm bars (rate and ETA); silent when quiet."""
+"""Progress on stderr: one-line messages and tqdm bars (rate and ETA); silent when quiet,
+except for notes."""
 import sys
+
+
+def note(msg: str) -> None:
+    """Something the user must hear even with --quiet (e.g. a file lna repaired)."""
+    print(f"note: {msg}", file=sys.stderr)
 
 
 def sayer(enabled: bool):

@@ -5,6 +5,8 @@ file beside the store (`X.zarr` -> `X.responses.jsonl`), one record a question. 
 is itself a dataset lna reads (lna.data), so profiling, ablation and reruns use exactly
 the same tokens. Sampling appends a fixed batch of questions at a time, each batch seeded
 by its index, so an interrupted run resumes where it stopped and samples the same.
+An append is whole or undone (a failed write is cut back off, an interrupt waits for it);
+a torn last line that a crash left anyway is removed, with a note, and prepared again.
 """
 import contextlib
 import hashlib
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lna.atomic import write_error, writing
 from lna.config import VERBATIM
 from lna.data import Question
 from lna.errors import LnaError
+from lna.interrupts import shielded
 from lna.runners.base import Sample
 
 NO_RESPONSES = ("the data has no responses; sampling them needs the model (give --responses FILE "
@@ -70,13 +74,14 @@ def template_record(questions: list[Question], template) -> dict:
 
 def prepare(questions: list[Question], tokenizer, template, path, *, runner=None, n: int = 10,
             temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,
-            progress=None) -> list[Question]:
+            progress=None, note=None) -> list[Question]:
     """Fill in token ids (and sampled responses where the data has none); write `path`.
     `template`: the lna.config.Template for questions without a verbatim prompt.
-    `progress(total)` gives a context-managed bar (with .update(n)) for the sampling."""
+    `progress(total)` gives a context-managed bar (with .update(n)) for the sampling;
+    `note(msg)` hears of a repaired file."""
     tid = tokenizer_id(tokenizer)
     path = Path(path)
-    kept = _read(path)
+    kept = _read(path, note)
     sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
     out = []
     for q in questions:
@@ -160,8 +165,9 @@ def _question(rec: dict) -> Question:
                     rec["responses"], rec["prompt_ids"], rec["response_ids"], rec["tokenizer"], rec.get("template"))
 
 
-def _read(path: Path) -> dict:
-    """Records by key; a torn last line (killed mid-write) is dropped, other damage is an error."""
+def _read(path: Path, note=None) -> dict:
+    """Records by key; a torn last line (a crash mid-write) is cut off with a note, other
+    damage is an error."""
     if not path.exists():
         return {}
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -173,8 +179,11 @@ def _read(path: Path) -> dict:
             rec = json.loads(line)
         except ValueError:
             if i == len(lines) - 1:  # torn tail
-                with path.open("r+", encoding="utf-8") as fh:
+                with writing(path), path.open("r+", encoding="utf-8") as fh:
                     fh.truncate(len("\n".join(lines[:i]).encode()) + (1 if i else 0))
+                if note is not None:
+                    note(f"{path}: removed its torn last line (line {i + 1}, left by an interrupted "
+                         "write); that question is prepared again")
                 break
             raise LnaError(f"{path}:{i + 1}: not valid JSON; delete the file to sample again") from None
         recs[rec["key"]] = rec
@@ -191,14 +200,30 @@ def _record(q: Question, sampling: dict | None) -> dict:
 
 
 def _append(path: Path, records: list) -> None:
+    """Append whole lines, fsync'd; a failed write is cut back off (no torn line stays)."""
     if not records:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode()
+    with shielded(), writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("ab", buffering=0) as fh:
+            start, failed = fh.seek(0, os.SEEK_END), None
+            try:
+                view = memoryview(text)
+                while view:
+                    view = view[fh.write(view):]
+                os.fsync(fh.fileno())
+            except OSError as err:
+                try:
+                    fh.truncate(start)
+                except OSError:
+                    pass  # the next run removes the torn line (with a note)
+                failed = err
+        if failed is not None:
+            if new:
+                path.unlink(missing_ok=True)
+            raise write_error(path, failed) from None
 
 
 def samples(questions: list[Question]) -> list[Sample]:
