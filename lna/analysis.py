@@ -42,11 +42,24 @@ def type_sets(ns: NeuronSets) -> dict:
 
 
 def summary(ns: NeuronSets) -> str:
-    """A few lines for the terminal: tau, lambda, per-language sizes, neurons by N."""
+    """A few lines for the terminal: tau, lambda (and whether the search stopped at the top
+    of its range), selected neurons that belong to no language, per-language sizes, neurons by N."""
+    from lna.identify import LAMBDA_RANGE
+
     K = len(ns.languages)
-    lam = "-" if ns.lam is None else f"{ns.lam:g}" + (" (auto)" if ns.lambda_auto else "")
+    lam = "-" if ns.lam is None else f"{ns.lam:g}"
+    if ns.lam is not None and ns.lambda_auto:
+        lo, hi = LAMBDA_RANGE
+        lam += (f" (auto: the top of the searched range [{lo:g}, {hi:g}]; no lambda in it selects a neuron "
+                "shared by all languages, so a larger one might do too)" if ns.lam >= hi else " (auto)")
     lines = [f"{ns.method}: tau {ns.tau:.6f} ({ns.tau_quantile:g} quantile), lambda {lam}, "
              f"top rate {ns.top_rate:g} of {ns.layers} x {ns.neurons} neurons"]
+    selected = round(ns.layers * ns.neurons * ns.top_rate)
+    listed = sum(len(idx) for idx, _ in ns.shared_by())
+    if selected > listed:
+        lines.append(f"  selected {selected} neurons: {listed} are above tau in some language; "
+                     f"{selected - listed} ({100 * (selected - listed) / selected:.0f}%) are above tau in no "
+                     "language and so belong to no set")
     sizes = ns.sizes()
     width = max(len(x) for x in ns.languages + ["language"])
     lines.append(f"  {'language':<{width}}  {'all':>6} {'specific':>8} {'related':>7}")
