@@ -121,6 +121,19 @@ def test_identify(lna, tmp_path):
     assert json.loads((tmp_path / "f.json").read_text())["lambda"] == 0.05
 
 
+def test_identify_says_when_lambda_stops_at_the_top_of_its_range(lna, tmp_path):
+    """A store where no neuron is above tau for every language: no lambda can select one, so
+    the search ends at 0.2 without having found a bound there."""
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 100, (2, 3, 300))
+    counts[:, 0, :150] = 0  # half the neurons never fire in en: none is shared by all three
+    save_store(CountStore(counts, np.full(3, 100), ["en", "zh", "ja"], {"model": "org/m"}), tmp_path / "s.zarr")
+    rc, out, err = lna("identify", tmp_path / "s.zarr", "-o", tmp_path / "n.json")
+    assert rc == 0, err
+    assert "general (N=3): 0" in out
+    assert "lambda 0.2 (auto: the top of the searched range [0, 0.2]" in out
+
+
 def test_identify_bad_inputs(lna, tmp_path):
     store = tiny_store(tmp_path)
     out = tmp_path / "n.json"
@@ -152,6 +165,13 @@ def test_identify_reproduces_release(lna, tmp_path, shared_data):
     released = json.loads((ref / "mistralmathoctopus7b-mgsm-mask-0.01-0.109375.json").read_text())
     obj = json.loads((tmp_path / "n.json").read_text())
     assert obj["sets"] == released and obj["lambda"] == 0.109375
+    # the summary's neurons of no language: the 1% selected, less those the released sets list
+    selected = round(32 * 14336 * 0.01)
+    listed = len({(layer, i) for sets in released.values() for layer, idx in enumerate(sets) for i in idx})
+    unlisted = selected - listed
+    assert f"selected {selected} neurons: {listed} are above tau in some language; {unlisted} " \
+           f"({round(100 * unlisted / selected)}%) are above tau in no language" in out
+    assert "top of the searched range" not in out
     mask = torch.load(tmp_path / "m.pt", weights_only=True)
     assert [[t.tolist() for t in layers] for layers in mask] == list(released.values())
 
