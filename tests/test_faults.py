@@ -1,7 +1,11 @@
 """Fault injection: every fault a user can meet gives one line on stderr (what, where, how
 to fix), a non-zero exit, and leaves no output or temporary file behind.
 
-Store faults (real stores written by lna-profile on a tiny model):
+Each test builds real inputs (tiny models, stores and responses written by lna-profile,
+neuron sets), runs the command through its console entry point and checks the exit status,
+the message and the folders afterwards. The faults, section by section:
+
+store (real stores written by lna-profile on a tiny model)
 - a chunk of one language's counts missing, truncated, empty, random bytes, altered into
   another valid chunk, or swapped in from another language -> lna-identify, lna-report and
   lna merge name the store, the array and the language
@@ -13,48 +17,73 @@ Store faults (real stores written by lna-profile on a tiny model):
   behind (no hidden .NAME.zarr.tmp-PID folder, even a moment later), and a profile resumes
 - temporaries of earlier crashed writes beside a store are removed by the next write
 - lna merge -o onto an existing store without --force
+outputs (a full disk or a read-only place, simulated by patching the writers: the files
+opened for writing under the test's folder share `room` bytes, then fail as a full disk does)
+- neuron sets, the .pt export, report and compare folders, the ablation folder and its
+  state, the responses file (first write, and an append in the middle of sampling), the
+  built-in model's cache
+model folders
+- config.json without tokenizer, without weights, with truncated weights (profile, ablate)
+devices
+- --device tpu, cuda:x, cpu:0; cuda and cuda:N without such a GPU
+options
+- out-of-range values of every numeric option (--lambda -1, --top-rate 0, --top-p 0, ...)
+data and responses
+- a language whose responses are all empty (given, or sampled)
+- a torn last line in a responses file: reported, repaired, counted as if never torn
+interrupts
+- SIGTERM to a running lna-profile / lna-ablate (a real subprocess): a checkpoint, exit
+  143, one line; the rerun equals an uninterrupted run
+- progress and checkpoints move after every forward batch
 """
+import builtins
 import errno
+import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import legacy
-from lna.cli import run
-from lna.cli.identify import identify
-from lna.cli.import_counts import import_counts
-from lna.cli.merge import merge
-from lna.cli.profile import profile
-from lna.cli.report import report
+from lna import cli
 from lna import store as store_module
 from lna.store import open_store
 
-COMMANDS = {"identify": identify, "report": report, "merge": merge, "profile": profile,
-            "import-counts": import_counts}
+REPO = Path(__file__).resolve().parents[1]
+
+
+# == running commands ===============================================================================
+def _entry(name):
+    """The console entry point of `lna-NAME`, or `lna NAME` for subcommands without a script."""
+    return getattr(cli, f"{name.replace('-', '_')}_main", None) or (lambda argv: cli.main([name, *argv]))
 
 
 @pytest.fixture
 def lna(capsys):
-    """lna(command, *args) -> (exit status, stdout, stderr)."""
+    """lna(command, *args) -> (exit status, stdout, stderr), through the console entry point."""
     def call(name, *args):
-        rc = run(COMMANDS[name], f"lna-{name}", [str(a) for a in args])
+        with pytest.raises(SystemExit) as done:
+            _entry(name)([str(a) for a in args])
         out, err = capsys.readouterr()
-        return rc, out, err
+        return done.value.code, out, err
     return call
 
 
 def one_line(result, *words) -> str:
     """A non-zero exit and exactly one line on stderr, no traceback, holding `words`."""
     rc, out, err = result
-    assert rc != 0, (out, err)
+    assert rc not in (0, None), (rc, out, err)
     assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
     for w in words:
         assert str(w) in err, (w, err)
-    return err
+    return err.strip()
 
 
 def only(folder, *names):
@@ -63,6 +92,26 @@ def only(folder, *names):
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
     time.sleep(0.1)
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+class Unchanged:
+    """`with Unchanged(folder):` - nothing appears, disappears or changes under it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _state(self):
+        return {str(p.relative_to(self.root)): p.stat().st_mtime_ns if p.is_file() else None
+                for p in self.root.rglob("*")}
+
+    def __enter__(self):
+        self.before = self._state()
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            after = self._state()
+            assert after == self.before, set(after.items()) ^ set(self.before.items())
 
 
 # == store faults (trust-store) ===================================================================
@@ -74,8 +123,9 @@ def built(tiny_models, tmp_path_factory):
     """A real store, and a second one of other languages of the same model (to merge)."""
     root = tmp_path_factory.mktemp("built")
     for name, langs in (("s.zarr", ",".join(LANGS)), ("ja.zarr", "ja")):
-        assert run(profile, "lna-profile", ["-q", "--model", tiny_models["llama"], "--dataset", "demo",
-                                            "--langs", langs, "--limit", "2", "--out", str(root / name)]) == 0
+        assert cli.run(cli._commands()["profile"], "lna-profile",
+                       ["-q", "--model", tiny_models["llama"], "--dataset", "demo", "--langs", langs, "--limit", "2",
+                        "--out", str(root / name)]) == 0
     return root
 
 
@@ -156,7 +206,7 @@ def test_damaged_store_of_lna_0_1(store, lna):
     only(store.parent, "s.zarr", "ja.zarr", "old.zarr")
 
 
-def full_disk(monkeypatch, code=errno.ENOSPC, after=3):
+def store_writes_fail(monkeypatch, code=errno.ENOSPC, after=3):
     """Writes fail with `code` after `after` files, as a full disk would."""
     real = store_module._write_files
 
@@ -174,7 +224,7 @@ def full_disk(monkeypatch, code=errno.ENOSPC, after=3):
 def test_store_write_fails(store, lna, monkeypatch, code, words):
     folder = store.parent
     before = open_store(store).counts.copy()
-    full_disk(monkeypatch, code)
+    store_writes_fail(monkeypatch, code)
     one_line(lna("merge", store, folder / "ja.zarr", "-o", folder / "m.zarr"), "m.zarr: could not write", *words)
     only(folder, "s.zarr", "ja.zarr")
     # replacing an existing store: it stays as it was
@@ -190,7 +240,7 @@ def test_import_counts_on_a_full_disk(tmp_path, lna, monkeypatch):
     src.mkdir()
     for prefix, n in (("", 30), ("prefix.", 10)):
         torch.save({"total_tokens": n, "over_zero": torch.ones(2, 3, dtype=torch.long)}, src / f"{prefix}activation.en.t.pt")
-    full_disk(monkeypatch)
+    store_writes_fail(monkeypatch)
     one_line(lna("import-counts", src, "-o", tmp_path / "s.zarr"), "No space left on device")
     only(tmp_path, "release")
 
@@ -198,7 +248,7 @@ def test_import_counts_on_a_full_disk(tmp_path, lna, monkeypatch):
 def test_profile_on_a_full_disk_keeps_its_checkpoint_and_resumes(tiny_models, built, tmp_path, lna, monkeypatch):
     args = ["-q", "--model", tiny_models["llama"], "--dataset", "demo", "--langs", ",".join(LANGS), "--limit", "2",
             "--token-budget", "32", "--checkpoint-every", "0", "--out", tmp_path / "p.zarr"]
-    full_disk(monkeypatch, after=0)
+    store_writes_fail(monkeypatch, after=0)
     one_line(lna("profile", *args), "p.zarr: could not write the count store", "No space left on device")
     only(tmp_path, "p.responses.jsonl")  # the responses, complete: a rerun uses them
     monkeypatch.undo()
@@ -245,3 +295,383 @@ def test_merge_onto_an_existing_store_needs_force(store, lna):
     one_line(lna("merge", store, store, "-o", folder / "ja.zarr"), "ja.zarr: already exists", "--force")
     np.testing.assert_array_equal(open_store(folder / "ja.zarr").counts, before)
     only(folder, "s.zarr", "ja.zarr")
+
+
+# == outputs on a full disk (or a place that refuses writes) =========================================
+class _Filling:
+    """A file object whose writes fail once the disk's room is used up (partly written first)."""
+
+    def __init__(self, f, disk, name):
+        self._f, self._disk, self.name = f, disk, name
+
+    def write(self, data):
+        if len(data) > self._disk.room:
+            if self._disk.room:
+                self._f.write(data[: self._disk.room])
+                self._f.flush()
+            self._disk.room = 0
+            self._disk.failures += 1
+            raise OSError(self._disk.errno, os.strerror(self._disk.errno), str(self.name))
+        self._disk.room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, attr):
+        return getattr(self._f, attr)
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+class Disk:
+    """Files opened for writing under `root` share `room` bytes; then writes fail with `errno`."""
+
+    def __init__(self, root, room=0, code=errno.ENOSPC):
+        self.root, self.room, self.errno, self.failures = Path(root).resolve(), room, code, 0
+
+    def patch(self, monkeypatch):
+        real = io.open
+
+        def opener(file, mode="r", *args, **kwargs):
+            f = real(file, mode, *args, **kwargs)
+            if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+"):
+                if Path(os.path.abspath(file)).is_relative_to(self.root):
+                    return _Filling(f, self, file)
+            return f
+
+        monkeypatch.setattr(builtins, "open", opener)
+        monkeypatch.setattr(io, "open", opener)
+        return self
+
+
+@pytest.fixture
+def disk_fills(monkeypatch, tmp_path):
+    """disk_fills(room=0, code=ENOSPC): from now on writes under tmp_path/out fail."""
+    (tmp_path / "out").mkdir()
+
+    def fill(room=0, code=errno.ENOSPC):
+        return Disk(tmp_path / "out", room, code).patch(monkeypatch)
+
+    return fill
+
+
+# -- inputs made by lna: a store, its responses, neuron sets --
+DATA = [  # three languages, verbatim short prompts: the forward passes stay small
+    {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5.", " Five, as 2+3=5."]},
+    {"lang": "en", "prompt": "Q: 7-4?\nA:", "responses": [" 7-4 = 3. The answer is 3."]},
+    {"lang": "zh", "prompt": "问：2加3？\n答：", "responses": [" 2加3等于5。答案是5。", " 五"]},
+    {"lang": "zh", "prompt": "问：7减4？\n答：", "responses": [" 7减4等于3。答案是3。"]},
+    {"lang": "ja", "prompt": "問：2たす3？\n答：", "responses": [" 2たす3は5です。答えは5です。"]},
+    {"lang": "ja", "prompt": "問：7ひく4？\n答：", "responses": [" 3です。"]},
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return Path(tiny_models["llama"])
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, model):
+    """A dataset, the count store and responses lna-profile made of it, and neuron sets."""
+    root = tmp_path_factory.mktemp("made")
+    data = write_jsonl(root / "d.jsonl", DATA)
+    store = root / "s.zarr"
+    assert cli.run(cli._commands()["profile"], "lna-profile",
+                   ["-q", "--model", str(model), "--dataset", str(data), "--out", str(store)]) == 0
+    assert cli.run(cli._commands()["identify"], "lna-identify",
+                   [str(store), "-o", str(root / "n.json"), "--top-rate", "0.05"]) == 0
+    return {"root": root, "data": data, "store": store, "responses": root / "s.responses.jsonl",
+            "neurons": root / "n.json"}
+
+
+OUTPUT_FAULTS = {  # command line (OUT: the folder that fills up), what the message names, the
+    # room for a disk that fills up mid-write (after some files, inside another)
+    "identify: neuron sets": (["identify", "{store}", "-o", "OUT/n.json"], "OUT/n.json", 300),
+    "identify: .pt export": (["identify", "{store}", "-o", "OUT/n.json", "--export-pt", "OUT/m.pt"],
+                             "OUT/", 1000),  # 1000: the JSON fits, the .pt does not; neither stays
+    "report: folder": (["report", "{neurons}", "-o", "OUT/report"], "OUT/report", 1000),
+    "report from a store: folder": (["report", "{store}", "-o", "OUT/report", "--top-rate", "0.05"],
+                                    "OUT/report", 1000),
+    "compare: folder": (["compare", "{neurons}", "{neurons}", "-o", "OUT/cmp"], "OUT/cmp", 1000),
+    "ablate: state and outputs": (["ablate", "-q", "--model", "{model}", "--neurons", "{neurons}", "--responses",
+                                   "{responses}", "-o", "OUT/ab"], "OUT/ab", 1000),
+    "profile: responses file": (["profile", "-q", "--model", "{model}", "--dataset", "{data}", "--out",
+                                 "OUT/p.zarr"], "OUT/p.responses.jsonl", 1000),
+}
+
+
+@pytest.mark.parametrize("when", ["empty", "mid-write"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["ENOSPC", "EROFS"])
+@pytest.mark.parametrize("fault", list(OUTPUT_FAULTS))
+def test_output_on_a_full_disk(fault, code, when, made, model, tmp_path, disk_fills, lna):
+    args, named, room = OUTPUT_FAULTS[fault]
+    where = {"store": made["store"], "neurons": made["neurons"], "model": model, "responses": made["responses"],
+             "data": made["data"]}
+    out = tmp_path / "out"
+    argv = [a.format(**where).replace("OUT", str(out)) for a in args]
+    with Unchanged(made["root"]):
+        disk = disk_fills(0 if when == "empty" else room, code)
+        line = one_line(lna(*argv), named.replace("OUT", str(out)), os.strerror(code))
+    assert disk.failures >= 1
+    assert ("free space on the disk" if code == errno.ENOSPC else "somewhere you may write") in line
+    only(out)  # no output, no temporary file
+
+
+def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, monkeypatch):
+    """Sampling appends a batch of questions at a time; the append that hits the full disk is
+    cut back off, so the file holds whole lines only and the rerun continues from them."""
+    from lna import responses
+
+    monkeypatch.setattr(responses, "BATCH_QUESTIONS", 1)
+    data = write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "query": f"What is {i}+1?"} for i in range(3)])
+    out = tmp_path / "out" / "g.zarr"
+    disk = disk_fills(room=2000)
+    args = ["profile", "-q", "--model", model, "--dataset", data, "--out", out, "-n", "2", "--max-new-tokens", "5"]
+    one_line(lna(*args), "g.responses.jsonl", "No space left on device")
+    assert disk.failures == 1
+    kept = (tmp_path / "out" / "g.responses.jsonl").read_bytes()
+    assert kept.endswith(b"\n") and 0 < kept.count(b"\n") < 3  # whole lines: the first batch(es)
+    assert [json.loads(x)["key"] for x in kept.decode().splitlines()] == [f"q/en/{i}" for i in range(kept.count(b"\n"))]
+    only(tmp_path / "out", "g.responses.jsonl")
+    disk.room = 10**9
+    rc, _, err = lna(*args)
+    assert rc == 0 and "note:" not in err, err  # nothing was torn, nothing to repair
+    assert len((tmp_path / "out" / "g.responses.jsonl").read_text().splitlines()) == 3
+
+
+def test_builtin_model_cache_on_a_full_disk(made, tmp_path, disk_fills, lna, monkeypatch):
+    monkeypatch.setenv("LNA_CACHE", str(tmp_path / "out" / "cache"))
+    disk_fills()
+    line = one_line(lna("profile", "-q", "--model", "lna:tiny-llama", "--dataset", made["data"],
+                        "--out", tmp_path / "s.zarr"), "No space left on device", "free space")
+    assert "cache" in line
+    assert not list((tmp_path / "out").rglob("*.safetensors")) and not list((tmp_path / "out").rglob(".*tmp*"))
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# == model folders ======================================================================================
+def _broken_model(model, tmp_path, kind):
+    import shutil
+
+    broken = tmp_path / f"no-{kind}"
+    shutil.copytree(model, broken)
+    if kind == "tokenizer":
+        for f in broken.glob("tokenizer*"):
+            f.unlink()
+    elif kind == "weights":
+        (broken / "model.safetensors").unlink()
+    else:  # a download cut short
+        size = (broken / "model.safetensors").stat().st_size
+        os.truncate(broken / "model.safetensors", size // 2)
+    return broken
+
+
+@pytest.mark.parametrize("kind,words", [
+    ("tokenizer", ["no tokenizer", "tokenizer.json", "copy the model's remaining files"]),
+    ("weights", ["has config.json but no weights", "*.safetensors"]),
+    ("truncated", ["could not load the weights"]),
+])
+@pytest.mark.parametrize("command", ["profile", "ablate"])
+def test_incomplete_model_folder(command, kind, words, made, model, tmp_path, lna):
+    broken = _broken_model(model, tmp_path, kind)
+    out = tmp_path / "out"
+    if command == "profile":
+        args = ["profile", "--model", broken, "--dataset", made["data"], "--out", out / "s.zarr"]
+    else:
+        args = ["ablate", "--model", broken, "--neurons", made["neurons"], "--responses", made["responses"],
+                "-o", out / "ab", "--allow-other-model"]
+    with Unchanged(made["root"]):
+        one_line(lna(*args), str(broken), *words)
+    assert not out.exists()
+
+
+# == devices ============================================================================================
+@pytest.mark.parametrize("device,words", [
+    ("tpu", ["--device", "tpu", "cpu, cuda or cuda:N"]),
+    ("cuda:x", ["--device", "cuda:x"]),
+    ("cpu:0", ["--device", "cpu:0"]),
+    ("cuda", ["--device cuda", "no CUDA device", "--device cpu"]),
+    ("cuda:3", ["--device cuda:3", "no CUDA device"]),
+])
+@pytest.mark.parametrize("command", ["profile", "ablate"])
+def test_device(command, device, words, made, model, tmp_path, lna):
+    import torch
+
+    if device.startswith("cuda:") and device[5:].isdigit() and torch.cuda.is_available():
+        if torch.cuda.device_count() > int(device[5:]):
+            pytest.skip(f"this machine has a {device}")
+        words = [f"--device {device}", "cuda:0..cuda:"]
+    elif device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: --device cuda is valid here")
+    if command == "profile":
+        args = ["profile", "--model", model, "--dataset", made["data"], "--out", tmp_path / "s.zarr"]
+    else:
+        args = ["ablate", "--model", model, "--neurons", made["neurons"], "--responses", made["responses"],
+                "-o", tmp_path / "ab"]
+    with Unchanged(made["root"]), Unchanged(tmp_path):
+        one_line(lna(*args, "--device", device), *words)
+
+
+# == out-of-range options ===============================================================================
+@pytest.mark.parametrize("command,option,value", [
+    ("identify", "--lambda", "-1"), ("identify", "--lambda", "nan"), ("identify", "--lambda", "inf"),
+    ("identify", "--top-rate", "-0.01"), ("identify", "--top-rate", "0"), ("identify", "--top-rate", "1.5"),
+    ("identify", "--tau-quantile", "1"), ("identify", "--tau-quantile", "-0.5"),
+    ("report", "--lambda", "-0.1"), ("report", "--top-rate", "-1"),
+    ("compare", "--lambda", "-2"), ("compare", "--top-rate", "2"),
+    ("profile", "--temperature", "-1"), ("profile", "--top-p", "0"), ("profile", "--top-p", "1.1"),
+    ("profile", "--samples", "0"), ("profile", "--max-new-tokens", "0"), ("profile", "--limit", "-3"),
+    ("profile", "--token-budget", "0"), ("profile", "--checkpoint-every", "-5"),
+    ("ablate", "--limit", "0"), ("ablate", "--token-budget", "-1"), ("ablate", "--checkpoint-every", "-1"),
+])
+def test_out_of_range_option(command, option, value, made, model, tmp_path, lna):
+    base = {
+        "identify": ["identify", made["store"], "-o", tmp_path / "n.json"],
+        "report": ["report", made["store"], "-o", tmp_path / "r"],
+        "compare": ["compare", made["store"], made["store"], "-o", tmp_path / "c"],
+        "profile": ["profile", "--model", model, "--dataset", made["data"], "--out", tmp_path / "s.zarr"],
+        "ablate": ["ablate", "--model", model, "--neurons", made["neurons"], "--responses", made["responses"],
+                   "-o", tmp_path / "ab"],
+    }[command]
+    with Unchanged(made["root"]), Unchanged(tmp_path):
+        one_line(lna(*base, option, value), option, value.lstrip("-") if value != "nan" else "nan")
+
+
+# == data =================================================================================================
+def test_language_whose_responses_are_all_empty(model, tmp_path, lna):
+    data = write_jsonl(tmp_path / "d.jsonl", DATA + [{"lang": "th", "prompt": "x", "responses": ["", ""]},
+                                                     {"lang": "th", "prompt": "y", "responses": [""]}])
+    out = tmp_path / "out"
+    with Unchanged(tmp_path):
+        one_line(lna("profile", "--model", model, "--dataset", data, "--out", out / "s.zarr"),
+                 "every response in th", "empty", "--langs")
+    # where the responses are sampled, the check comes once they are: the model's answers
+    # stay (they took time), the store is not written
+    from lna.runners.hf import HFRunner
+
+    ds = write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "query": "hi"}, {"lang": "fr", "query": "salut"}])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(HFRunner, "generate", lambda self, prompts, **k: [[[5, 6]] if i == 0 else [[]]
+                                                                      for i in range(len(prompts))])
+        one_line(lna("profile", "-q", "--model", model, "--dataset", ds, "--out", out / "g.zarr", "-n", "1"),
+                 "every response in fr is empty", "g.responses.jsonl")
+    only(out, "g.responses.jsonl")
+
+
+# == a torn responses file ================================================================================
+def test_torn_responses_file_is_reported_repaired_and_counted_once(made, model, tmp_path, lna):
+    """A crash mid-append leaves a torn last line: the rerun says so, cuts it off, prepares
+    that question again, and the counts equal those of a run that never tore."""
+    lines = made["responses"].read_text(encoding="utf-8").splitlines(keepends=True)
+    torn = tmp_path / "s.responses.jsonl"
+    torn.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2], encoding="utf-8")
+    rc, _, err = lna("profile", "-q", "--model", model, "--dataset", made["data"],
+                     "--out", tmp_path / "s.zarr")
+    assert rc == 0, err
+    notes = err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: ") and str(torn) in notes[0] and "torn last line" in notes[0]
+    assert torn.read_text(encoding="utf-8") == "".join(lines)
+    a, b = open_store(made["store"]), open_store(tmp_path / "s.zarr")
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.tokens, b.tokens)
+
+
+# == interrupts, progress and checkpoints ===================================================================
+SLOW_RUNNER = """
+import sys, time
+from pathlib import Path
+from lna.runners.hf import HFRunner
+
+def slow(real):  # a slow machine: time to send the signal; "batches" tells the test it is counting
+    def call(*args, **kwargs):
+        time.sleep(1.0)
+        result = real(*args, **kwargs)
+        Path("batches").write_text("1")
+        return result
+    return call
+
+HFRunner.count, HFRunner.nll = slow(HFRunner.count), slow(HFRunner.nll)
+from lna.cli import {name}_main
+{name}_main(sys.argv[1:])
+"""
+
+
+def _terminate_when_counting(name, args, cwd):
+    """Run lna-NAME ARGS in a subprocess, SIGTERM it after its first batch; (status, stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUNNER.format(name=name), *map(str, args)],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    try:
+        deadline = time.monotonic() + 120
+        while not (cwd / "batches").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished before it could be stopped: {proc.stderr.read()}"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+def test_sigterm_checkpoints_profile_and_the_rerun_is_exact(made, model, tmp_path, lna):
+    args = ["-q", "--model", model, "--dataset", made["data"], "--token-budget", "48", "--checkpoint-every", "3600"]
+    whole, out = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
+    assert lna("profile", *args, "--out", whole)[0] == 0
+    # no timed checkpoint in the hour: what is on disk after SIGTERM is SIGTERM's checkpoint
+    rc, err = _terminate_when_counting("profile", [*args, "--out", out], tmp_path)
+    assert rc == 143 and err.strip() == "lna-profile: interrupted; run the same command again to resume", err
+    cut, whole = open_store(out), open_store(whole)
+    assert not cut.complete and 0 < cut.tokens.sum() < whole.tokens.sum()
+    assert (cut.counts <= whole.counts).all()
+    rc, _, err = lna("profile", *args, "--out", out)
+    assert rc == 0, err
+    done = open_store(out)
+    assert done.complete and np.array_equal(done.counts, whole.counts) and np.array_equal(done.tokens, whole.tokens)
+
+
+def test_sigterm_checkpoints_ablate_and_the_rerun_is_exact(made, model, tmp_path, lna):
+    whole, out = tmp_path / "whole", tmp_path / "cut"
+    args = ["-q", "--model", model, "--neurons", made["neurons"], "--responses", made["responses"],
+            "--token-budget", "48", "--checkpoint-every", "0"]
+    assert lna("ablate", *args, "-o", whole)[0] == 0
+    rc, err = _terminate_when_counting("ablate", [*args, "-o", out], tmp_path)
+    assert rc == 143 and err.strip() == "lna-ablate: interrupted; run the same command again to resume", err
+    with np.load(out / "nll.npz") as z:
+        missing = np.isnan(z["nll"])
+    assert 0 < missing.sum() < missing.size and not (out / "ppl.json").exists()
+    rc, _, err = lna("ablate", *args, "-o", out)
+    assert rc == 0, err
+    assert json.loads((out / "ppl.json").read_text()) == json.loads((whole / "ppl.json").read_text())
+
+
+def test_profile_progress_and_checkpoints_move_every_batch(made, model, tmp_path, lna, monkeypatch):
+    """The bar moves after every forward batch by that batch's tokens; with
+    --checkpoint-every 0 the store is saved after every batch, each save holding whole
+    batches only (what a kill at that moment would keep)."""
+    from lna import profile as driver
+    from lna import progress
+    from lna.runners.hf import HFRunner
+
+    forwards, updates, saves = [], [], []
+    real_forward, real_save = HFRunner._forward, driver.save_store
+    monkeypatch.setattr(HFRunner, "_forward", lambda self, batch: forwards.append(
+        int((batch.lang_ids >= 0).sum())) or real_forward(self, batch))
+    monkeypatch.setattr(progress.Bar, "update", lambda self, n: updates.append(n))
+    monkeypatch.setattr(driver, "save_store", lambda store, path: saves.append(
+        (int(store.tokens.sum()), store.complete)) or real_save(store, path))
+    rc, _, err = lna("profile", "--model", model, "--dataset", made["data"], "--out", tmp_path / "s.zarr",
+                     "--token-budget", "48", "--checkpoint-every", "0")
+    assert rc == 0, err
+    assert len(forwards) >= 4 and updates == forwards  # one step per batch, by its response tokens
+    assert [t for t, _ in saves] == list(np.cumsum(forwards)) + [sum(forwards)]
+    assert [c for _, c in saves] == [False] * len(forwards) + [True]
