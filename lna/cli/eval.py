@@ -21,12 +21,17 @@ import click
               help="lna: signs, decimal commas, thousands groups by language (README); mapo: the released "
                    "evaluation, quirks included (no sign, first response only).")
 @click.option("--samples", "-n", default=1, show_default=True, help="Responses per question.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy decoding.")
-@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy decoding.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling: sample among the most likely tokens holding this much probability.")
 @click.option("--max-new-tokens", default=1024, show_default=True, help="As the study's evaluation (vllm_test.py).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the sampling (each batch of questions is seeded from it, so reruns agree).")
 @click.option("--limit", type=int, default=None, help="Only the first N questions of each language.")
-@click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True,
+              help="hf: transformers; vllm: vLLM (pip install 'lna[vllm]'); auto: vllm where it is installed "
+                   "and a GPU is present, else hf.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Default: bfloat16 on cuda, float32 on cpu.")
