@@ -20,7 +20,7 @@ from lna.interrupts import shielded
 from lna.manifest import Counted, legacy_done, sample_ids
 from lna.merge import check_compatible
 from lna.packing import chunks
-from lna.progress import Bar, note, sayer
+from lna.progress import Bar, sayer
 from lna.runners import make_runner
 from lna.store import CountStore, open_store, save_store
 
@@ -98,7 +98,7 @@ def run(opts: Options) -> Path:
     questions = responses.prepare(
         questions, runner.tokenizer, template, resp_path, runner=runner, n=opts.samples,
         temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
-        progress=lambda total: Bar(opts.progress, total, "sample", "question"), note=note,
+        progress=lambda total: Bar(opts.progress, total, "sample", "question"),
     )
     samples = responses.samples(questions)  # compact int32 token arrays
     del questions  # host memory holds tokens once, never activations: it stays flat while counting

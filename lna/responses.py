@@ -22,6 +22,7 @@ from lna.config import VERBATIM
 from lna.data import Question
 from lna.errors import LnaError
 from lna.interrupts import shielded
+from lna.progress import note as say_note
 from lna.runners.base import Sample
 
 NO_RESPONSES = ("the data has no responses; sampling them needs the model (give --responses FILE "
@@ -78,7 +79,7 @@ def prepare(questions: list[Question], tokenizer, template, path, *, runner=None
     """Fill in token ids (and sampled responses where the data has none); write `path`.
     `template`: the lna.config.Template for questions without a verbatim prompt.
     `progress(total)` gives a context-managed bar (with .update(n)) for the sampling;
-    `note(msg)` hears of a repaired file."""
+    `note(msg)` hears of a repaired file (default: a note on stderr, even when quiet)."""
     tid = tokenizer_id(tokenizer)
     path = Path(path)
     kept = _read(path, note)
@@ -181,9 +182,8 @@ def _read(path: Path, note=None) -> dict:
             if i == len(lines) - 1:  # torn tail
                 with writing(path), path.open("r+", encoding="utf-8") as fh:
                     fh.truncate(len("\n".join(lines[:i]).encode()) + (1 if i else 0))
-                if note is not None:
-                    note(f"{path}: removed its torn last line (line {i + 1}, left by an interrupted "
-                         "write); that question is prepared again")
+                (note or say_note)(f"{path}: removed its torn last line (line {i + 1}, left by an interrupted "
+                                   "write); that question is prepared again")
                 break
             raise LnaError(f"{path}:{i + 1}: not valid JSON; delete the file to sample again") from None
         recs[rec["key"]] = rec
