@@ -37,6 +37,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10"],
+        # Reading stores as labelled arrays (README, Formats); zarr alone needs nothing more.
+        "xarray": ["xarray>=2024.10"],
         # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).
         "vllm": ["vllm>=0.32,<0.33"],
         # lna-align's DPO with LoRA (TRL's DPOTrainer/DPOConfig of the 1.x line, PEFT's LoRA);

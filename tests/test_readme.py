@@ -1,0 +1,77 @@
+"""The README's quick start and its Python snippets work as written (on less data: the
+commands' own --limit keeps the test short)."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lna import cli
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def section(title: str) -> str:
+    start = README.index(f"## {title}")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def blocks(text: str, lang: str) -> list:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory):
+    """Run the lna commands of the quick start in a fresh folder, with a fresh model cache."""
+    root = tmp_path_factory.mktemp("quick")
+    (command,) = blocks(section("Quick start"), "bash")
+    steps = [shlex.split(step) for step in command.split("&&")]
+    steps = [s for s in steps if s[0].startswith("lna-")]
+    assert [s[0] for s in steps] == ["lna-profile", "lna-identify", "lna-report", "lna-ablate"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("LNA_CACHE", str(root / "cache"))
+        for step in steps:
+            argv = step[1:]
+            if step[0] in ("lna-profile", "lna-ablate"):  # fewer problems, same commands
+                argv = _without_limit(argv) + ["--limit", "2", "-q"]
+            with pytest.raises(SystemExit) as done:
+                getattr(cli, step[0][4:] + "_main")(argv)
+            assert done.value.code == 0, step
+    return root
+
+
+def _without_limit(argv):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--limit":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def test_quick_start_writes_every_stage(quick_start):
+    for name in ("demo.zarr", "demo.responses.jsonl", "demo-neurons.json", "demo-report/layers.png",
+                 "demo-ablate/ppl.json"):
+        assert (quick_start / name).exists(), name
+
+
+def test_format_snippets_run(quick_start, monkeypatch):
+    """The count-store snippets (zarr, then xarray) give the same probabilities as lna."""
+    import numpy as np
+
+    from lna.store import open_store
+
+    monkeypatch.chdir(quick_start)
+    snippets = blocks(section("Formats"), "python")
+    assert len(snippets) == 2 and "import zarr" in snippets[0] and "import xarray" in snippets[1]
+    expected = open_store("demo.zarr").probabilities()
+    plain, labelled = {}, {}
+    exec(snippets[0], plain)
+    exec(snippets[1], labelled)
+    assert np.array_equal(plain["p"], expected) and plain["languages"] == open_store("demo.zarr").languages
+    assert np.array_equal(labelled["p"].values, expected)
