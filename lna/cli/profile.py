@@ -32,8 +32,8 @@ def runner_options(f):
                      help="Branch, tag or commit of a Hugging Face model (from the local cache)."),
         click.option("--limit", type=POSITIVE, default=None, help="Only the first N questions of each language."),
         click.option("--token-budget", type=POSITIVE, default=None,
-                     help="Tokens per forward batch (default: 16384 on cuda, 2048 on cpu); progress and "
-                          "checkpoints move a batch at a time."),
+                     help="Tokens per forward batch (hf: default 16384 on cuda, 2048 on cpu) or per engine "
+                          "call (vllm: default 16384); progress and checkpoints move a batch at a time."),
         click.option("--checkpoint-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
                      help="Seconds between checkpoints, checked after every batch (0: every batch). "
                           "Ctrl-C and SIGTERM checkpoint too; the same command resumes."),
