@@ -23,9 +23,10 @@ STAGES = ("sample", "score", "pairs", "train")
 @click.option("--pairs", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A pairs file to train on (records: split, lang, prompt, chosen, rejected).")
 @click.option("--samples", "-n", default=20, show_default=True, help="Responses sampled per question.")
-@click.option("--temperature", default=0.8, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--max-new-tokens", default=512, show_default=True)
+@click.option("--temperature", default=0.8, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-p", default=1.0, show_default=True,
+              help="Nucleus sampling: sample among the most likely tokens holding this much probability.")
+@click.option("--max-new-tokens", default=512, show_default=True, help="Longest sampled response, in tokens.")
 @click.option("--seed", default=0, show_default=True, help="Sampling, pair subset and training seed.")
 @click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True,
               help="Sampling backend.")
@@ -36,7 +37,7 @@ STAGES = ("sample", "score", "pairs", "train")
 @click.option("--scorer", default="facebook/nllb-200-distilled-600M", show_default=True,
               help="Translation model (NLLB/M2M100): Hugging Face id (local cache) or folder.")
 @click.option("--scorer-dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
-              default="float32", show_default=True)
+              default="float32", show_default=True, help="Dtype of the translation model that scores.")
 @click.option("--score", type=click.Choice(["clean", "released"]), default="clean", show_default=True,
               help="Score that ranks the pairs: clean (mean over each reference's own tokens) or released "
                    "(the MAPO script's, divided by its batch's padded length).")
@@ -46,20 +47,20 @@ STAGES = ("sample", "score", "pairs", "train")
 @click.option("--max-pairs", type=int, default=10000, show_default=True, help="Train pairs kept per language.")
 @click.option("--dev-every", type=int, default=10, show_default=True,
               help="Every N-th question group goes to the dev split (0: none).")
-@click.option("--beta", default=0.1, show_default=True)
-@click.option("--lr", default=1e-6, show_default=True)
+@click.option("--beta", default=0.1, show_default=True, help="DPO beta: how far the policy may move from the base model.")
+@click.option("--lr", default=1e-6, show_default=True, help="Peak learning rate.")
 @click.option("--batch", default=16, show_default=True, help="Pairs per optimizer step.")
 @click.option("--micro-batch", default=2, show_default=True, help="Pairs per forward pass (accumulated to --batch).")
-@click.option("--steps", default=1000, show_default=True)
+@click.option("--steps", default=1000, show_default=True, help="Optimizer steps.")
 @click.option("--save-every", default=100, show_default=True, help="Steps between merged checkpoints.")
-@click.option("--lora-r", default=64, show_default=True)
-@click.option("--lora-alpha", default=128, show_default=True)
-@click.option("--lora-dropout", default=0.05, show_default=True)
+@click.option("--lora-r", default=64, show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", default=128, show_default=True, help="LoRA alpha (the update is scaled by alpha / r).")
+@click.option("--lora-dropout", default=0.05, show_default=True, help="Dropout on the LoRA branch.")
 @click.option("--lora-targets", default="q_proj,v_proj,o_proj", show_default=True,
               help="Modules that get LoRA (the released dpo_lora.py's).")
-@click.option("--warmup-steps", default=100, show_default=True)
+@click.option("--warmup-steps", default=100, show_default=True, help="Steps of learning-rate warm-up.")
 @click.option("--scheduler", default="cosine", show_default=True, help="Learning-rate schedule (transformers' names).")
-@click.option("--weight-decay", default=0.05, show_default=True)
+@click.option("--weight-decay", default=0.05, show_default=True, help="Weight decay of the optimizer.")
 @click.option("--max-length", default=1024, show_default=True, help="Tokens of prompt + response kept per pair.")
 @click.option("--eval-pairs", default=200, show_default=True, help="Dev pairs evaluated at each save (0: none).")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
