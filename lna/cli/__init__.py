@@ -5,6 +5,7 @@ Every command is a click command in its own module of this package. User mistake
 exit non-zero; anything else is a bug and keeps its traceback. Ctrl-C and SIGTERM stop a
 run the same way: what was finished is kept, and the same command resumes it.
 """
+import errno
 import sys
 
 import click
@@ -77,10 +78,12 @@ def run(command: click.Command, prog: str, argv=None) -> int:
         click.echo(f"{prog}: {INTERRUPTED}", err=True)
         return 130
     except OSError as err:  # a read or write the commands did not wrap: still one line
+        if err.errno == errno.EPIPE:  # stdout piped into a reader that stopped (`| head`)
+            return 1
         from lna.atomic import write_error
 
-        where = err.filename or "a file"
-        click.echo(f"{prog}: error: {write_error(where, err, doing=None)}", err=True)
+        msg = write_error(err.filename, err, doing=None) if err.filename else (err.strerror or str(err))
+        click.echo(f"{prog}: error: {msg}", err=True)
         return 1
     return 0
 
