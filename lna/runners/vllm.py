@@ -90,9 +90,7 @@ class VllmRunner:
         families.kernel_kwargs(self.info.family, model)  # the kernel can count this family
         self.model, self.dtype, self.device = model, dtype, platform
         self.enable_prefix_caching = enable_prefix_caching
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.info.path)
+        self.tokenizer = models.load_tokenizer(self.info)  # one line where the folder has none
         self.eos = _eos_ids(self.info.path, self.tokenizer)
         # From the files (lna.identity), so both backends give a model the same identity.
         self.fingerprint, self.legacy_fingerprint = identity.of(self.info), identity.legacy(self.info)
