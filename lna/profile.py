@@ -61,14 +61,15 @@ def run(opts: Options) -> Path:
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset)
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     say = sayer(opts.progress)
-    if opts.langs is not None and opts.langs.strip().lower() == "all":
-        note = languages.all_note(langs)
-        if note:
-            say(note)
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
                                          revision=opts.revision)
+    # said once the model has loaded: a failure before it is the only line
+    if opts.langs is not None and opts.langs.strip().lower() == "all":
+        note = languages.all_note(langs)
+        if note:
+            say(note)
     _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     prompts = responses.template_record(questions, template)
     if opts.template is not None and not prompts["template_text"]:

@@ -121,7 +121,10 @@ def test_readme_table_lists_each_family_with_its_backends_and_test():
 
 
 def _config(tmp_path, **cfg):
+    """A model folder with this config and a stand-in weights file (resolve reads the config
+    and checks that weights are there; nothing here loads them)."""
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").touch()
     return str(tmp_path)
 
 
