@@ -1,8 +1,12 @@
-"""Fused SiLU(gate) * up with per-language activation counts and per-token neuron masks.
+"""Fused act(gate) * up (SiLU or GELU-tanh) with per-language activation counts and sums, and
+per-token neuron interventions (zero or set).
 
     from lna.kernels import silu_mul, silu_mul_packed
     out = silu_mul(gate, up, lang_ids=g, counts=counts)          # counts[g[t], j] += gate[t, j] > 0
-    out = silu_mul(gate, up, masks=masks, mask_ids=m)             # zero SiLU(gate) where masks[m[t]]
+    out = silu_mul(gate, up, lang_ids=g, sums=s, active_sums=a)  # s[g[t], j] += act(gate[t, j]); a: if gate > 0
+    out = silu_mul(gate, up, masks=masks, mask_ids=m)             # zero act(gate) where masks[m[t]]
+    out = silu_mul(gate, up, masks=masks, mask_ids=m, values=v)   # set it to v[m[t]] there
+    out = silu_mul(gate, up, activation="gelu_tanh")              # Gemma's gelu_pytorch_tanh
     out = silu_mul_packed(gate_up, lang_ids=g, counts=counts)    # vLLM's [T, 2I] layout
 
 backend=None runs the Triton kernel on CUDA tensors and the vectorised torch path on CPU
@@ -15,14 +19,16 @@ import importlib.util
 
 import torch
 
-from .reference import silu_mul_native
+from .reference import ACTIVATIONS, activation_native, silu_mul_native
 from .silu_mul_torch import silu_mul_torch as _silu_mul_torch
 
-__all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "triton_available"]
+__all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "activation_native", "triton_available",
+           "ACTIVATIONS"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 COUNT_DTYPES = (torch.int32, torch.int64)
+SUM_DTYPES = (torch.float64,)  # fp32 partials go into them exactly (see silu_mul)
 BACKENDS = (None, "triton", "torch")
 
 
@@ -30,20 +36,30 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def silu_mul(gate, up, *, lang_ids=None, counts=None, masks=None, mask_ids=None, backend=None,
-             check_ids=True):
-    """SiLU(gate) * up in the input dtype (SiLU in fp32, rounded, then the product).
+def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=None, masks=None, mask_ids=None,
+             values=None, activation="silu", backend=None, check_ids=True):
+    """act(gate) * up in the input dtype (the activation in fp32, rounded, then the product).
 
     gate, up [..., I] (strided views welcome, e.g. halves of a packed gate_up);
-    lang_ids int [...] (-1: not counted) with counts int32/int64 [n_langs, I], updated in
-    place: counts[lang_ids[t], j] += 1 for every counted token t with gate[t, j] > 0;
-    masks bool [n_masks, I] with mask_ids int [...] (-1: no mask): the activation of
-    neuron j of token t is zeroed where masks[mask_ids[t], j]. Counting always looks at the
-    raw gate. check_ids=False skips the range check of the ids (a device sync on CUDA);
-    the Triton kernel then ignores out-of-range ids instead of failing.
-    Returns a new contiguous tensor shaped like gate.
+    activation "silu" (default) or "gelu_tanh" (torch's gelu(approximate="tanh"));
+    lang_ids int [...] (-1: not counted) with any of these [n_langs, I] tables, updated in
+    place for every counted token t (lang_ids[t] >= 0) and neuron j:
+      counts (int32/int64): += 1 where gate[t, j] > 0;
+      sums (float64): += act(gate)[t, j], the raw activation in the input dtype;
+      active_sums (float64): the same where gate[t, j] > 0 only.
+    The sums accumulate in fp32 within a call (per program on the GPU), then go into the
+    float64 table, where adding fp32 partials is exact, so in any order, while the entry
+    stays below 2**29 times the smallest partial: a table summed over many calls neither
+    drifts nor depends on the order of the GPU's atomics (beyond float64 rounding).
+    masks bool [n_masks, I] with mask_ids int [...] (-1: none), and values
+    float32 [n_masks, I] or None: where masks[mask_ids[t], j], the activation becomes
+    values[mask_ids[t], j] rounded to the dtype (0 when values is None) before the product;
+    a mask row without True leaves its tokens bit for bit unchanged. Counting and sums
+    always see the raw gate and activation. check_ids=False skips the range check of the
+    ids (a device sync on CUDA); the Triton kernel then ignores out-of-range ids instead of
+    failing. Returns a new contiguous tensor shaped like gate.
     """
-    _check_inputs(gate, up, lang_ids, counts, masks, mask_ids, backend)
+    _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids, values, activation, backend)
     lead, width = gate.shape[:-1], gate.shape[-1]
     gate, up = gate.reshape(lead.numel(), width), up.reshape(lead.numel(), width)
     if lang_ids is not None:
@@ -52,16 +68,18 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, masks=None, mask_ids=None,
         mask_ids = mask_ids.reshape(-1)
     if check_ids and not _capturing(gate):
         if lang_ids is not None:
-            _check_range("lang_ids", lang_ids, counts.shape[0], "counts.shape[0] (languages)")
+            n_langs = next(t.shape[0] for t in (counts, sums, active_sums) if t is not None)
+            _check_range("lang_ids", lang_ids, n_langs, "the tables' rows (languages)")
         if mask_ids is not None:
             _check_range("mask_ids", mask_ids, masks.shape[0], "masks.shape[0] (masks)")
 
+    extra = dict(sums=sums, active_sums=active_sums, values=values, activation=activation)
     if _pick_backend(gate, backend) == "triton":
         from .silu_mul_triton import silu_mul_triton
 
-        out = silu_mul_triton(gate, up, lang_ids, counts, masks, mask_ids)
+        out = silu_mul_triton(gate, up, lang_ids, counts, masks, mask_ids, **extra)
     else:
-        out = _silu_mul_torch(gate, up, lang_ids, counts, masks, mask_ids)
+        out = _silu_mul_torch(gate, up, lang_ids, counts, masks, mask_ids, **extra)
     return out.reshape(*lead, width)
 
 
@@ -100,9 +118,12 @@ def _check_range(name, ids, n, what):
                          f"got values in [{lo}, {hi}]")
 
 
-def _check_inputs(gate, up, lang_ids, counts, masks, mask_ids, backend):
+def _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids, values, activation, backend):
     if backend not in BACKENDS:
         raise ValueError(f"silu_mul: backend must be None, 'triton' or 'torch', got {backend!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"silu_mul: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {activation!r}")
     for name, t in (("gate", gate), ("up", up)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"silu_mul: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -115,21 +136,37 @@ def _check_inputs(gate, up, lang_ids, counts, masks, mask_ids, backend):
     device, lead, width = gate.device, tuple(gate.shape[:-1]), gate.shape[-1]
     _same_device("up", up, device)
 
-    if (lang_ids is None) != (counts is None):
-        raise ValueError("silu_mul: lang_ids and counts go together: pass both to count, or neither")
-    if counts is not None:
+    tables = {"counts": counts, "sums": sums, "active_sums": active_sums}
+    given = [name for name, t in tables.items() if t is not None]
+    if (lang_ids is None) != (not given):
+        raise ValueError("silu_mul: lang_ids and the per-language tables (counts, sums, active_sums) go "
+                         "together: pass lang_ids with at least one table, or neither")
+    if lang_ids is not None:
         _check_ids("lang_ids", lang_ids, lead, device)
-        _check_table("counts", counts, COUNT_DTYPES, "an int32 or int64", "n_langs", width, device)
+        for name in given:
+            dtypes, kind = (COUNT_DTYPES, "an int32 or int64") if name == "counts" else (SUM_DTYPES, "a float64")
+            _check_table(name, tables[name], dtypes, kind, "n_langs", width, device)
+        rows = {name: tables[name].shape[0] for name in given}
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"silu_mul: counts, sums and active_sums need one row per language each, "
+                             f"got {rows} rows")
 
     if (masks is None) != (mask_ids is None):
         raise ValueError("silu_mul: masks and mask_ids go together: pass both to mask, or neither")
     if masks is not None:
         _check_ids("mask_ids", mask_ids, lead, device)
         _check_table("masks", masks, (torch.bool,), "a bool", "n_masks", width, device)
+    if values is not None:
+        if masks is None:
+            raise ValueError("silu_mul: values set the masked neurons: pass masks and mask_ids with values")
+        _check_table("values", values, (torch.float32,), "a float32", "n_masks", width, device)
+        if values.shape[0] != masks.shape[0]:
+            raise ValueError(f"silu_mul: values needs one row per mask, [{masks.shape[0]}, {width}], "
+                             f"got {tuple(values.shape)}")
 
 
 def _check_table(name, t, dtypes, kind, rows, width, device):
-    """A [rows, I] table (counts or masks) of one of `dtypes` on gate's device."""
+    """A [rows, I] table (counts, sums, masks, values) of one of `dtypes` on gate's device."""
     if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
         raise TypeError(f"silu_mul: {name} must be {kind} tensor [{rows}, I], "
                         f"got {getattr(t, 'dtype', type(t).__name__)}")

@@ -5,21 +5,48 @@ Every kernel in this folder (Triton or the vectorised torch path) is tested agai
 import torch
 import torch.nn.functional as F
 
+ACTIVATIONS = ("silu", "gelu_tanh")
 
-def silu_mul_native(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None):
-    """SiLU(gate) * up, counting gate > 0 per language and zeroing masked neurons.
 
-    gate, up [T, I]; lang_ids int [T] (-1: not counted); counts int [n_langs, I], updated
-    in place; masks bool [n_masks, I]; mask_ids int [T] (-1: no mask). Counting looks at
-    the raw gate, masked or not. Returns the output [T, I] in the input dtype.
+def activation_native(gate, activation="silu"):
+    """act(gate) in gate's dtype, as the model's MLP computes it: F.silu (LlamaMLP) or
+    F.gelu(approximate="tanh") (Gemma's gelu_pytorch_tanh); both run in fp32 internally
+    for 16-bit inputs and round once."""
+    if activation == "silu":
+        return F.silu(gate)
+    if activation == "gelu_tanh":
+        return F.gelu(gate, approximate="tanh")
+    raise ValueError(f"silu_mul: activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def silu_mul_native(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
+                    sums=None, active_sums=None, values=None, activation="silu"):
+    """act(gate) * up, counting gate > 0 and summing act(gate) per language, with per-token
+    interventions on masked neurons.
+
+    gate, up [T, I]; lang_ids int [T] (-1: not counted); counts int [n_langs, I], sums and
+    active_sums float [n_langs, I], updated in place: per language, the number of tokens
+    with gate > 0, the sum of act(gate) (in the table's dtype) over its tokens, and that sum
+    over its tokens with gate > 0. masks bool [n_masks, I]; mask_ids int [T] (-1: none);
+    values float32 [n_masks, I] or None: where masks[mask_ids[t], j], act[t, j] becomes
+    values[mask_ids[t], j] rounded to the dtype (0 without values) before the product.
+    Counting and sums look at the raw gate and activation. Returns [T, I] in the input dtype.
     """
-    act = F.silu(gate)  # fp32 internally, rounded to the input dtype (as LlamaMLP does)
+    act = activation_native(gate, activation)
+    tables = [t for t in (counts, sums, active_sums) if t is not None]
+    for lang in range(tables[0].shape[0] if tables else 0):
+        rows = lang_ids == lang
+        g, a = gate[rows], act[rows]
+        if counts is not None:
+            counts[lang] += (g > 0).sum(0).to(counts.dtype)
+        if sums is not None:
+            sums[lang] += a.to(sums.dtype).sum(0)
+        if active_sums is not None:
+            active_sums[lang] += torch.where(g > 0, a, torch.zeros_like(a)).to(active_sums.dtype).sum(0)
     if masks is not None:
         for t in range(gate.shape[0]):
             if mask_ids[t] >= 0:
-                act[t] = torch.where(masks[mask_ids[t]], torch.zeros_like(act[t]), act[t])
-    if counts is not None:
-        for lang in range(counts.shape[0]):
-            rows = lang_ids == lang
-            counts[lang] += (gate[rows] > 0).sum(0).to(counts.dtype)
+                m = int(mask_ids[t])
+                new = torch.zeros_like(act[t]) if values is None else values[m].to(act.dtype)
+                act[t] = torch.where(masks[m], new, act[t])
     return act * up

@@ -3,13 +3,15 @@
 Its gate comes from a different summation order than torch's matmul, so a gate within
 rounding error of zero may change sign: counts must agree everywhere else, and the
 differences are bounded by the number of such near-zero gates. The output obeys the
-dtype rule against a float64 computation.
+dtype rule against a float64 computation, for both activations and with interventions
+that zero or set neurons. Activation sums are refused (gemm_silu_mul's docstring says why).
 """
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_cases import act64, make_values
 
 from lna.kernels.gemm_silu_mul import gemm_silu_mul, gemm_silu_mul_native
 
@@ -31,13 +33,14 @@ def make_inputs(n_tokens, hidden, n_neurons, dtype, seed):
     return x, w_gate, w_up, lang_ids, counts, masks, mask_ids
 
 
-@pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
-def test_gemm_epilogue_matches_unfused(shape, dtype):
+def check_against_unfused(shape, dtype, activation="silu", set_values=False):
     n_tokens, hidden, n_neurons = shape
     x, w_gate, w_up, lang_ids, counts, masks, mask_ids = make_inputs(*shape, dtype, seed=sum(shape))
+    values = make_values(2, n_neurons, torch.Generator().manual_seed(1)) if set_values else None
     expected_counts = counts.clone()
-    plain = gemm_silu_mul_native(x, w_gate, w_up, lang_ids, expected_counts, masks, mask_ids)
-    out = gemm_silu_mul(x, w_gate, w_up, lang_ids, counts, masks, mask_ids)
+    plain = gemm_silu_mul_native(x, w_gate, w_up, lang_ids, expected_counts, masks, mask_ids, values=values,
+                                 activation=activation)
+    out = gemm_silu_mul(x, w_gate, w_up, lang_ids, counts, masks, mask_ids, values=values, activation=activation)
 
     # Counts: differences only where the float64 gate lies within the summation error of zero.
     x64, wg64 = x.double(), w_gate.double()
@@ -51,11 +54,29 @@ def test_gemm_epilogue_matches_unfused(shape, dtype):
     assert diff.sum() <= max(1, 1e-3 * n_counted), f"{int(diff.sum())} sign flips in {n_counted} counted gates"
 
     # Output: the dtype rule against float64 (the projections included).
-    act = torch.where(masks[mask_ids.clamp(min=0)] & (mask_ids >= 0)[:, None], 0.0, F.silu(gate64))
-    ref = act * (x64 @ w_up.double().T)
+    chosen = masks[mask_ids.clamp(min=0)] & (mask_ids >= 0)[:, None]
+    new = 0.0 if values is None else values.to(dtype).double()[mask_ids.clamp(min=0)]
+    ref = torch.where(chosen, new, act64(gate64, activation)) * (x64 @ w_up.double().T)
     assert torch.isfinite(out).all() and out.dtype == dtype
     err, plain_err = (out.double() - ref).abs().max(), (plain.double() - ref).abs().max()
     assert err <= 2 * plain_err, f"max error {err:.3g} > 2 x unfused torch's {plain_err:.3g}"
+
+
+@pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
+def test_gemm_epilogue_matches_unfused(shape, dtype):
+    check_against_unfused(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_epilogue_gelu_and_set_values(dtype):
+    check_against_unfused((37, 48, 64), dtype, activation="gelu_tanh", set_values=True)
+
+
+def test_gemm_epilogue_refuses_sums():
+    x, w_gate, w_up, lang_ids, _, _, _ = make_inputs(5, 16, 13, torch.float32, seed=2)
+    with pytest.raises(ValueError, match="call lna.kernels.silu_mul") as info:
+        gemm_silu_mul(x, w_gate, w_up, lang_ids, sums=torch.zeros(3, 13, dtype=torch.float64))
+    assert "\n" not in str(info.value)
 
 
 def test_gemm_epilogue_plain_and_counting_alone():

@@ -1,117 +1,74 @@
 """silu_mul (Triton under TRITON_INTERPRET=1, and the vectorised torch path) against the
-naive reference: exact counts, outputs within the dtype rule, masks, strided inputs.
+naive reference: exact counts, outputs within the dtype rule, masks and set interventions,
+strided inputs, for both activations (SiLU and GELU-tanh).
 
-The output rule (DEVELOPERS.md): a kernel's error against a float64 computation is at most
-twice that of plain torch in the same dtype; checked on the largest error and on every
-element relative to its size. The torch path replicates the reference's rounding, so its
-output is checked for bit equality. Outputs are poisoned with NaN before the Triton call
-so an unwritten element fails, and counts start from random values so `+=` is checked.
+The output rule (kernel_cases.py): a kernel's error against a float64 computation is at
+most twice that of plain torch in the same dtype. The torch path replicates the
+reference's rounding, so its output is checked for bit equality. Outputs are poisoned with
+NaN before the Triton call so an unwritten element fails, and counts start from random
+values so `+=` is checked.
 """
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_cases import ACTIVATIONS, DTYPES, assert_dtype_rule, make_inputs
 
 from lna.kernels import silu_mul, silu_mul_native, silu_mul_packed
 from lna.kernels.silu_mul_torch import silu_mul_torch
 from lna.kernels.silu_mul_triton import LaunchConfig, silu_mul_triton
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# GELU's exp(-2y) overflows to inf for x < -10 in the interpreter's numpy, as intended (x / inf = -0).
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
 LANG_CASES = ("all", "none", "mixed")  # every token counted / no token counted / several languages and -1
-MASK_CASES = (None, "empty", "full", "random")
+MASK_CASES = (None, "empty", "full", "random", "set")
 
 
-def make_inputs(n_tokens, n_neurons, dtype, *, strided, langs, masks, n_langs=3, n_masks=4, seed=0):
-    """Fresh random inputs; gate holds exact zeros of both signs (0 does not fire)."""
-    gen = torch.Generator().manual_seed(seed)
-    if strided:  # halves of vLLM's packed [T, 2I] gate_up
-        packed = (torch.randn(n_tokens, 2 * n_neurons, generator=gen) * 3).to(dtype)
-        gate, up = packed[:, :n_neurons], packed[:, n_neurons:]
-    else:
-        gate = (torch.randn(n_tokens, n_neurons, generator=gen) * 3).to(dtype)
-        up = (torch.randn(n_tokens, n_neurons, generator=gen) * 3).to(dtype)
-    zeros = torch.rand(n_tokens, n_neurons, generator=gen) < 0.05
-    gate.masked_fill_(zeros, 0.0)
-    gate.masked_fill_(zeros & (torch.rand(n_tokens, n_neurons, generator=gen) < 0.5), -0.0)
-
-    lang_ids = {
-        "all": torch.randint(0, n_langs, (n_tokens,), generator=gen),
-        "none": torch.full((n_tokens,), -1),
-        "mixed": torch.randint(-1, n_langs, (n_tokens,), generator=gen),
-    }[langs].to(torch.int32)
-    counts = torch.randint(0, 1000, (n_langs, n_neurons), generator=gen)
-
-    mask_table = mask_ids = None
-    if masks is not None:
-        mask_table = {
-            "empty": torch.zeros(n_masks, n_neurons, dtype=torch.bool),
-            "full": torch.ones(n_masks, n_neurons, dtype=torch.bool),
-            "random": torch.rand(n_masks, n_neurons, generator=gen) < 0.3,
-        }[masks]
-        mask_ids = torch.randint(-1, n_masks, (n_tokens,), generator=gen)  # several ids in one batch
-    return gate, up, lang_ids, counts, mask_table, mask_ids
-
-
-def float64_reference(gate, up, masks, mask_ids):
-    act = F.silu(gate.double())
-    if masks is not None:
-        act = torch.where(masks[mask_ids.clamp(min=0)] & (mask_ids >= 0)[:, None], 0.0, act)
-    return act * up.double()
-
-
-def assert_dtype_rule(out, gate, up, masks, mask_ids):
-    """max |out - ref64| <= 2 max |torch - ref64|, and the same per element, relative."""
-    ref = float64_reference(gate, up, masks, mask_ids)
-    plain = silu_mul_native(gate, up, masks=masks, mask_ids=mask_ids)
-    assert out.dtype == gate.dtype and out.shape == gate.shape
-    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) or non-finite output"
-    err, plain_err = (out.double() - ref).abs(), (plain.double() - ref).abs()
-    assert err.max() <= 2 * plain_err.max(), f"max error {err.max():.3g} > 2 x torch's {plain_err.max():.3g}"
-    nonzero = ref != 0
-    assert (out[~nonzero] == 0).all(), "an exact zero (masked neuron or zero gate) came out nonzero"
-    rel, plain_rel = err[nonzero] / ref[nonzero].abs(), plain_err[nonzero] / ref[nonzero].abs()
-    if rel.numel():
-        assert rel.max() <= 2 * plain_rel.max(), f"relative error {rel.max():.3g} > 2 x torch's {plain_rel.max():.3g}"
-
-
-def run_case(backend, n_tokens, n_neurons, dtype, strided, langs, masks, seed, config=None):
-    gate, up, lang_ids, counts, mask_table, mask_ids = make_inputs(
+def run_case(backend, n_tokens, n_neurons, dtype, strided, langs, masks, seed, config=None, activation="silu"):
+    gate, up, lang_ids, counts, mask_table, mask_ids, values = make_inputs(
         n_tokens, n_neurons, dtype, strided=strided, langs=langs, masks=masks, seed=seed)
     expected_counts = counts.clone()
-    expected = silu_mul_native(gate, up, lang_ids, expected_counts, mask_table, mask_ids)
+    expected = silu_mul_native(gate, up, lang_ids, expected_counts, mask_table, mask_ids, values=values,
+                               activation=activation)
     if backend == "triton":
         out = torch.full((n_tokens, n_neurons), float("nan"), dtype=dtype)
-        result = silu_mul_triton(gate, up, lang_ids, counts, mask_table, mask_ids, config=config, out=out)
+        result = silu_mul_triton(gate, up, lang_ids, counts, mask_table, mask_ids, values=values,
+                                 activation=activation, config=config, out=out)
         assert result is out
-        assert_dtype_rule(out, gate, up, mask_table, mask_ids)
+        assert_dtype_rule(out, gate, up, mask_table, mask_ids, activation, values)
     else:
         out = silu_mul(gate, up, lang_ids=lang_ids, counts=counts, masks=mask_table, mask_ids=mask_ids,
-                       backend="torch")
+                       values=values, activation=activation, backend="torch")
         assert torch.equal(out, expected), "the torch path must replicate the reference bit for bit"
     assert torch.equal(counts, expected_counts)
 
 
 # The full grid over shapes and dtypes; the other factors cycle through their values across
-# it (every value meets every shape and dtype somewhere), which keeps the interpreter run short.
+# it (each value meets every dtype, and most shapes), which keeps the interpreter run short.
 GRID = [
-    (t, i, dtype, strided, langs, masks)
-    for k, (t, i, dtype) in enumerate(itertools.product((1, 7, 83, 256), (1, 13, 128, 1000), DTYPES))
-    for strided, langs, masks in [((k % 2) == 1, LANG_CASES[k % 3], MASK_CASES[k % 4])]
+    (t, i, dtype, (s + d) % 2 == 1, LANG_CASES[(s + d) % 3], MASK_CASES[(s + 2 * d) % 5])
+    for s, (t, i) in enumerate(itertools.product((1, 7, 83, 256), (1, 13, 128, 1000)))
+    for d, dtype in enumerate(DTYPES)
 ]
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("n_tokens,n_neurons,dtype,strided,langs,masks", GRID)
-def test_grid(backend, n_tokens, n_neurons, dtype, strided, langs, masks):
-    run_case(backend, n_tokens, n_neurons, dtype, strided, langs, masks, seed=n_tokens * 7919 + n_neurons)
+def test_grid(backend, activation, n_tokens, n_neurons, dtype, strided, langs, masks):
+    run_case(backend, n_tokens, n_neurons, dtype, strided, langs, masks, seed=n_tokens * 7919 + n_neurons,
+             activation=activation)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("langs,masks", list(itertools.product(LANG_CASES, MASK_CASES)))
 def test_every_count_and_mask_case(backend, dtype, langs, masks):
-    run_case(backend, 83, 128, dtype, True, langs, masks, seed=10 * LANG_CASES.index(langs) + MASK_CASES.index(masks))
+    """Each case with one activation (alternating: the grid crosses them with every shape)."""
+    code = 10 * LANG_CASES.index(langs) + MASK_CASES.index(masks)
+    run_case(backend, 83, 128, dtype, True, langs, masks, seed=code, activation=ACTIVATIONS[(code + DTYPES.index(dtype)) % 2])
 
 
 @pytest.mark.parametrize("config", [
@@ -248,6 +205,23 @@ BAD_INPUTS = [
      ValueError, "n_masks, 4"),
     (dict(masks=torch.zeros(2, 4, dtype=torch.bool), mask_ids=torch.tensor([0, 5, 1])), ValueError, r"\[-1, 2\)"),
     (dict(backend="cuda"), ValueError, "backend"),
+    (dict(activation="gelu"), ValueError, "activation must be one of 'silu', 'gelu_tanh'"),
+    (dict(sums=torch.zeros(2, 4, dtype=torch.float64)), ValueError, "go together"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32), sums=torch.zeros(2, 4)), TypeError, "float64"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32), active_sums=torch.zeros(2, 4, dtype=torch.int64)),
+     TypeError, "float64"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32), sums=torch.zeros(2, 3, dtype=torch.float64)),
+     ValueError, "n_langs, 4"),
+    (dict(lang_ids=torch.zeros(3, dtype=torch.int32), counts=torch.zeros(2, 4, dtype=torch.int64),
+          sums=torch.zeros(3, 4, dtype=torch.float64)), ValueError, "one row per language"),
+    (dict(lang_ids=torch.tensor([0, 2, -1]), sums=torch.zeros(2, 4, dtype=torch.float64)), ValueError, r"\[-1, 2\)"),
+    (dict(values=torch.zeros(2, 4)), ValueError, "pass masks and mask_ids with values"),
+    (dict(masks=torch.zeros(2, 4, dtype=torch.bool), mask_ids=torch.zeros(3, dtype=torch.int32),
+          values=torch.zeros(2, 4, dtype=torch.float64)), TypeError, "float32"),
+    (dict(masks=torch.zeros(2, 4, dtype=torch.bool), mask_ids=torch.zeros(3, dtype=torch.int32),
+          values=torch.zeros(3, 4)), ValueError, "one row per mask"),
+    (dict(masks=torch.zeros(2, 4, dtype=torch.bool), mask_ids=torch.zeros(3, dtype=torch.int32),
+          values=torch.zeros(2, 5)), ValueError, "n_masks, 4"),
 ]
 
 

@@ -1,8 +1,9 @@
 """The CUDA code path of the kernels compiles, without a GPU: Triton's compiler and the ptxas
 it ships build each kernel variant for Hopper (sm_90) and Ampere (sm_80) in a subprocess
 without TRITON_INTERPRET. This covers what the interpreter never runs: libdevice's exp and
-IEEE division (fp32), the native bf16 casts, tensor-core dots on 16-bit operands. Each
-build must use no local memory (register spills would cost bandwidth).
+IEEE division (fp32), the native bf16 casts, tensor-core dots on 16-bit operands, the
+fp32 "ieee" dots of the activation sums, float64 atomics. Each build must use no local
+memory (register spills would cost bandwidth).
 
 The launches are specialised as at run time for vLLM's packed layout at Mistral-7B's width
 (unit strides along neurons, 16-aligned pointers and sizes).
@@ -39,25 +40,37 @@ def compile_all(arch):
         return usage(compiled.asm["cubin"])
 
     report = {}
-    for dtype, counts, precise in (("bf16", "i64", False), ("fp16", "i32", False), ("fp32", "i64", True)):
-        for count, mask in ((True, True), (True, False), (False, False)):
+    # (name, COUNT, SUMS and ACTIVE_SUMS, MASK, SET, GELU): the defaults, each new feature, and all at once.
+    fused_variants = (("plain", False, False, False, False, False), ("count", True, False, False, False, False),
+                      ("count+mask", True, False, True, False, False), ("count+sums", True, True, False, False, False),
+                      ("mask+set", False, False, True, True, False), ("gelu+all", True, True, True, True, True))
+    for dtype, counts, sums, precise in (("bf16", "i64", "fp64", False), ("fp16", "i32", "fp32", False),
+                                         ("fp32", "i64", "fp64", True)):
+        for name, count, summed, mask, set_values, gelu in fused_variants:
             types = {"gate_ptr": f"*{dtype}", "up_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "lang_ptr": "*i32",
-                     "counts_ptr": f"*{counts}", "mask_id_ptr": "*i32", "masks_ptr": "*u8"}
+                     "counts_ptr": f"*{counts}", "mask_id_ptr": "*i32", "masks_ptr": "*u8", "sums_ptr": f"*{sums}",
+                     "active_ptr": f"*{sums}", "values_ptr": "*fp32"}
             cfg = fused.LaunchConfig(32, 128, 832)  # the default at T = 8192 on 132 SMs
-            constants = {"stride_gi": 1, "stride_ui": 1, "stride_ci": 1, "COUNT": count, "MASK": mask,
-                         "LANGS_PAD": 16, "BLOCK_T": cfg.block_t, "BLOCK_I": cfg.block_i, "PRECISE": precise,
-                         "INTERPRET": False}
-            report[f"silu_mul {dtype} count={count} mask={mask}"] = build(
-                fused._silu_mul_kernel, types, constants, cfg.num_warps, cfg.num_stages)
+            constants = {"stride_gi": 1, "stride_ui": 1, "stride_ci": 1, "stride_si": 1, "stride_ai": 1,
+                         "COUNT": count, "SUMS": summed, "ACTIVE_SUMS": summed, "MASK": mask, "SET": set_values,
+                         "GELU": gelu, "LANGS_PAD": 16, "BLOCK_T": cfg.block_t, "BLOCK_I": cfg.block_i,
+                         "PRECISE": precise, "INTERPRET": False}
+            warps = 8 if summed else cfg.num_warps  # as default_config(sums=True) picks
+            report[f"silu_mul {dtype} {name}"] = build(fused._silu_mul_kernel, types, constants, warps, cfg.num_stages)
         types = {"x_ptr": f"*{dtype}", "wg_ptr": f"*{dtype}", "wu_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
-                 "lang_ptr": "*i32", "counts_ptr": f"*{counts}", "mask_id_ptr": "*i32", "masks_ptr": "*u8"}
+                 "lang_ptr": "*i32", "counts_ptr": f"*{counts}", "mask_id_ptr": "*i32", "masks_ptr": "*u8",
+                 "values_ptr": "*fp32"}
         block_m, block_n, block_k, group_m, num_warps, num_stages = 128, 128, 64, 8, 8, 3  # the GPU default
         if dtype == "fp32":
             block_k, num_stages = 32, 2  # fp32 tiles take twice the shared memory
-        constants = {"stride_xk": 1, "stride_wgk": 1, "stride_wuk": 1, "stride_ci": 1, "COUNT": True, "MASK": True,
-                     "LANGS_PAD": 16, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m,
-                     "DOT_PRECISION": "ieee" if dtype == "fp32" else None, "PRECISE": precise, "INTERPRET": False}
-        report[f"gemm_silu_mul {dtype}"] = build(gemm._gemm_silu_mul_kernel, types, constants, num_warps, num_stages)
+        for name, set_values, gelu in (("count+mask", False, False), ("gelu+count+set", True, True)):
+            constants = {"stride_xk": 1, "stride_wgk": 1, "stride_wuk": 1, "stride_ci": 1, "COUNT": True,
+                         "MASK": True, "SET": set_values, "GELU": gelu, "LANGS_PAD": 16, "BLOCK_M": block_m,
+                         "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m,
+                         "DOT_PRECISION": "ieee" if dtype == "fp32" else None, "PRECISE": precise,
+                         "INTERPRET": False}
+            report[f"gemm_silu_mul {dtype} {name}"] = build(
+                gemm._gemm_silu_mul_kernel, types, constants, num_warps, num_stages)
     return report
 
 
@@ -82,9 +95,10 @@ def test_cuda_path_compiles_without_spills(arch):
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.splitlines()[-1])
-    assert len(report) == 12
+    assert len(report) == 24
     spilled = {name: r for name, r in report.items() if r["local"]}
     assert not spilled, f"register spills: {spilled}"
+    print(json.dumps(report, indent=1))  # registers per variant, for the record (pytest -s)
 
 
 if __name__ == "__main__":
