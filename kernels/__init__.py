@@ -51,6 +51,9 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
     float64 table, where adding fp32 partials is exact, so in any order, while the entry
     stays below 2**29 times the smallest partial: a table summed over many calls neither
     drifts nor depends on the order of the GPU's atomics (beyond float64 rounding).
+    Uncounted tokens never reach the sums; a counted token with a non-finite activation (an
+    overflowed model) makes that neuron's sums non-finite, for every language (one-hot
+    matmuls), where the reference would spoil only its own language's.
     masks bool [n_masks, I] with mask_ids int [...] (-1: none), and values
     float32 [n_masks, I] or None: where masks[mask_ids[t], j], the activation becomes
     values[mask_ids[t], j] rounded to the dtype (0 when values is None) before the product;

@@ -51,13 +51,13 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums):
     one_hot = (lang_ids[None, :] == languages[:, None]).to(torch.float32)  # [n_langs, T]; -1 matches none
     rows = max(1, min(n_tokens, BLOCK_ELEMENTS // width))
 
-    def buffer():
-        return torch.empty(rows, width, dtype=torch.float32, device=device)
+    def buffer(dtype=torch.float32):
+        return torch.empty(rows, width, dtype=dtype, device=device)
 
     def accumulator():
         return torch.zeros(tables[0].shape, dtype=torch.float32, device=device)
 
-    active = buffer() if counts is not None or active_sums is not None else None
+    active = buffer() if counts is not None else None
     chosen = buffer() if sums is not None or active_sums is not None else None
     acc_counts, acc_sums, acc_active = (accumulator() if t is not None else None
                                         for t in (counts, sums, active_sums))
@@ -66,28 +66,25 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums):
         stop = min(start + rows, n_tokens)
         if not counted[start:stop].any():  # e.g. a block of prompt tokens
             continue
-        weights = one_hot[:, start:stop]
-        if active is not None:
-            block = active[: stop - start]
-            torch.gt(gate[start:stop], 0, out=block)
+        weights, n = one_hot[:, start:stop], stop - start
         if counts is not None:
             if in_acc + rows >= EXACT_LIMIT:
                 counts += acc_counts.to(counts.dtype)
                 acc_counts.zero_()
                 in_acc = 0
-            acc_counts.addmm_(weights, block)
-            in_acc += stop - start
+            acc_counts.addmm_(weights, torch.gt(gate[start:stop], 0, out=active[:n]))
+            in_acc += n
         if chosen is not None:
-            # Uncounted rows are zeroed, not only weighted by 0: 0 * inf would be NaN.
-            a = chosen[: stop - start]
-            a.copy_(act[start:stop])
-            skipped = ~counted[start:stop]
-            if skipped.any():
-                a[skipped] = 0
+            # fp32 activations of the counted rows; uncounted rows are zeroed, not only
+            # weighted by 0 (0 * inf would be NaN).
+            block, skipped = act[start:stop], (~counted[start:stop]).nonzero().squeeze(1)
+            if block.dtype != torch.float32 or skipped.numel():
+                block = chosen[:n].copy_(block).index_fill_(0, skipped, 0)
             if sums is not None:
-                acc_sums.addmm_(weights, a)
+                acc_sums.addmm_(weights, block)
             if active_sums is not None:
-                acc_active.addmm_(weights, a.mul_(block))
+                # act has the sign of gate (and is 0 with it), so its positive part is act where gate > 0.
+                acc_active.addmm_(weights, torch.clamp_min(block, 0, out=chosen[:n]))
     for table, acc in ((counts, acc_counts), (sums, acc_sums), (active_sums, acc_active)):
         if table is not None:
             table += acc.to(table.dtype)
