@@ -28,7 +28,7 @@ __all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "activation_native"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 COUNT_DTYPES = (torch.int32, torch.int64)
-SUM_DTYPES = (torch.float64,)  # fp32 partials go into them exactly (see silu_mul)
+SUM_DTYPES = (torch.float64, torch.float32)  # float64 recommended (see silu_mul)
 BACKENDS = (None, "triton", "torch")
 
 
@@ -45,12 +45,14 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
     lang_ids int [...] (-1: not counted) with any of these [n_langs, I] tables, updated in
     place for every counted token t (lang_ids[t] >= 0) and neuron j:
       counts (int32/int64): += 1 where gate[t, j] > 0;
-      sums (float64): += act(gate)[t, j], the raw activation in the input dtype;
-      active_sums (float64): the same where gate[t, j] > 0 only.
-    The sums accumulate in fp32 within a call (per program on the GPU), then go into the
-    float64 table, where adding fp32 partials is exact, so in any order, while the entry
-    stays below 2**29 times the smallest partial: a table summed over many calls neither
-    drifts nor depends on the order of the GPU's atomics (beyond float64 rounding).
+      sums (float64 or float32): += act(gate)[t, j], the raw activation in the input dtype;
+      active_sums (float64 or float32): the same where gate[t, j] > 0 only.
+    The sums accumulate in fp32 within a call (per program on the GPU: about 8 per neuron
+    column and call on an H200), then each partial goes into the table. Use float64 for a
+    table summed over many calls (the store's): adding fp32 partials to it is exact, so in
+    any order, while the entry stays below 2**29 times the smallest partial, so it neither
+    drifts nor depends on the order of the GPU's atomics. A float32 table rounds at every
+    partial, in the order the atomics land.
     Uncounted tokens never reach the sums; a counted token with a non-finite activation (an
     overflowed model) makes that neuron's sums non-finite, for every language (one-hot
     matmuls), where the reference would spoil only its own language's.
@@ -147,7 +149,7 @@ def _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids
     if lang_ids is not None:
         _check_ids("lang_ids", lang_ids, lead, device)
         for name in given:
-            dtypes, kind = (COUNT_DTYPES, "an int32 or int64") if name == "counts" else (SUM_DTYPES, "a float64")
+            dtypes, kind = (COUNT_DTYPES, "an int32 or int64") if name == "counts" else (SUM_DTYPES, "a float64 or float32")
             _check_table(name, tables[name], dtypes, kind, "n_langs", width, device)
         rows = {name: tables[name].shape[0] for name in given}
         if len(set(rows.values())) > 1:

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:Runt
 
 
 def run_stats_case(backend, n_tokens, n_neurons, dtype, activation, *, seed, counts=True, sums=True, active=True,
-                   masks="set", langs="mixed", strided=True, config=None):
+                   masks="set", langs="mixed", strided=True, config=None, table_dtype=torch.float64):
     """One call with the requested tables and interventions, against the reference."""
     gate, up, lang_ids, count_table, mask_table, mask_ids, values = make_inputs(
         n_tokens, n_neurons, dtype, strided=strided, langs=langs, masks=masks, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     tables = {"counts": count_table if counts else None,
-              "sums": make_sum_table(3, n_neurons, gen) if sums else None,
-              "active_sums": make_sum_table(3, n_neurons, gen) if active else None}
+              "sums": make_sum_table(3, n_neurons, gen, table_dtype) if sums else None,
+              "active_sums": make_sum_table(3, n_neurons, gen, table_dtype) if active else None}
     initial = {name: t.clone() for name, t in tables.items() if t is not None}
     expected_counts = count_table.clone()
     expected = silu_mul_native(gate, up, lang_ids, expected_counts, mask_table, mask_ids, values=values,
@@ -44,31 +44,34 @@ def run_stats_case(backend, n_tokens, n_neurons, dtype, activation, *, seed, cou
         assert torch.equal(out, expected), "the torch path must replicate the reference bit for bit"
     if counts:
         assert torch.equal(tables["counts"], expected_counts)
+    partials = -(-n_tokens // config.tokens_per_program) if config else 1  # token chunks (the default: one)
     if sums:
-        assert_sums_rule(tables["sums"], initial["sums"], gate, lang_ids, activation)
+        assert_sums_rule(tables["sums"], initial["sums"], gate, lang_ids, activation, partials=partials)
     if active:
-        assert_sums_rule(tables["active_sums"], initial["active_sums"], gate, lang_ids, activation, active=True)
+        assert_sums_rule(tables["active_sums"], initial["active_sums"], gate, lang_ids, activation, active=True,
+                         partials=partials)
     return gate, up, lang_ids, tables
 
 
-# Every cell counts, sums, sums over active tokens and sets neurons; the activation
-# alternates so that each meets every shape and every dtype.
+# Every cell counts, sums, sums over active tokens and sets neurons; the activation and the
+# tables' dtype alternate so that each meets every shape and every dtype.
 # The interpreter takes seconds per case above ~10**5 elements: there bf16 stands for all dtypes.
+TABLE_DTYPES = (torch.float64, torch.float32)
 STATS_GRID = [
-    (backend, t, i, dtype, ACTIVATIONS[(s + d) % 2])
+    (backend, t, i, dtype, ACTIVATIONS[(s + d) % 2], TABLE_DTYPES[(s // 2 + d) % 2])
     for s, (t, i) in enumerate(itertools.product((1, 7, 83, 2048), (13, 96, 1000)))
     for d, dtype in enumerate(DTYPES)
     for backend in ("triton", "torch")
     if backend == "torch" or t * i < 10**5 or dtype == torch.bfloat16
-] + [(backend, 83, 14336, dtype, ACTIVATIONS[d % 2])  # Mistral-7B's width
+] + [(backend, 83, 14336, dtype, ACTIVATIONS[d % 2], torch.float64)  # Mistral-7B's width
      for d, dtype in enumerate(DTYPES) for backend in ("triton", "torch")
      if backend == "torch" or dtype == torch.bfloat16]
 
 
-@pytest.mark.parametrize("backend,n_tokens,n_neurons,dtype,activation", STATS_GRID)
-def test_stats_and_set_grid(backend, n_tokens, n_neurons, dtype, activation):
+@pytest.mark.parametrize("backend,n_tokens,n_neurons,dtype,activation,table_dtype", STATS_GRID)
+def test_stats_and_set_grid(backend, n_tokens, n_neurons, dtype, activation, table_dtype):
     run_stats_case(backend, n_tokens, n_neurons, dtype, activation, seed=n_tokens * 31 + n_neurons,
-                   strided=n_tokens % 2 == 1)
+                   strided=n_tokens % 2 == 1, table_dtype=table_dtype)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -92,6 +95,7 @@ def test_stats_every_or_no_token_counted(langs):
 def test_triton_stats_multi_program_configs(config):
     run_stats_case("triton", 90, 40, torch.bfloat16, "silu", seed=13, config=config)
     run_stats_case("triton", 90, 40, torch.float32, "gelu_tanh", seed=14, config=config)
+    run_stats_case("triton", 90, 40, torch.float16, "silu", seed=15, config=config, table_dtype=torch.float32)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
