@@ -149,7 +149,8 @@ def _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids
     if lang_ids is not None:
         _check_ids("lang_ids", lang_ids, lead, device)
         for name in given:
-            dtypes, kind = (COUNT_DTYPES, "an int32 or int64") if name == "counts" else (SUM_DTYPES, "a float64 or float32")
+            dtypes, kind = ((COUNT_DTYPES, "an int32 or int64") if name == "counts"
+                            else (SUM_DTYPES, "a float64 or float32"))
             _check_table(name, tables[name], dtypes, kind, "n_langs", width, device)
         rows = {name: tables[name].shape[0] for name in given}
         if len(set(rows.values())) > 1:

@@ -2,11 +2,11 @@
 
 Output rule (HELPERS.md): a kernel's error against a float64 computation is at most twice
 that of plain torch in the same dtype; checked on the largest error and on every element
-relative to its size (where the activation and the result are normal numbers of the dtype;
-the subnormal rest is bound by the first check). Torch's error is the larger of its error on the test's data and its
-largest relative error on a fixed sample of 2**16 elements (torch_error): a tiny test
-(T = 7, I = 1) holds too few elements to show torch's usual worst case, and would pass or
-fail by the luck of its roundings.
+relative to its size (where the activation and the result are normal numbers of the
+dtype; the subnormal rest is bound by the first check). Torch's error is the larger of its
+error on the test's data and its largest relative error on a fixed sample of 2**16
+elements (torch_error): a tiny test (T = 7, I = 1) holds too few elements to show torch's
+usual worst case, and would pass or fail by the luck of its roundings.
 
 Sums rule: the float64 reference is the exact sum of the true activation (computed in
 float64 from the dtype's gate) over the counted tokens, plus the table's initial value.
@@ -21,10 +21,10 @@ where beta = u_dtype + 2 u (1 + |z|) is the worst case of any correct evaluation
 activation (its final rounding, u_dtype = eps / 2 of the dtype, and fp32 roundings of the
 argument z of exp, -x or -2y, which exp amplifies by |z|), gamma_n = n u / (1 - n u) the
 bound of fp32 recursive summation, u = 2**-24, and k u_table the roundings of the k fp32
-partials the kernel adds into the table (float64: u_table = 2**-53; float32: 2**-24, and
-plain torch rounds once). (1) is sharp on large tables (a biased
-activation error grows like n, torch's like sqrt(n)); (2) binds every entry without
-depending on the luck of torch's roundings at a single token.
+partials the kernel adds into the table (float64: u_table = 2**-53; float32: 2**-24;
+plain torch rounds once). (1) is sharp on large tables (a biased activation error grows
+like n, torch's like sqrt(n)); (2) binds every entry without depending on the luck of
+torch's roundings at a single token.
 """
 import functools
 

@@ -68,7 +68,8 @@ def test_grid(backend, activation, n_tokens, n_neurons, dtype, strided, langs, m
 def test_every_count_and_mask_case(backend, dtype, langs, masks):
     """Each case with one activation (alternating: the grid crosses them with every shape)."""
     code = 10 * LANG_CASES.index(langs) + MASK_CASES.index(masks)
-    run_case(backend, 83, 128, dtype, True, langs, masks, seed=code, activation=ACTIVATIONS[(code + DTYPES.index(dtype)) % 2])
+    activation = ACTIVATIONS[(code + DTYPES.index(dtype)) % 2]
+    run_case(backend, 83, 128, dtype, True, langs, masks, seed=code, activation=activation)
 
 
 @pytest.mark.parametrize("config", [
