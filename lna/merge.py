@@ -11,6 +11,9 @@ Rules (README, "Formats"):
 - Imported counts (released .pt/.npz: their samples are unknown) and stores of lna 0.1
   (samples recorded by position) are wholes: they merge with other languages only, since
   nothing can show that another input's samples of that language are not among theirs.
+- Shards of one run (lna-profile --shard K/N) merge only as a whole run: each of 1..N once
+  and finished, never completed by a shard of another run (lna.shards.combine); `partial`
+  accepts missing ones and records which are in.
 """
 import json
 from dataclasses import replace
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna import identity
+from lna import identity, shards
 from lna.errors import LnaError
 from lna.manifest import combine
 from lna.store import IDENTITY, CountStore, open_store, save_store, validate
@@ -34,12 +37,14 @@ def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=(
     return identity.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
 
 
-def merge(stores: list[CountStore], names=None) -> CountStore:
-    """Sum stores of the same model; refuse anything that could count a sample twice.
-    `names`: what to call each store in messages (their paths)."""
+def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> CountStore:
+    """Sum stores of the same model; refuse anything that could count a sample twice, and
+    an incomplete set of shards unless `partial`. `names`: what to call each store in
+    messages (their paths)."""
     if not stores:
         raise LnaError("nothing to merge")
     names = list(names or [f"store {i + 1}" for i in range(len(stores))])
+    shard = shards.combine(stores, names, partial=partial)
     out = stores[0]
     out = replace(out, counts=out.counts.copy(), tokens=out.tokens.copy(), meta=json.loads(json.dumps(out.meta)),
                   samples={lang: c.copy() for lang, c in out.samples.items()})
@@ -68,20 +73,26 @@ def merge(stores: list[CountStore], names=None) -> CountStore:
                 out.meta[key] = f"{values[0]}+{values[-1]}"
         so_far = f"{so_far} + {name}" if len(so_far) < 200 else "the stores before it"
     out.samples = {lang: c for lang, c in out.samples.items() if len(c.ids) or c.unknown}
+    out.meta.pop("shard", None)  # a whole run's sum is that run's store
+    if shard is not None:
+        out.meta["shard"] = shard
     validate(out)
     return out
 
 
-def run(inputs, out, *, force: bool = False) -> CountStore:
+def run(inputs, out, *, force: bool = False, partial: bool = False) -> CountStore:
     """The command: read, check and sum INPUTS, write OUT (refused if it exists, unless force)."""
     out = Path(out)
     if out.exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or choose another -o")
     stores = [open_store(path) for path in inputs]
-    merged = merge(stores, names=[str(p) for p in inputs])
+    merged = merge(stores, names=[str(p) for p in inputs], partial=partial)
     save_store(merged, out)
     return merged
 
 
 def summary(store: CountStore) -> str:
-    return ", ".join(f"{lang} {int(n):,} tokens" for lang, n in zip(store.languages, np.asarray(store.tokens)))
+    text = ", ".join(f"{lang} {int(n):,} tokens" for lang, n in zip(store.languages, np.asarray(store.tokens)))
+    if store.meta.get("shard"):
+        text += f"; partial: {shards.describe(store.meta['shard'])} only"
+    return text

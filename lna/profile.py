@@ -7,6 +7,10 @@ bar moves, and the store is rewritten atomically once `checkpoint_every` seconds
 passed, at the end, and when the run stops on an error, Ctrl-C or SIGTERM. A killed
 (SIGKILL) run loses at most the batches since the last checkpoint, and its rerun counts
 each sample once.
+
+`shard` ("K/N") counts only shard K of N of the run's questions (lna.shards: by prompt,
+whatever the data's order); the store records which, and `lna merge` of the N shard
+stores is exactly this run's store.
 """
 import time
 from dataclasses import dataclass
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna import config, data, languages, responses
+from lna import config, data, languages, responses, shards
 from lna.errors import LnaError
 from lna.interrupts import shielded
 from lna.manifest import Counted, legacy_done, sample_ids
@@ -47,18 +51,22 @@ class Options:
     max_row_tokens: int = 2048
     checkpoint_every: float = 60.0
     progress: bool = True
+    shard: str | None = None  # "K/N": only shard K of N of the questions (lna.shards)
+    report: object = None  # report(done, total): the store's response tokens, after each batch (lna launch)
 
 
-def default_out(model: str, dataset: str) -> Path:
+def default_out(model: str, dataset: str, shard=None) -> Path:
     name = Path(model.rstrip("/")).name.replace("lna:", "")
-    return Path(f"{name}.{Path(dataset).stem}.zarr")
+    part = f".shard-{shard.index}-of-{shard.count}" if shard else ""
+    return Path(f"{name}.{Path(dataset).stem}{part}.zarr")
 
 
 def run(opts: Options) -> Path:
+    shard = shards.parse(opts.shard) if opts.shard else None
     name, questions = data.load(opts.dataset, opts.langs, limit=opts.limit)
     langs = list(dict.fromkeys(q.lang for q in questions))
     _check_given_responses(questions)
-    out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset)
+    out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset, shard)
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     say = sayer(opts.progress)
 
@@ -81,11 +89,19 @@ def run(opts: Options) -> Path:
         raise LnaError(f"{out} holds counts of prompts made with another text of template "
                        f"{prompts['template']!r} (configs/models.yaml or the tokenizer's chat template "
                        f"changed); choose another --out")
+    sampling = {"n": opts.samples, "temperature": opts.temperature, "top_p": opts.top_p,
+                "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}
+    n_questions = len(questions)
+    questions, shard_record = shards.split(questions, shard, runner.tokenizer, template, sampling)
+    part = f" (shard {shard}: {len(questions):,} of {n_questions:,} questions)" if shard else ""
+    if existing is not None:
+        shards.check_resume(out, existing.meta.get("shard"), shard_record)
     meta = {
         "model": opts.model, "model_name": runner.info.display, "model_fingerprint": runner.fingerprint,
         "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
         "architecture": runner.info.architecture, "family": runner.info.family.name, "dtype": dtype,
         "backend": backend, "dataset": name, **prompts, "provenance": "profile",
+        **({"shard": shard_record} if shard_record else {}),
     }
     store = CountStore.empty(langs, runner.layers, runner.neurons, meta)
     if existing is not None:
@@ -104,14 +120,14 @@ def run(opts: Options) -> Path:
     samples = responses.samples(questions)  # compact int32 token arrays
     del questions  # host memory holds tokens once, never activations: it stays flat while counting
     empty = [lang for lang in langs if not any(s.lang == lang for s in samples)]
-    if empty:
+    if empty and shard is None:  # a shard may hold no question of a language, or none at all
         raise LnaError(f"{resp_path}: every response in {', '.join(empty)} is empty, so there is nothing to "
                        "count; check that file (delete it to sample again, e.g. with another --template or "
                        f"--seed) or leave {', '.join(empty)} out with --langs")
     ledger = _Ledger(store, samples, out)
     todo = [s for s in samples if not ledger.is_done(s)]
     todo_tokens = sum(len(s.response) for s in todo)
-    say(f"profiling {todo_tokens:,} response tokens of {len(todo):,} samples "
+    say(f"profiling {todo_tokens:,} response tokens of {len(todo):,} samples{part} "
         f"({len(samples) - len(todo):,} already counted) with {backend} on {runner.device} -> {out}")
     _count(runner, store, ledger, todo, out, opts)
     say(f"wrote {out} (responses: {resp_path})")
@@ -132,6 +148,10 @@ def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, 
         last_save = time.monotonic()
 
     budget = getattr(runner, "token_budget", None) or opts.token_budget or 16384  # vLLM: tokens per call
+    report = opts.report or (lambda done, total: None)
+    done = int(store.tokens.sum())
+    total = done + sum(len(s.response) for s in todo)
+    report(done, total)
     try:
         with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
             for idx in chunks(todo, budget):
@@ -145,6 +165,8 @@ def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, 
                     ledger.mark(chunk)
                     unsaved = True
                 bar.update(int(tokens.sum()))
+                done += int(tokens.sum())
+                report(done, total)
                 if time.monotonic() - last_save >= opts.checkpoint_every:
                     checkpoint(False)
         checkpoint(ledger.complete())

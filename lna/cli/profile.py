@@ -14,6 +14,18 @@ def _device(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a device lna runs on; use {DEVICES}") from None
 
 
+def _shard(ctx, param, value):
+    from lna.errors import LnaError
+    from lna.shards import parse
+
+    if value is None:
+        return None
+    try:
+        return str(parse(value))
+    except LnaError as err:
+        raise click.BadParameter(str(err).removeprefix("--shard ")) from None
+
+
 def runner_options(f):
     """How the model runs, shared by lna-profile and lna-ablate."""
     options = [
@@ -60,6 +72,10 @@ def runner_options(f):
               help="Longest sampled response, in tokens.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the sampling (each batch of questions is seeded from it, so reruns agree).")
+@click.option("--shard", default=None, metavar="K/N", callback=_shard,
+              help="Count only shard K of N (K from 1 to N) of the questions, split by prompt whatever the data's "
+                   "order; `lna merge` of the N shard stores equals one run over all (default --out: "
+                   "<model>.<dataset>.shard-K-of-N.zarr). `lna launch` runs all N on a Ray cluster.")
 @runner_options
 def profile(quiet, **kwargs):
     """Force-decode responses through counting MLPs and write a count store."""
