@@ -44,6 +44,8 @@ setup(
         # lna-align's DPO with LoRA (TRL's DPOTrainer/DPOConfig of the 1.x line, PEFT's LoRA);
         # datasets is what DPOTrainer takes. NLLB's tokenizer loads from its tokenizer.json.
         "align": ["trl>=1.0,<2", "peft>=0.18", "datasets>=4"],
+        # lna launch: shards of a profile as Ray tasks over a cluster (tested with 2.60).
+        "ray": ["ray>=2.40,<3"],
     },
     entry_points={
         "console_scripts": [
@@ -55,6 +57,7 @@ setup(
             "lna-compare=lna.cli:compare_main",
             "lna-eval=lna.cli:eval_main",
             "lna-align=lna.cli:align_main",
+            "lna-launch=lna.cli:launch_main",
         ]
     },
 )

@@ -25,12 +25,13 @@ def _commands() -> dict:
     from lna.cli.eval import eval_
     from lna.cli.identify import identify
     from lna.cli.import_counts import import_counts
+    from lna.cli.launch import launch
     from lna.cli.merge import merge
     from lna.cli.profile import profile
     from lna.cli.report import report
 
     return {"profile": profile, "identify": identify, "ablate": ablate, "report": report,
-            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_, "align": align}
+            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_, "align": align, "launch": launch}
 
 
 class _Group(click.Group):
@@ -106,3 +107,4 @@ report_main = _script("report")
 compare_main = _script("compare")
 eval_main = _script("eval")
 align_main = _script("align")
+launch_main = _script("launch")
