@@ -20,6 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from lna.atomic import writing
 from lna.errors import LnaError
 from lna.profile import Options, default_out
 
@@ -56,7 +57,8 @@ def run(opts: Options, shards: int, *, address: str | None = None, gpus_per_shar
         if not gpus and opts.device is None:
             opts = replace(opts, device="cpu")
         paths = {k: shard_path(folder, k, shards) for k in range(1, shards + 1)}
-        folder.mkdir(parents=True, exist_ok=True)
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         kill = os.environ.get(KILL_ENV)
         tracker = ray.remote(num_cpus=0)(Progress).remote(shards)
         task = ray.remote(_profile_shard).options(num_gpus=gpus, num_cpus=cpus_per_shard, max_retries=retries,
@@ -221,8 +223,12 @@ def _connect(ray, address: str | None, verbose: bool) -> bool:
         ray.init(address=address, log_to_driver=True, logging_level=logging.INFO if verbose else logging.ERROR)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
         where = f"at {address}" if address else "on this machine"
+        auth = ("; a cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token and its token "
+                "(~/.ray/auth_token or RAY_AUTH_TOKEN) for an address given explicitly"
+                if address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ else "")
         raise LnaError(f"could not connect to a Ray cluster {where} ({_first_line(err)}); start one with "
-                       "`ray start --head` and give its address (host:6379, or auto on one of its nodes)") from None
+                       f"`ray start --head` and give its address (host:6379, or auto on one of its nodes){auth}"
+                       ) from None
     return True
 
 
@@ -263,8 +269,11 @@ def _join_responses(paths: dict, out: Path, dataset: str) -> None:
     target = responses.path_beside(out)
     if Path(dataset).exists() and Path(dataset).resolve() == target.resolve():
         return
+    import shutil
+
     with atomic_file(target) as tmp, open(tmp, "wb") as fh:
         for k in sorted(paths):
             part = responses.path_beside(paths[k])
             if part.exists():
-                fh.write(part.read_bytes())
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, fh)
