@@ -113,7 +113,8 @@ def check_resume(out, existing: dict | None, record: dict | None) -> None:
     if record is None:
         raise LnaError(f"{out} holds {describe(existing)} of a run: rerun with --shard "
                        f"{'/'.join(map(str, (existing['shards'][0], existing['count'])))} or choose another --out")
-    if (existing["shards"], existing["count"], existing.get("rule")) != (record["shards"], record["count"], record["rule"]):
+    split = ("shards", "count", "rule")
+    if [existing.get(key) for key in split] != [record[key] for key in split]:
         raise LnaError(f"{out} holds {describe(existing)}; this run is {describe(record)}: choose another --out")
     raise LnaError(f"{out} holds {describe(existing)} of another run (other data, languages, --limit, template "
                    "or sampling settings); choose another --out")
