@@ -3,6 +3,8 @@
 The record (attrs["integrity"], written in the same atomic swap as the data):
     {"checksum": "crc32",
      "counts":  {lang: CRC-32 of counts[:, k, :] as little-endian int64, C order},
+     "sums", "active_sums": {lang: CRC-32 of that language's slice as little-endian float64}
+                (only in stores that have the activation sums),
      "tokens":  {lang: response tokens},
      "samples": {lang: {"n": samples, "crc32": CRC-32 of their ids (little-endian uint64)}},
      "sample_keys": CRC-32 of the sample_keys bytes}
@@ -31,10 +33,10 @@ RECREATE = "re-run lna-profile (or lna import-counts) to recreate it"
 
 
 def lang_crc(counts: np.ndarray, k: int) -> int:
-    """CRC-32 of counts[:, k, :] as little-endian int64 in C order, one contiguous row at a
-    time (a strided slice would need a copy)."""
+    """CRC-32 of counts[:, k, :] as little-endian int64 (float64 for the sum tables) in C
+    order, one contiguous row at a time (a strided slice would need a copy)."""
     crc = 0
-    for layer in counts.astype("<i8", copy=False):
+    for layer in counts.astype("<f8" if counts.dtype.kind == "f" else "<i8", copy=False):
         crc = zlib.crc32(layer[k], crc)
     return crc
 
@@ -51,6 +53,8 @@ def record(store, keys: bytes) -> dict:
         "samples": {lang: {"n": len(c.ids), "crc32": ids_crc(c.ids)} for lang, c in store.samples.items()
                     if len(c.ids)},
         "sample_keys": zlib.crc32(keys),
+        **{name: {lang: lang_crc(getattr(store, name), k) for k, lang in enumerate(store.languages)}
+           for name in ("sums", "active_sums") if getattr(store, name, None) is not None},
     }
 
 
@@ -100,18 +104,28 @@ class Reader:
 
 
 def verify(reader: Reader, rec: dict, counts, tokens, layers: int, neurons: int, samples: dict,
-           keys: bytes) -> None:
-    """Everything the record promises; the first difference is the error."""
+           keys: bytes, sums: dict | None = None) -> None:
+    """Everything the record promises; the first difference is the error. `sums`: the
+    activation sum tables read ({name: array}) for the names the record has."""
     langs = reader.languages
     if not all(isinstance(rec.get(key), dict) for key in ("counts", "tokens", "samples")):
         raise LnaError(f"{reader.path}: damaged count store: its integrity record is incomplete; {RECREATE}")
-    if counts.shape != (layers, len(langs), neurons):
-        reader.fail("counts", f"shape {counts.shape}, the store's record says {(layers, len(langs), neurons)}")
-    for k, lang in enumerate(langs):
-        if lang_crc(counts, k) != rec["counts"].get(lang):
-            gone = reader.missing("counts", k)
-            reader.fail("counts", f"chunk missing ({_rel(reader, gone[0])})" if gone
-                        else "values differ from the store's checksum (chunk altered)", lang)
+    tables = {"counts": counts, **(sums or {})}
+    if not all(isinstance(rec.get(name), dict) for name in tables):
+        raise LnaError(f"{reader.path}: damaged count store: its integrity record is incomplete; {RECREATE}")
+    if ("sums" in tables) != ("active_sums" in tables):
+        reader.fail("sums", "the record lists one of sums and active_sums without the other")
+    extra = [name for name in ("sums", "active_sums") if name not in tables and _exists(reader, name)]
+    if extra:  # arrays the record does not cover: written by something other than lna
+        reader.fail(extra[0], "present but not in the store's integrity record")
+    for name, table in tables.items():
+        if table.shape != (layers, len(langs), neurons):
+            reader.fail(name, f"shape {table.shape}, the store's record says {(layers, len(langs), neurons)}")
+        for k, lang in enumerate(langs):
+            if lang_crc(table, k) != rec[name].get(lang):
+                gone = reader.missing(name, k)
+                reader.fail(name, f"chunk missing ({_rel(reader, gone[0])})" if gone
+                            else "values differ from the store's checksum (chunk altered)", lang)
     want = np.array([rec["tokens"].get(lang, -1) for lang in langs])
     if tokens.shape != want.shape or (tokens != want).any():
         if tokens.shape != want.shape:
@@ -134,6 +148,10 @@ def verify(reader: Reader, rec: dict, counts, tokens, layers: int, neurons: int,
             reader.fail("sample_id", "sample manifest differs from the store's record", lang)
     if zlib.crc32(keys) != rec.get("sample_keys"):
         reader.fail("sample_keys", "values differ from the store's checksum (chunk altered)")
+
+
+def _exists(reader: Reader, name: str) -> bool:
+    return (reader.path / name / "zarr.json").exists()
 
 
 def check_legacy(reader: Reader, counts, tokens) -> None:

@@ -14,6 +14,11 @@ Rules (README, "Formats"):
 - Shards of one run (lna-profile --shard K/N) merge only as a whole run: each of 1..N once
   and finished, never completed by a shard of another run (lna.shards.combine); `partial`
   accepts missing ones and records which are in.
+- Activation sums (sums, active_sums) add like counts. A store without them (older stores,
+  imports, --no-sums profiles) still merges - its counts are as good as ever, and refusing
+  would block adding languages to released counts - but the languages it counted get
+  unknown sums (NaN) in the result, with a note naming them; the others keep theirs, so
+  lna-steer still finds the mean activation of every language whose sums are whole.
 """
 import json
 from dataclasses import replace
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lna import identity, shards
-from lna.errors import LnaError
+from lna.errors import LnaError, note
 from lna.manifest import combine
 from lna.store import IDENTITY, CountStore, open_store, save_store, validate
 
@@ -46,11 +51,20 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
     names = list(names or [f"store {i + 1}" for i in range(len(stores))])
     shard = shards.combine(stores, names, partial=partial)
     out = stores[0]
+    copy = (lambda a: None if a is None else a.copy())
     out = replace(out, counts=out.counts.copy(), tokens=out.tokens.copy(), meta=json.loads(json.dumps(out.meta)),
-                  samples={lang: c.copy() for lang, c in out.samples.items()})
+                  samples={lang: c.copy() for lang, c in out.samples.items()}, sums=copy(out.sums),
+                  active_sums=copy(out.active_sums))
     so_far = names[0]
     for other, name in zip(stores[1:], names[1:]):
         ident = check_compatible(out, other, names=(so_far, name))
+        if out.has_sums != other.has_sums:
+            without, lacking = (so_far, out) if other.has_sums else (name, other)
+            lost = [lang for lang, n in zip(lacking.languages, lacking.tokens) if n]
+            if lost:
+                note(f"{without} has no activation sums: the merged store's sums of {', '.join(lost)} are unknown "
+                     "(NaN); lna-steer needs the sums of its target language (lna-profile --sums)")
+            out, other = out.with_sums(), other.with_sums()
         for key, value in ident.items():
             if value is None:
                 out.meta.pop(key, None)
@@ -66,6 +80,9 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
                                         (int(out.tokens[k]), int(other.tokens[j])))
             out.counts[:, k] += other.counts[:, j]
             out.tokens[k] += other.tokens[j]
+            if out.has_sums:  # NaN (unknown) stays unknown
+                out.sums[:, k] += other.sums[:, j]
+                out.active_sums[:, k] += other.active_sums[:, j]
         out.complete = out.complete and other.complete
         for key in ("dataset", "backend", "dtype"):
             values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]

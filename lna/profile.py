@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lna import config, data, languages, responses, shards
-from lna.errors import LnaError
+from lna.errors import LnaError, note
 from lna.interrupts import shielded
 from lna.manifest import Counted, legacy_done, sample_ids
 from lna.merge import check_compatible
@@ -50,6 +50,7 @@ class Options:
     token_budget: int | None = None
     max_row_tokens: int = 2048
     checkpoint_every: float = 60.0
+    sums: bool = True  # activation sums beside the counts (benches/results/profile_sums_cpu.json: their cost)
     progress: bool = True
     shard: str | None = None  # "K/N": only shard K of N of the questions (lna.shards)
     report: object = None  # report(done, total): the store's response tokens, after each batch (lna launch)
@@ -103,11 +104,11 @@ def run(opts: Options) -> Path:
         "backend": backend, "dataset": name, **prompts, "provenance": "profile",
         **({"shard": shard_record} if shard_record else {}),
     }
-    store = CountStore.empty(langs, runner.layers, runner.neurons, meta)
+    store = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums)
     if existing is not None:
         check_compatible(existing, store, what=f"{out} with this run (it was made by another model or setting)",
                          names=(str(out), opts.model))
-        store = existing
+        store = _continued(existing, opts.sums, out)
     for lang in langs:
         store = store.with_language(lang)
 
@@ -157,11 +158,14 @@ def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, 
             for idx in chunks(todo, budget):
                 chunk = [todo[i] for i in idx]
                 langs = list(dict.fromkeys(s.lang for s in chunk))  # only these come back from the device
-                counts, tokens = runner.count(chunk, langs)
+                counts, tokens, *sums = runner.count(chunk, langs, sums=store.has_sums)
                 k = [store.index(lang) for lang in langs]
                 with shielded():
                     store.counts[:, k] += counts
                     store.tokens[k] += tokens
+                    if sums:
+                        store.sums[:, k] += sums[0]
+                        store.active_sums[:, k] += sums[1]
                     ledger.mark(chunk)
                     unsaved = True
                 bar.update(int(tokens.sum()))
@@ -174,6 +178,21 @@ def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, 
         if unsaved:
             checkpoint(False)
         raise
+
+
+def _continued(existing: CountStore, sums: bool, out: Path) -> CountStore:
+    """The store a run continues: one with activation sums keeps summing (its sums must stay
+    whole); one without gets them from now on where asked, its counted languages' sums
+    unknown (NaN), with a note."""
+    if existing.has_sums and not sums:
+        note(f"{out} has activation sums: this run adds to them too (--no-sums applies to new stores)")
+    if sums and not existing.has_sums:
+        lost = [lang for lang, n in zip(existing.languages, existing.tokens) if n]
+        if lost:
+            note(f"{out} was profiled without activation sums: its sums of {', '.join(lost)} stay unknown "
+                 "(NaN); profile into a new --out for whole sums")
+        return existing.with_sums()
+    return existing
 
 
 def _check_given_responses(questions) -> None:

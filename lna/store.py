@@ -3,6 +3,10 @@
 Layout (readable with plain zarr, and with xarray through `dimension_names`):
     counts          int64  [layer, language, neuron]  response tokens on which the neuron fired
     tokens          int64  [language]                 response tokens counted
+    sums            float64 [layer, language, neuron] optional: sum of act(gate) over those tokens
+    active_sums     float64 [layer, language, neuron] optional: the same over tokens with gate > 0
+                                                      (both or neither; NaN: a language whose sums
+                                                      are unknown, e.g. merged with counts without)
     language        str    [language]                 coordinate: language codes, in store order
     layer, neuron   int64                             coordinates: 0..layers-1, 0..neurons-1
     sample_id       uint64 [sample]                   content ids of the counted samples (lna.manifest),
@@ -44,6 +48,8 @@ LEGACY_FORMAT = "lna-counts/1"
 DIMS = ("layer", "language", "neuron")
 # What a count means; stores that differ here must never be summed.
 IDENTITY = ("counted", "activation", "layers", "neurons")
+# The optional activation statistics (float64 [layer, language, neuron]), beside counts.
+SUMS = ("sums", "active_sums")
 
 
 @dataclass
@@ -54,10 +60,20 @@ class CountStore:
     meta: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)  # lang -> lna.manifest.Counted
     complete: bool = True
+    # Activation statistics (float64 [layer, language, neuron], both or neither): per language,
+    # the sum of act(gate) over counted tokens, and over those with gate > 0. NaN marks a
+    # language whose sums are unknown (merged or resumed with counts that have none).
+    sums: np.ndarray | None = None
+    active_sums: np.ndarray | None = None
 
     def __post_init__(self):
         self.counts = np.ascontiguousarray(self.counts, dtype=np.int64)
         self.tokens = np.ascontiguousarray(self.tokens, dtype=np.int64)
+        if (self.sums is None) != (self.active_sums is None):
+            raise LnaError("inconsistent count store: it has one of sums and active_sums without the other")
+        if self.sums is not None:
+            self.sums = np.ascontiguousarray(self.sums, dtype=np.float64)
+            self.active_sums = np.ascontiguousarray(self.active_sums, dtype=np.float64)
         self.languages = list(self.languages)
         self.meta = dict(self.meta)
         self.meta.setdefault("counted", "response-tokens")
@@ -75,10 +91,16 @@ class CountStore:
     def neurons(self) -> int:
         return self.counts.shape[2]
 
+    @property
+    def has_sums(self) -> bool:
+        return self.sums is not None
+
     @classmethod
-    def empty(cls, languages, layers, neurons, meta=None) -> "CountStore":
+    def empty(cls, languages, layers, neurons, meta=None, sums: bool = False) -> "CountStore":
         k = len(languages)
-        return cls(np.zeros((layers, k, neurons), np.int64), np.zeros(k, np.int64), languages, meta or {})
+        zeros = (lambda: np.zeros((layers, k, neurons), np.float64)) if sums else (lambda: None)
+        return cls(np.zeros((layers, k, neurons), np.int64), np.zeros(k, np.int64), languages, meta or {},
+                   sums=zeros(), active_sums=zeros())
 
     def index(self, lang: str) -> int:
         if lang not in self.languages:
@@ -93,18 +115,50 @@ class CountStore:
         """p[layer, language, neuron] = counts / tokens (float64; 0 where nothing was counted)."""
         return self.counts / np.maximum(self.tokens, 1)[None, :, None]
 
+    def mean_activation(self, lang: str, kind: str = "mean") -> np.ndarray:
+        """float64 [layer, neuron]: the mean activation of each neuron on `lang`'s tokens,
+        sums / tokens ("mean"), or on the tokens where it fired, active_sums / counts
+        ("active-mean"; 0 where it never fired). One line where the store cannot say."""
+        k = self.index(lang)
+        if not self.has_sums:
+            raise LnaError("the store has no activation sums (profiled without them, by an older lna, or "
+                           "imported); re-profile with lna-profile --sums to get them")
+        if np.isnan(self.sums[:, k]).any() or np.isnan(self.active_sums[:, k]).any():
+            raise LnaError(f"the store's activation sums of {lang} are unknown (it was merged or resumed with "
+                           f"{lang} counts that have none); re-profile {lang} into a new store with --sums")
+        if not self.tokens[k]:
+            raise LnaError(f"the store counted no {lang} tokens, so it has no mean activation for {lang}")
+        if kind == "mean":
+            return self.sums[:, k] / self.tokens[k]
+        if kind == "active-mean":
+            return np.divide(self.active_sums[:, k], self.counts[:, k], out=np.zeros(self.active_sums[:, k].shape),
+                             where=self.counts[:, k] > 0)
+        raise LnaError(f"unknown mean {kind!r}: use mean (sums / tokens) or active-mean (active_sums / counts)")
+
     def select(self, langs) -> "CountStore":
         idx = [self.index(lang) for lang in langs]
         samples = {lang: self.samples[lang] for lang in langs if lang in self.samples}
-        return replace(self, counts=self.counts[:, idx], tokens=self.tokens[idx], languages=list(langs), samples=samples)
+        pick = (lambda a: None if a is None else a[:, idx])
+        return replace(self, counts=self.counts[:, idx], tokens=self.tokens[idx], languages=list(langs), samples=samples,
+                       sums=pick(self.sums), active_sums=pick(self.active_sums))
 
     def with_language(self, lang: str) -> "CountStore":
-        """This store with `lang` added (zero counts) if it is not there yet."""
+        """This store with `lang` added (zero counts, zero sums) if it is not there yet."""
         if lang in self.languages:
             return self
-        zeros = np.zeros((self.layers, 1, self.neurons), np.int64)
-        return replace(self, counts=np.concatenate([self.counts, zeros], axis=1),
-                       tokens=np.append(self.tokens, 0), languages=self.languages + [lang])
+        shape = (self.layers, 1, self.neurons)
+        grow = (lambda a: None if a is None else np.concatenate([a, np.zeros(shape, np.float64)], axis=1))
+        return replace(self, counts=np.concatenate([self.counts, np.zeros(shape, np.int64)], axis=1),
+                       tokens=np.append(self.tokens, 0), languages=self.languages + [lang],
+                       sums=grow(self.sums), active_sums=grow(self.active_sums))
+
+    def with_sums(self) -> "CountStore":
+        """This store with sum tables: as they are, or, for a store without, unknown (NaN)
+        for every language that counted tokens and 0 for the others."""
+        if self.has_sums:
+            return self
+        unknown = np.where(self.tokens[None, :, None] > 0, np.nan, 0.0) * np.ones(self.counts.shape)
+        return replace(self, sums=unknown, active_sums=unknown.copy())
 
 
 def validate(store: CountStore) -> None:
@@ -123,6 +177,16 @@ def validate(store: CountStore) -> None:
     # two-pass difference is noisy), so the check is for lna's own measurements.
     if store.meta.get("provenance", "profile") == "profile" and (c > t[None, :, None]).any():
         raise LnaError("count store has counts above its token totals: it is damaged; recreate it")
+    if store.sums is not None:
+        if store.sums.shape != c.shape or store.active_sums.shape != c.shape:
+            raise LnaError(f"inconsistent count store: sums {store.sums.shape} and active_sums "
+                           f"{store.active_sums.shape} must be shaped like counts {c.shape}")
+        # act(gate) > 0 exactly where gate > 0: a neuron that never fired has an active sum
+        # of exactly 0, and no active sum is negative (NaN: unknown, not checked).
+        a = store.active_sums
+        if (a < 0).any() or ((c == 0) & (a != 0) & ~np.isnan(a)).any():
+            raise LnaError("count store has active sums that its counts rule out (negative, or nonzero "
+                           "where the neuron never fired): it is damaged; recreate it")
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -176,6 +240,7 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
     reader = integrity.Reader(path, root, languages)
     counts = reader.read("counts", by_language=True)
     tokens = reader.read("tokens")
+    sums = {}
     if attrs["format"] == LEGACY_FORMAT:
         integrity.check_legacy(reader, counts, tokens)
         parts = attrs.get("samples") if isinstance(attrs.get("samples"), dict) else {}
@@ -188,9 +253,12 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
         if not isinstance(record, dict):
             raise LnaError(f"{path}: damaged count store: its integrity record is missing; {integrity.RECREATE}")
         samples, keys = _read_samples(reader, attrs)
-        integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples, keys)
+        # Stores written before activation sums existed have neither the arrays nor their record.
+        sums = {name: reader.read(name, by_language=True) for name in SUMS if name in record}
+        integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples, keys,
+                         sums)
     try:
-        store = CountStore(counts, tokens, languages, meta, samples, attrs.get("complete", True))
+        store = CountStore(counts, tokens, languages, meta, samples, attrs.get("complete", True), **sums)
     except LnaError as err:
         raise LnaError(f"{path}: {err}") from None
     if not allow_partial and not store.complete:
@@ -256,6 +324,9 @@ def _encode(store: CountStore) -> dict:
 
     L, K, neurons = store.counts.shape
     array("counts", store.counts, DIMS, chunks=(L, 1, neurons), compressors=codec)
+    if store.has_sums:
+        for name in SUMS:
+            array(name, getattr(store, name), DIMS, chunks=(L, 1, neurons), compressors=codec)
     array("tokens", store.tokens, ("language",))
     array("language", np.array(store.languages, dtype=object), ("language",), dtype=str)
     array("layer", np.arange(L, dtype=np.int64), ("layer",))

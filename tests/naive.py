@@ -53,6 +53,37 @@ def counts(path, samples, languages, count_prompt=False):
     return out, amb
 
 
+@torch.no_grad()
+def activation_sums(path, samples, languages, activation="silu"):
+    """(sums, active_sums, abs_sums) float64 [layer, language, neuron]: act(gate) computed in
+    float64 from the model's own fp32 gate values (a hook on the gate projection of an
+    unmodified transformers model, one sequence at a time), summed over each sample's
+    response positions; over those with gate > 0; and |act| summed (the scale of rounding)."""
+    import torch.nn.functional as F
+
+    act = {"silu": F.silu, "gelu_tanh": lambda g: F.gelu(g, approximate="tanh")}[activation]
+    model = load(path)
+    cfg = model.config.get_text_config()
+    shape = (cfg.num_hidden_layers, len(languages), cfg.intermediate_size)
+    sums, active, scale = (np.zeros(shape) for _ in range(3))
+    gates = {}
+    hooks = [gate_hook(layer.mlp, gates, li) for li, layer in enumerate(layers(model))]
+    try:
+        for s in samples:
+            model(torch.tensor([list(s.prompt) + list(s.response)]))
+            k = languages.index(s.lang)
+            for li, gate in gates.items():
+                g = gate[len(s.prompt):].double()
+                a = act(g)
+                sums[li, k] += a.sum(0).numpy()
+                active[li, k] += torch.where(g > 0, a, 0.0).sum(0).numpy()
+                scale[li, k] += a.abs().sum(0).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    return sums, active, scale
+
+
 def assert_counts_equal(got, ref, ambiguous):
     """Exact equality except where a reference gate was within rounding of zero; such gates
     must be rare (about 1 in 10^4 of the gates looked at), or the test would prove little."""

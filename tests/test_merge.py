@@ -124,11 +124,11 @@ def test_store_of_lna_0_1_resumes_without_double_counting(tiny_models, tmp_path,
     assert profile_cli(model, ds, tmp_path / "whole.zarr") == 0
     real, calls = HFRunner.count, {"n": 0}
 
-    def dying(self, samples, languages):
+    def dying(self, samples, languages, **kw):
         calls["n"] += 1
         if calls["n"] > 1:
             raise KeyboardInterrupt
-        return real(self, samples, languages)
+        return real(self, samples, languages, **kw)
 
     monkeypatch.setattr(HFRunner, "count", dying)
     cut = tmp_path / "cut.zarr"

@@ -76,6 +76,9 @@ def runner_options(f):
               help="Count only shard K of N (K from 1 to N) of the questions, split by prompt whatever the data's "
                    "order; `lna merge` of the N shard stores equals one run over all (default --out: "
                    "<model>.<dataset>.shard-K-of-N.zarr). `lna launch` runs all N on a Ray cluster.")
+@click.option("--sums/--no-sums", default=True, show_default=True,
+              help="Also store each neuron's summed activation per language (its mean activation, which "
+                   "lna-steer sets neurons to); a store that has them keeps them.")
 @runner_options
 def profile(quiet, **kwargs):
     """Force-decode responses through counting MLPs and write a count store."""

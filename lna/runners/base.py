@@ -24,15 +24,22 @@ class Runner(Protocol):
     layers: int
     neurons: int
 
-    def count(self, samples: Sequence[Sample], languages: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def count(self, samples: Sequence[Sample], languages: Sequence[str], *, sums: bool = False) -> tuple:
         """Force-decode `samples`; return (counts int64 [layer, language, neuron],
-        tokens int64 [language]) for exactly these samples, languages in `languages` order."""
+        tokens int64 [language]) for exactly these samples, languages in `languages` order;
+        with sums=True also (sums, active_sums) float64 [layer, language, neuron]: the sum
+        of act(gate) over the counted tokens, and over those with gate > 0."""
 
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int) -> list[list[list[int]]]:
-        """Sample `n` responses (token ids, no prompt, EOS stripped) for each prompt."""
+                 max_new_tokens: int, seed: int, masks: np.ndarray | None = None,
+                 values: np.ndarray | None = None, mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
+        """Sample `n` responses (token ids, no prompt, EOS stripped) for each prompt; prompt
+        i with the intervention masks[mask_ids[i]] (as in nll; -1: none) on every token."""
 
-    def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int]) -> np.ndarray:
+    def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int],
+            values: np.ndarray | None = None) -> np.ndarray:
         """Sum of response-token negative log-likelihoods (fp32 logits, float64 sum) of each
         sample, with the neurons of `masks[mask_ids[i]]` (bool [n_masks, layer, neuron])
-        deactivated for sample i (-1: none). Returns float64 [len(samples)]."""
+        deactivated for sample i (-1: none), on every token of the sample: act(gate) set to
+        0, or to `values[mask_ids[i]]` (float32, shaped like masks) where values are given.
+        Returns float64 [len(samples)]."""

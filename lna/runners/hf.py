@@ -4,7 +4,8 @@ Each decoder layer's MLP is replaced by `CountingMLP`, which computes exactly
 down(act(gate(x)) * up(x)) (act: SiLU, or GELU-tanh for Gemma; gate and up from separate
 projections or from one packed gate_up_proj, read as views without a copy) through the
 fused kernel (lna.kernels.silu_mul) and, in the same pass, counts gate > 0 per language
-on response tokens. Batches are shared-prompt packed rows (lna.packing) with a 4D mask
+on response tokens (and, if asked, sums act(gate) per language into float64 tables), or
+applies interventions: per token, a neuron passes, is zeroed, or is set to a value. Batches are shared-prompt packed rows (lna.packing) with a 4D mask
 (one per attention type where layers mix full and sliding-window attention); the MLPs see
 real tokens only (padding is gathered out), so no padded token is ever computed through
 them or counted.
@@ -33,8 +34,11 @@ class _State:
         self.index = None  # flat indices of the real tokens, or None: every token
         self.lang_ids = None  # int32 [N] language index per real token (-1: not counted)
         self.counts = None  # int64 [layer, language, neuron], updated in place
+        self.sums = self.active_sums = None  # float64 [layer, language, neuron], updated in place
         self.masks = None  # bool [layer, n_masks, neuron]
+        self.values = None  # float32 [layer, n_masks, neuron]: set masked neurons to these (None: zero)
         self.mask_ids = None  # int32 [N] mask per real token (-1: none)
+        self.row_ids = None  # int [B] mask per batch row, for every token of the row (generate)
         self.calls = 0
 
 
@@ -55,8 +59,19 @@ class CountingMLP(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         if st.index is not None:
             flat = flat.index_select(0, st.index)
-        kw = dict(lang_ids=st.lang_ids, counts=None if st.counts is None else st.counts[self.layer],
-                  masks=None if st.mask_ids is None else st.masks[self.layer], mask_ids=st.mask_ids,
+        mask_ids = st.mask_ids
+        if st.row_ids is not None:  # generate: [B, S, H], one intervention per row
+            if x.dim() != 3 or x.shape[0] != st.row_ids.shape[0]:
+                raise LnaError(f"layer {self.layer}: the MLP got hidden states {tuple(x.shape)}, not one row per "
+                               f"prompt ({st.row_ids.shape[0]}); this model's generate is not supported with "
+                               "interventions")
+            mask_ids = st.row_ids.repeat_interleave(x.shape[1])
+        layer = self.layer
+        kw = dict(lang_ids=st.lang_ids, counts=None if st.counts is None else st.counts[layer],
+                  sums=None if st.sums is None else st.sums[layer],
+                  active_sums=None if st.active_sums is None else st.active_sums[layer],
+                  masks=None if mask_ids is None else st.masks[layer], mask_ids=mask_ids,
+                  values=None if mask_ids is None or st.values is None else st.values[layer],
                   check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
                   **self.act)
         if self.packed:  # gate and up are views of the one [T, 2I] output
@@ -135,15 +150,20 @@ class HFRunner:
         return packing.plan_batches(rows, self.token_budget)
 
     @torch.inference_mode()
-    def count(self, samples: Sequence[Sample], languages: Sequence[str]):
+    def count(self, samples: Sequence[Sample], languages: Sequence[str], *, sums: bool = False):
         samples = list(samples)
         lang_index = {lang: k for k, lang in enumerate(languages)}
-        counts = torch.zeros(self.layers, len(languages), self.neurons, dtype=torch.int64, device=self.device)
+        shape = (self.layers, len(languages), self.neurons)
+        counts = torch.zeros(shape, dtype=torch.int64, device=self.device)
+        # float64: the kernel's fp32 partial sums add into it exactly, in any order.
+        tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else None
         tokens = np.zeros(len(languages), np.int64)
         try:
             for rows in self._batches(samples):
                 batch = packing.build_batch(rows, samples, lang_index)
                 self.state.counts = counts
+                if tables:
+                    self.state.sums, self.state.active_sums = tables
                 self.state.lang_ids = torch.from_numpy(batch.lang_ids).to(self.device)
                 self._forward(batch)
                 tokens += np.bincount(batch.lang_ids[batch.lang_ids >= 0], minlength=len(languages))
@@ -153,14 +173,34 @@ class HFRunner:
         np.add.at(expected, [lang_index[s.lang] for s in samples], [len(s.response) for s in samples])
         if not np.array_equal(tokens, expected):
             raise LnaError(f"counted {tokens.tolist()} response tokens, expected {expected.tolist()}")
+        if tables:
+            return (counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return counts.cpu().numpy(), tokens
 
+    def _interventions(self, masks, values) -> None:
+        """Put masks bool [n_masks, layer, neuron] (and values float32, same shape, or None:
+        zero) on the device, per layer, for the MLPs."""
+        self.state.clear()
+        if masks is None or not len(masks):
+            return
+        masks = np.asarray(masks, bool)
+        if masks.ndim != 3 or masks.shape[1:] != (self.layers, self.neurons):
+            raise LnaError(f"masks must be bool [n_masks, {self.layers}, {self.neurons}] for this model, "
+                           f"got shape {masks.shape}; were the neuron sets made for another model?")
+        if values is not None:
+            values = np.asarray(values, np.float32)
+            if values.shape != masks.shape:
+                raise LnaError(f"values must be shaped like masks {masks.shape}, got {values.shape}")
+        by_layer = (lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2))).to(self.device))
+        self.state.masks = by_layer(masks)
+        self.state.values = None if values is None else by_layer(values)
+
     @torch.inference_mode()
-    def nll(self, samples: Sequence[Sample], masks: np.ndarray | None, mask_ids: Sequence[int]) -> np.ndarray:
+    def nll(self, samples: Sequence[Sample], masks: np.ndarray | None, mask_ids: Sequence[int],
+            values: np.ndarray | None = None) -> np.ndarray:
         samples = list(samples)
         out = np.zeros(len(samples), np.float64)
-        if masks is not None and len(masks):
-            self.state.masks = torch.from_numpy(np.ascontiguousarray(np.asarray(masks, bool).transpose(1, 0, 2))).to(self.device)
+        self._interventions(masks, values)
         try:
             for rows in self._batches(samples, mask_ids):
                 batch = packing.build_batch(rows, samples, {s.lang: 0 for s in samples})
@@ -179,8 +219,12 @@ class HFRunner:
 
     @torch.inference_mode()
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int) -> list[list[list[int]]]:
-        """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0."""
+                 seed: int, masks: np.ndarray | None = None, values: np.ndarray | None = None,
+                 mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
+        """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0.
+        Interventions: prompt i is generated (every token, its own included) with
+        masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none); prompts with
+        different interventions share batches."""
         from transformers import GenerationConfig
 
         if temperature <= 0 and n > 1:
@@ -197,10 +241,21 @@ class HFRunner:
         sampling = temperature > 0
         out = []
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
+        if mask_ids is not None and len(mask_ids) != len(prompts):
+            raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
+        self._interventions(masks, values)
+        ids_of = None
+        if self.state.masks is not None and mask_ids is not None:
+            ids_of = np.asarray(mask_ids, np.int64)
+            if ((ids_of < -1) | (ids_of >= self.state.masks.shape[1])).any():
+                raise LnaError(f"mask_ids must lie in [-1, {self.state.masks.shape[1]})")
         saved, self.model.generation_config = self.model.generation_config, plain
         try:
             for start in range(0, len(prompts), per_batch):
                 chunk = [list(p) for p in prompts[start:start + per_batch]]
+                if ids_of is not None:  # one id per generated row (each prompt's n rows in a run)
+                    rows = np.repeat(ids_of[start:start + per_batch], n)
+                    self.state.row_ids = torch.from_numpy(rows.astype(np.int32)).to(self.device) if (rows >= 0).any() else None
                 width = max(len(p) for p in chunk)  # left padding: generation continues every row
                 ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
                 attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
@@ -214,6 +269,7 @@ class HFRunner:
                     out.append([_until_eos(g, eos) for g in gen[q * n:(q + 1) * n]])
         finally:
             self.model.generation_config = saved
+            self.state.clear()
         return out
 
 
