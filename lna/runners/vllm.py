@@ -36,6 +36,13 @@ Design (why it is built this way):
   counted in every step, and raises LnaError otherwise: it never miscounts silently.
 - Tensor parallelism: each rank counts its contiguous slice of the neurons; the slices
   are concatenated in rank order (lna.runners.vllm_batch.gather_ranks).
+- Generation with interventions: each request carries its intervention id in
+  `SamplingParams.extra_args`; the worker gives every token the step schedules for it
+  (prompt and generated) that id, so one batch carries several interventions. Prompts
+  with an intervention get a cache salt per intervention (KV computed under one is never
+  reused under another, nor by plain requests).
+- Activation sums (count with sums=True): float64 tables beside the counts, per rank
+  and concatenated in rank order like them.
 - nll: a sample's mask deactivates its neurons on every token of the sample (prompt too),
   as the study's scripts do; the worker scores response tokens from the hidden states of the forward pass
   (logits of the actual next token, fp32 log-softmax, float64 sums), so nothing but one
@@ -50,7 +57,7 @@ import numpy as np
 from lna import families, identity, models
 from lna.errors import LnaError
 from lna.runners.base import Sample
-from lna.runners.vllm_batch import META_KEY, at_risk, gather_ranks, problems
+from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
 
@@ -130,7 +137,7 @@ class VllmRunner:
 
     # -- Runner protocol ----------------------------------------------------------------
 
-    def count(self, samples: Sequence[Sample], languages: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def count(self, samples: Sequence[Sample], languages: Sequence[str], *, sums: bool = False) -> tuple:
         languages = list(languages)
         slot = {code: i for i, code in enumerate(languages)}
         for s in samples:
@@ -140,25 +147,56 @@ class VllmRunner:
         slots = [slot[s.lang] for s in samples]
         tokens = np.zeros(len(languages), dtype=np.int64)
         np.add.at(tokens, np.asarray(slots, dtype=np.int64), [len(s.response) for s in samples])
-        counts = np.zeros((self.layers, len(languages), self.neurons), dtype=np.int64)
-        merged = self._run("count", samples, slots, n_slots=len(languages))
+        shape = (self.layers, len(languages), self.neurons)
+        counts = np.zeros(shape, dtype=np.int64)
+        tables = [np.zeros(shape, dtype=np.float64) for _ in range(2)] if sums else []
+        merged = self._run("count", samples, slots, n_slots=len(languages), sums=sums)
         if merged is not None:
             counts += merged["counts"]
-        return counts, tokens
+            for table, key in zip(tables, ("sums", "active_sums")):
+                table += merged[key]
+        return (counts, tokens, *tables)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int) -> list[list[list[int]]]:
+                 max_new_tokens: int, seed: int, masks: np.ndarray | None = None, values: np.ndarray | None = None,
+                 mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
         self._check_lengths([len(p) for p in prompts], "prompt", extra=max_new_tokens)
+        slots = [-1] * len(prompts)
+        if masks is not None and len(masks) and mask_ids is not None:
+            masks, values = self._check_interventions(masks, values)
+            slots = [int(m) for m in mask_ids]
+            if len(slots) != len(prompts) or any(m < -1 or m >= len(masks) for m in slots):
+                raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per prompt ({len(prompts)})")
+        steered = any(m >= 0 for m in slots)
         # vLLM seeds the k-th of n samples with seed + k: step prompts by n so no two share one.
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=seed + i * n, detokenize=False) for i in range(len(prompts))]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=_ids(p)) for p in prompts], params,
-                                 use_tqdm=False)
+                                 seed=seed + i * n, detokenize=False,
+                                 extra_args={GENERATE_KEY: slots[i]} if slots[i] >= 0 else None)
+                  for i in range(len(prompts))]
+        requests = []
+        self._calls += steered  # slot ids mean other interventions in another call
+        for p, slot in zip(prompts, slots):
+            request = TokensPrompt(prompt_token_ids=_ids(p))
+            if slot >= 0:  # KV computed under an intervention serves only that intervention
+                request["cache_salt"] = f"lna-{self._calls}-steer-{slot}"
+            requests.append(request)
+        if not steered:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        else:
+            packed, shape = np.packbits(masks.reshape(-1)).tobytes(), list(masks.shape)
+            raw = None if values is None else values.tobytes()
+            self.llm.collective_rpc("lna_begin", args=("generate", len(masks), 0, packed, shape, raw))
+            try:
+                outs = self.llm.generate(requests, params, use_tqdm=False)
+            finally:
+                merged = gather_ranks(self.llm.collective_rpc("lna_end"))
+            if merged["errors"]:
+                raise LnaError(f"vLLM backend: interventions not applied ({'; '.join(merged['errors'])}); report this")
         result = []
         for out in outs:
             samples = []
@@ -169,20 +207,30 @@ class VllmRunner:
             result.append(samples)
         return result
 
-    def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int]) -> np.ndarray:
-        if masks is None:
-            masks = np.zeros((0, self.layers, self.neurons), dtype=bool)
+    def _check_interventions(self, masks, values) -> tuple:
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3 or masks.shape[1:] != (self.layers, self.neurons):
             raise LnaError(f"masks must be bool [n_masks, {self.layers}, {self.neurons}] for this model, "
                            f"got shape {masks.shape}; were the neuron sets made for another model?")
+        if values is not None:
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            if values.shape != masks.shape:
+                raise LnaError(f"values must be shaped like masks {masks.shape}, got {values.shape}")
+        return masks, values
+
+    def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int],
+            values: np.ndarray | None = None) -> np.ndarray:
+        if masks is None:
+            masks = np.zeros((0, self.layers, self.neurons), dtype=bool)
+        masks, values = self._check_interventions(masks, values)
         mask_ids = [int(m) for m in mask_ids]
         if len(mask_ids) != len(samples) or any(m < -1 or m >= len(masks) for m in mask_ids):
             raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per sample "
                            f"({len(samples)} samples), got {len(mask_ids)} ids")
         used = masks if any(m >= 0 for m in mask_ids) else None
         out = np.zeros(len(samples), dtype=np.float64)
-        merged = self._run("nll", samples, mask_ids, n_slots=len(masks), masks=used)
+        merged = self._run("nll", samples, mask_ids, n_slots=len(masks), masks=used,
+                           values=values if used is not None else None)
         if merged is not None:
             out += merged["nll"]
         return out
@@ -198,7 +246,7 @@ class VllmRunner:
     # -- one call -------------------------------------------------------------------------
 
     def _run(self, mode: str, samples: Sequence[Sample], slots: Sequence[int], *, n_slots: int,
-             masks: np.ndarray | None = None) -> dict | None:
+             masks: np.ndarray | None = None, values: np.ndarray | None = None, sums: bool = False) -> dict | None:
         """Submit every sample with a response once, collect and check the ranks' results."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -237,7 +285,8 @@ class VllmRunner:
         packed = shape = None
         if masks is not None:
             packed, shape = np.packbits(masks.reshape(-1)).tobytes(), list(masks.shape)
-        self.llm.collective_rpc("lna_begin", args=(mode, n_slots, len(samples), packed, shape))
+        raw = None if values is None else values.tobytes()
+        self.llm.collective_rpc("lna_begin", args=(mode, n_slots, len(samples), packed, shape, raw, sums))
         try:
             self.llm.generate(prompts, params, use_tqdm=False)
         finally:

@@ -16,6 +16,8 @@ import numpy as np
 
 # SamplingParams.extra_args key that carries (sample, lo, hi, slot) to the workers.
 META_KEY = "lna"
+# ... and the key of a generated request's intervention id (generate mode).
+GENERATE_KEY = "lna_intervention"
 
 
 @dataclass
@@ -176,11 +178,12 @@ def gather_ranks(outs: list[dict]) -> dict:
         for key in ("done", "gaps", "recomputed", "reused", "steps"):
             if o.get(key) != first.get(key):
                 raise ValueError(f"gather_ranks: rank {o['rank']} disagrees with rank 0 on {key!r}")
-    merged = {k: v for k, v in first.items() if k not in ("counts", "shape", "rank", "nll")}
+    merged = {k: v for k, v in first.items() if k not in ("counts", "shape", "rank", "nll", "sums", "active_sums")}
     merged["errors"] = [e for o in by_rank for e in o.get("errors", [])]
-    if first.get("counts") is not None:
-        parts = [np.frombuffer(o["counts"], dtype=np.int64).reshape(o["shape"]) for o in by_rank]
-        merged["counts"] = np.concatenate(parts, axis=-1)
+    for key, dtype in (("counts", np.int64), ("sums", np.float64), ("active_sums", np.float64)):
+        if first.get(key) is not None:  # activation sums are sliced by neuron like the counts
+            parts = [np.frombuffer(o[key], dtype=dtype).reshape(o["shape"]) for o in by_rank]
+            merged[key] = np.concatenate(parts, axis=-1)
     # Logits are gathered to one rank (or to all); take the first rank that has them.
     nll = [o["nll"] for o in by_rank if o.get("nll") is not None]
     merged["nll"] = np.frombuffer(nll[0], dtype=np.float64).copy() if nll else None

@@ -9,8 +9,10 @@ name with `llm.collective_rpc`:
   scheduled step first works out, from the step's requests, the slot (language or mask)
   of every token. vLLM's own model classes and its Transformers backend (which fuses a
   Hugging Face MLP into the same gate_up_proj + act_fn) both have this layout.
-- `lna_begin(...)` / `lna_end()` open and close one count or nll call; `lna_end` returns
-  the rank's counts (bytes) and the bookkeeping that the runner checks.
+- `lna_begin(...)` / `lna_end()` open and close one count, nll or generate call; `lna_end`
+  returns the rank's counts and activation sums (bytes) and the bookkeeping that the
+  runner checks. In generate mode each request's tokens (prompt and generated) carry the
+  request's intervention id: a neuron passes, is zeroed or is set to a value.
 Which request a token belongs to comes from the model runner's persistent batch (the
 order in which it lays requests out, their computed-token offsets and scheduled lengths)
 and the request's own `SamplingParams.extra_args`, never from the tokens themselves.
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lna.runners.vllm_batch import META_KEY, Tracker
+from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, Tracker
 
 
 class CountingActAndMul(nn.Module):
@@ -48,23 +50,28 @@ class CountingActAndMul(nn.Module):
                                f"differently from what lna supports")
         st.calls[self.layer] += 1
         ids = st.ids.view(x.shape[:-1])  # the Transformers backend keeps a batch dimension of 1
+        layer = self.layer
         if st.mode == "count":
-            return silu_mul_packed(x, lang_ids=ids, counts=st.counts[self.layer], check_ids=False, **self.act)
+            sums = {} if st.sums is None else {"sums": st.sums[layer], "active_sums": st.active_sums[layer]}
+            return silu_mul_packed(x, lang_ids=ids, counts=st.counts[layer], check_ids=False, **sums, **self.act)
         if st.masks is None:
             return silu_mul_packed(x, **self.act)
-        return silu_mul_packed(x, masks=st.masks[self.layer], mask_ids=ids, check_ids=False, **self.act)
+        return silu_mul_packed(x, masks=st.masks[layer], mask_ids=ids, check_ids=False,
+                               values=None if st.values is None else st.values[layer], **self.act)
 
 
 class _State:
     """What one rank knows about the lna call in progress (None between calls)."""
 
     def __init__(self):
-        self.mode = None  # "count" | "nll" | None
+        self.mode = None  # "count" | "nll" | "generate" | None
         self.ids = None  # int32 [T] slot per token of the step in flight, on the device
         self.calls = []  # per layer: steps in which it counted or masked
         self.steps = 0  # planned steps of the call
         self.counts = None  # int64 [layer, slot, neurons of this rank]
+        self.sums = self.active_sums = None  # float64 [layer, slot, neurons of this rank], or None
         self.masks = None  # bool [layer][n_masks, neurons of this rank]
+        self.values = None  # float32 [layer][n_masks, neurons of this rank]: set, not zero (None: zero)
         self.nll = None  # float64 [samples]
         self.tracker = None
         self.errors = []
@@ -140,43 +147,61 @@ class LnaWorkerExtension:
                                             getattr(cache, "cache_hit_alignment_tokens", None)) if g]}
 
     def lna_begin(self, mode: str, n_slots: int, n_samples: int, masks: bytes | None = None,
-                  mask_shape: tuple | None = None) -> None:
-        """Open a call. count: n_slots languages. nll: masks = np.packbits of bool
-        [n_masks, layer, neuron] (all ranks' neurons; this rank takes its slice)."""
+                  mask_shape: tuple | None = None, values: bytes | None = None, sums: bool = False) -> None:
+        """Open a call. count: n_slots languages (sums: also the activation sums). nll and
+        generate: masks = np.packbits of bool [n_masks, layer, neuron], values (or None:
+        zero) the float32 bytes of the same shape (all ranks' neurons; this rank takes its
+        slice)."""
         from vllm.distributed import get_tensor_model_parallel_rank
 
         st = self._lna
         layers, width, device = st.layers, st.width, st.device
         st.mode, st.ids, st.steps, st.errors, st.has_logits = mode, None, 0, [], False
         st.calls = [0] * layers
-        st.tracker = Tracker(mode, n_samples)
-        st.counts = st.masks = st.nll = None
+        st.tracker = None if mode == "generate" else Tracker(mode, n_samples)
+        st.counts = st.sums = st.active_sums = st.masks = st.values = st.nll = None
         if mode == "count":
             st.counts = torch.zeros(layers, n_slots, width, dtype=torch.int64, device=device)
-        else:
+            if sums:  # float64: the kernel's fp32 partials add into it exactly
+                st.sums, st.active_sums = (torch.zeros(layers, n_slots, width, dtype=torch.float64, device=device)
+                                           for _ in range(2))
+            return
+        if mode == "nll":
             st.nll = torch.zeros(n_samples, dtype=torch.float64, device=device)
-            if masks is not None:
-                n_masks, n_layers, neurons = mask_shape
-                full = np.unpackbits(np.frombuffer(masks, dtype=np.uint8), count=n_masks * n_layers * neurons)
-                full = full.reshape(n_masks, n_layers, neurons).astype(bool)
-                r = get_tensor_model_parallel_rank()
-                mine = torch.from_numpy(np.ascontiguousarray(full[:, :, r * width:(r + 1) * width]))
-                st.masks = [mine[:, layer].contiguous().to(device) for layer in range(layers)]
+        if masks is not None:
+            n_masks, n_layers, neurons = mask_shape
+            r = get_tensor_model_parallel_rank()
+
+            def mine(full):  # this rank's neurons, one [n_masks, width] table per layer
+                part = torch.from_numpy(np.ascontiguousarray(full.reshape(n_masks, n_layers, neurons)
+                                                             [:, :, r * width:(r + 1) * width]))
+                return [part[:, layer].contiguous().to(device) for layer in range(layers)]
+
+            bits = np.unpackbits(np.frombuffer(masks, dtype=np.uint8), count=n_masks * n_layers * neurons)
+            st.masks = mine(bits.astype(bool))
+            if values is not None:
+                st.values = mine(np.frombuffer(values, dtype=np.float32).copy())
 
     def lna_end(self) -> dict:
         from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
         st = self._lna
+        tr = st.tracker
         out = {"rank": get_tensor_model_parallel_rank(), "world": get_tensor_model_parallel_world_size(),
-               "done": st.tracker.done.tolist(), "gaps": [list(g) for g in st.tracker.gaps],
-               "recomputed": st.tracker.recomputed, "reused": st.tracker.reused, "steps": st.steps,
-               "errors": list(st.errors), "counts": None, "shape": None, "nll": None}
+               "steps": st.steps, "errors": list(st.errors), "counts": None, "shape": None, "nll": None,
+               "sums": None, "active_sums": None, "calls": list(st.calls),
+               # generate has no positions to account for
+               "done": [] if tr is None else tr.done.tolist(), "gaps": [] if tr is None else [list(g) for g in tr.gaps],
+               "recomputed": 0 if tr is None else tr.recomputed, "reused": 0 if tr is None else tr.reused}
         if st.counts is not None:
             counts = st.counts.cpu().numpy()
             out["counts"], out["shape"] = counts.tobytes(), list(counts.shape)
+        if st.sums is not None:
+            out["sums"], out["active_sums"] = (t.cpu().numpy().tobytes() for t in (st.sums, st.active_sums))
         if st.nll is not None and st.has_logits:
             out["nll"] = st.nll.cpu().numpy().tobytes()
         st.mode, st.ids, st.counts, st.masks, st.nll, st.tracker = None, None, None, None, None, None
+        st.sums = st.active_sums = st.values = None
         return out
 
 
@@ -204,6 +229,8 @@ def _planned_forward(runner, forward, st: _State):
             sequences.append(req.prompt_token_ids)
         positions = kwargs.get("positions")
         n_tokens = positions.shape[-1]
+        if st.mode == "generate":
+            return _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, positions, st)
         step = st.tracker.step(metas, starts, lens, n_tokens, sequences)
         # The runner derives positions from the same offsets; on CPU the check is free.
         if positions.device.type == "cpu" and not np.array_equal(
@@ -226,6 +253,32 @@ def _planned_forward(runner, forward, st: _State):
         return hidden
 
     return planned
+
+
+def _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, positions, st: _State):
+    """A generation step: every scheduled token of a request carries its intervention id
+    (SamplingParams.extra_args[GENERATE_KEY]; -1 or absent: none)."""
+    slots = []
+    for req_id in req_ids:
+        params = runner.requests[req_id].sampling_params
+        extra = params.extra_args if params is not None else None
+        slots.append(int(extra.get(GENERATE_KEY, -1)) if extra else -1)
+    ids = np.full(n_tokens, -1, dtype=np.int32)
+    scheduled = np.repeat(np.asarray(slots, dtype=np.int32), lens)
+    ids[:len(scheduled)] = scheduled
+    if not (ids >= 0).any():
+        return forward(*args, **kwargs)
+    st.steps += 1
+    before = list(st.calls)
+    st.ids = torch.from_numpy(ids).to(positions.device, non_blocking=True)
+    try:
+        hidden = forward(*args, **kwargs)
+    finally:
+        st.ids = None
+    if [c - b for c, b in zip(st.calls, before)] != [1] * len(st.calls):
+        st.errors.append("some MLP layers did not run the intervening activation in a step "
+                         "(compiled or CUDA-graph code bypassed it)")
+    return hidden
 
 
 def _score(runner, hidden, step, st: _State):
