@@ -36,7 +36,8 @@ setup(
         "triton>=3.4; platform_system == 'Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10"],
+        # py3langid: lna-steer's tests (4.6 MB, numpy only)
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4,<0.5"],
         # Reading stores as labelled arrays (README, Formats); zarr alone needs nothing more.
         "xarray": ["xarray>=2024.10"],
         # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).
@@ -46,6 +47,8 @@ setup(
         "align": ["trl>=1.0,<2", "peft>=0.18", "datasets>=4"],
         # lna launch: shards of a profile as Ray tasks over a cluster (tested with 2.60).
         "ray": ["ray>=2.40,<3"],
+        # lna-steer's language identifier: py3langid ships its model in the wheel (4.6 MB, numpy only).
+        "steer": ["py3langid>=0.4,<0.5"],
     },
     entry_points={
         "console_scripts": [
@@ -58,6 +61,7 @@ setup(
             "lna-eval=lna.cli:eval_main",
             "lna-align=lna.cli:align_main",
             "lna-launch=lna.cli:launch_main",
+            "lna-steer=lna.cli:steer_main",
         ]
     },
 )

@@ -21,7 +21,7 @@ outputs (a full disk or a read-only place, simulated by patching the writers: th
 opened for writing under the test's folder share `room` bytes, then fail as a full disk does)
 - neuron sets, the .pt export, report and compare folders, the ablation folder and its
   state, the responses file (first write, and an append in the middle of sampling), the
-  built-in model's cache
+  built-in model's cache, lna-steer's run record and its outputs in the middle of a run
 model folders
 - config.json without tokenizer, without weights, with truncated weights (profile, ablate)
 devices
@@ -416,6 +416,9 @@ OUTPUT_FAULTS = {  # command line (OUT: the folder that fills up), what the mess
                                    "{responses}", "-o", "OUT/ab"], "OUT/ab", 1000),
     "profile: responses file": (["profile", "-q", "--model", "{model}", "--dataset", "{data}", "--out",
                                  "OUT/p.zarr"], "OUT/p.responses.jsonl", 1000),
+    "steer: run record": (["steer", "-q", "--model", "{model}", "--neurons", "{neurons}", "--store", "{store}",
+                           "--from", "en", "--to", "zh", "--dataset", "{data}", "--strengths", "1",
+                           "--max-new-tokens", "3", "-o", "OUT/st"], "OUT/st", 100),
 }
 
 
@@ -456,6 +459,26 @@ def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, m
     rc, _, err = lna(*args)
     assert rc == 0 and "note:" not in err, err  # nothing was torn, nothing to repair
     assert len((tmp_path / "out" / "g.responses.jsonl").read_text().splitlines()) == 3
+
+
+def test_steer_outputs_fail_mid_run_and_the_rerun_completes(made, model, tmp_path, disk_fills, lna, monkeypatch):
+    """lna-steer rewrites outputs.jsonl whole after each batch of answers: the write that hits
+    the full disk leaves the previous file (whole lines), and the rerun continues from it."""
+    from lna import steering
+
+    monkeypatch.setattr(steering, "BATCH", 2)
+    args = ["steer", "-q", "--model", model, "--neurons", made["neurons"], "--store", made["store"], "--from", "en",
+            "--to", "zh", "--dataset", made["data"], "--strengths", "1,2", "--max-new-tokens", "6",
+            "-o", tmp_path / "out" / "st"]
+    disk = disk_fills(room=1300)  # the run record (~700 bytes) and two batches' rewrites fit
+    one_line(lna(*args), "outputs.jsonl", "No space left on device")
+    kept = (tmp_path / "out" / "st" / "outputs.jsonl").read_text().splitlines()
+    assert 0 < len(kept) < 8 and all(json.loads(line)["tokens"] is not None for line in kept)
+    only(tmp_path / "out" / "st", "run.json", "outputs.jsonl")
+    disk.room = 10**9
+    rc, _, err = lna(*args)
+    assert rc == 0, err
+    assert len((tmp_path / "out" / "st" / "outputs.jsonl").read_text().splitlines()) == 8  # 4 settings x 2
 
 
 def test_builtin_model_cache_on_a_full_disk(made, tmp_path, disk_fills, lna, monkeypatch):
@@ -542,6 +565,8 @@ def test_device(command, device, words, made, model, tmp_path, lna):
     ("profile", "--samples", "0"), ("profile", "--max-new-tokens", "0"), ("profile", "--limit", "-3"),
     ("profile", "--token-budget", "0"), ("profile", "--checkpoint-every", "-5"),
     ("ablate", "--limit", "0"), ("ablate", "--token-budget", "-1"), ("ablate", "--checkpoint-every", "-1"),
+    ("steer", "--strengths", "-1"), ("steer", "--strengths", "nan"), ("steer", "--max-new-tokens", "0"),
+    ("steer", "--limit", "0"),
 ])
 def test_out_of_range_option(command, option, value, made, model, tmp_path, lna):
     base = {
@@ -551,6 +576,8 @@ def test_out_of_range_option(command, option, value, made, model, tmp_path, lna)
         "profile": ["profile", "--model", model, "--dataset", made["data"], "--out", tmp_path / "s.zarr"],
         "ablate": ["ablate", "--model", model, "--neurons", made["neurons"], "--responses", made["responses"],
                    "-o", tmp_path / "ab"],
+        "steer": ["steer", "--model", model, "--neurons", made["neurons"], "--store", made["store"], "--from", "en",
+                  "--to", "zh", "--dataset", made["data"], "-o", tmp_path / "st"],
     }[command]
     with Unchanged(made["root"]), Unchanged(tmp_path):
         one_line(lna(*base, option, value), option, value.lstrip("-") if value != "nan" else "nan")

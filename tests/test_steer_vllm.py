@@ -83,3 +83,39 @@ def test_generation_with_interventions_equals_transformers(engine, hf):
     assert steered[0] != plain[0] and steered[2] == plain[2]
     # KV computed under an intervention never serves a plain request afterwards
     assert engine.generate(PROMPTS, **kw) == plain
+
+
+@pytest.mark.vllm
+def test_lna_steer_backends_agree(tiny_models, tmp_path):
+    """lna-steer through vLLM gives the table of the transformers backend (fp32, greedy)."""
+    import json
+
+    from lna import cli
+    from test_steer import DATA
+    from test_vllm_runner import _vllm_env
+
+    _vllm_env()
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in DATA), encoding="utf-8")
+    model = tiny_models["llama"]
+    assert cli.run(cli._commands()["profile"], "lna-profile",
+                   ["-q", "--model", model, "--dataset", str(data), "--out", str(tmp_path / "s.zarr")]) == 0
+    assert cli.run(cli._commands()["identify"], "lna-identify",
+                   [str(tmp_path / "s.zarr"), "-o", str(tmp_path / "n.json"), "--top-rate", "0.1"]) == 0
+    tables = {}
+    for backend in ("hf", "vllm"):
+        argv = ["-q", "--model", model, "--neurons", str(tmp_path / "n.json"), "--store", str(tmp_path / "s.zarr"),
+                "--from", "en", "--to", "ja", "--dataset", str(data), "--strengths", "1,8", "--max-new-tokens", "8",
+                "--backend", backend, "-o", str(tmp_path / backend)]
+        assert cli.run(cli._commands()["steer"], "lna-steer", argv) == 0
+        tables[backend] = json.loads((tmp_path / backend / "steer.json").read_text())
+        outputs = (tmp_path / backend / "outputs.jsonl").read_text()
+        tables[backend]["outputs_file"] = sorted(outputs.splitlines())
+    hf, vl = tables["hf"], tables["vllm"]
+    assert vl["outputs_file"] == hf["outputs_file"] and vl["examples"] == hf["examples"]
+    for a, b in zip(hf["rows"], vl["rows"]):
+        for key, value in a.items():
+            if key.startswith("ppl_"):  # the dtype rule's scale: fp32 against fp32
+                assert b[key] == pytest.approx(value, rel=1e-4)
+            else:
+                assert b[key] == value, key

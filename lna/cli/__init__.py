@@ -29,9 +29,11 @@ def _commands() -> dict:
     from lna.cli.merge import merge
     from lna.cli.profile import profile
     from lna.cli.report import report
+    from lna.cli.steer import steer
 
     return {"profile": profile, "identify": identify, "ablate": ablate, "report": report,
-            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_, "align": align, "launch": launch}
+            "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_, "align": align,
+            "launch": launch, "steer": steer}
 
 
 class _Group(click.Group):
@@ -108,3 +110,4 @@ compare_main = _script("compare")
 eval_main = _script("eval")
 align_main = _script("align")
 launch_main = _script("launch")
+steer_main = _script("steer")
