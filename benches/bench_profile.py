@@ -3,6 +3,8 @@
 Side by side, in one run, on an MGSM-shaped workload (questions x responses per language,
 the study's response lengths), through a random-weight model (weights do not change speed):
 - lna:       shared-prompt packed force-decoding, counting in the fused kernel, one pass;
+- lna_sums:  the same, also summing act(gate) per language into float64 tables (lna-profile's
+             default: activation sums for lna-steer);
 - no-count:  the same batches and kernel path with counting off (the cost of counting);
 - plain:     the same batches through transformers' own MLPs (an uninstrumented forward);
 - naive:     transformers + Python hooks that materialise activations, two passes
@@ -218,8 +220,9 @@ def measure(opts, report: dict, flush=lambda: None):
 
     # Interleaved repeats, best of each: a shared machine's noise hits all variants alike.
     for rep in range(opts.repeats):
-        for name, fn in (("lna", lambda: runner.count(samples, languages)), ("naive", naive), ("no_count", no_count),
-                         ("plain_hf_mlp", plain_mlps(plain_forward))):
+        for name, fn in (("lna", lambda: runner.count(samples, languages)),
+                         ("lna_sums", lambda: runner.count(samples, languages, sums=True)), ("naive", naive),
+                         ("no_count", no_count), ("plain_hf_mlp", plain_mlps(plain_forward))):
             if name == "naive":
                 if rep == 0:
                     naive()
@@ -254,6 +257,10 @@ def derive(report, params, counted, processed):
         report["ratio_lna_vs_naive_counted_tokens_per_s"] = report["counted_tokens_per_s"]["lna"] / naive_rate
     if "lna" in sec and "no_count" in sec:
         report["counting_overhead_vs_no_count"] = sec["lna"] / sec["no_count"] - 1
+    if "lna" in sec and "lna_sums" in sec:
+        report["sums_overhead_vs_lna"] = sec["lna_sums"] / sec["lna"] - 1
+        if "no_count" in sec:
+            report["counting_with_sums_overhead_vs_no_count"] = sec["lna_sums"] / sec["no_count"] - 1
     if "lna" in sec and "plain_hf_mlp" in sec:
         report["overhead_vs_plain_hf_forward"] = sec["lna"] / sec["plain_hf_mlp"] - 1
 
@@ -287,7 +294,7 @@ def main():
     measure(opts, report)
     path = common.write(f"profile_{'cuda' if opts.device.startswith('cuda') else 'cpu'}", report)
     for key in ("seconds", "counted_tokens_per_s", "ratio_lna_vs_naive_counted_tokens_per_s",
-                "counting_overhead_vs_no_count", "overhead_vs_plain_hf_forward", "roofline_fraction",
+                "counting_overhead_vs_no_count", "sums_overhead_vs_lna", "counting_with_sums_overhead_vs_no_count", "overhead_vs_plain_hf_forward", "roofline_fraction",
                 "counts_differing_from_naive_fraction"):
         print(f"{key}: {report.get(key)}")
     print(f"wrote {path}")
