@@ -60,7 +60,7 @@ def test_dry_run_checks_the_kernels_against_references(dry_run):
 def test_dry_run_end_to_end_and_smoke_agree_with_naive_hooks(dry_run):
     files = dry_run[1]
     profile = files["profile_dryrun"]
-    assert set(profile["seconds"]) == {"lna", "naive_two_pass_subset", "no_count", "plain_hf_mlp"}
+    assert set(profile["seconds"]) == {"lna", "lna_sums", "naive_two_pass_subset", "no_count", "plain_hf_mlp"}
     # bf16: near-zero gates may flip between the two paths' matmul shapes (a few in 2,560 counts)
     assert profile["counts_differing_from_naive_fraction"] < 0.02
     assert profile["roofline_fraction"] > 0 and profile["ratio_lna_vs_naive_counted_tokens_per_s"] > 0
