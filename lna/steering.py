@@ -189,7 +189,8 @@ def _references(opts: Options, say) -> list:
     qs = [q for q in qs if q.responses]
     if {q.lang for q in qs} != {opts.source, opts.target}:
         if opts.responses:
-            raise LnaError(f"{spec}: no responses in {opts.source} or {opts.target}; ppl_source and ppl_target need both")
+            raise LnaError(f"{spec}: no responses in {opts.source} or {opts.target}; ppl_source and ppl_target "
+                           "need both")
         note(f"{spec} has no responses in both {opts.source} and {opts.target}: ppl_source and ppl_target are left out")
         return []
     say(f"reference responses: {spec}")

@@ -139,8 +139,8 @@ class CountStore:
         idx = [self.index(lang) for lang in langs]
         samples = {lang: self.samples[lang] for lang in langs if lang in self.samples}
         pick = (lambda a: None if a is None else a[:, idx])
-        return replace(self, counts=self.counts[:, idx], tokens=self.tokens[idx], languages=list(langs), samples=samples,
-                       sums=pick(self.sums), active_sums=pick(self.active_sums))
+        return replace(self, counts=self.counts[:, idx], tokens=self.tokens[idx], languages=list(langs),
+                       samples=samples, sums=pick(self.sums), active_sums=pick(self.active_sums))
 
     def with_language(self, lang: str) -> "CountStore":
         """This store with `lang` added (zero counts, zero sums) if it is not there yet."""

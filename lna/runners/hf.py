@@ -5,7 +5,8 @@ down(act(gate(x)) * up(x)) (act: SiLU, or GELU-tanh for Gemma; gate and up from 
 projections or from one packed gate_up_proj, read as views without a copy) through the
 fused kernel (lna.kernels.silu_mul) and, in the same pass, counts gate > 0 per language
 on response tokens (and, if asked, sums act(gate) per language into float64 tables), or
-applies interventions: per token, a neuron passes, is zeroed, or is set to a value. Batches are shared-prompt packed rows (lna.packing) with a 4D mask
+applies interventions: per token, a neuron passes, is zeroed, or is set to a value.
+Batches are shared-prompt packed rows (lna.packing) with a 4D mask
 (one per attention type where layers mix full and sliding-window attention); the MLPs see
 real tokens only (padding is gathered out), so no padded token is ever computed through
 them or counted.
@@ -255,7 +256,8 @@ class HFRunner:
                 chunk = [list(p) for p in prompts[start:start + per_batch]]
                 if ids_of is not None:  # one id per generated row (each prompt's n rows in a run)
                     rows = np.repeat(ids_of[start:start + per_batch], n)
-                    self.state.row_ids = torch.from_numpy(rows.astype(np.int32)).to(self.device) if (rows >= 0).any() else None
+                    steered = (rows >= 0).any()
+                    self.state.row_ids = torch.from_numpy(rows.astype(np.int32)).to(self.device) if steered else None
                 width = max(len(p) for p in chunk)  # left padding: generation continues every row
                 ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
                 attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
