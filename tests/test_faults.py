@@ -759,11 +759,11 @@ def test_merge_refuses_an_unfinished_shard(made, model, tmp_path, lna, monkeypat
 
     real, calls = HFRunner.count, []
 
-    def dying(self, samples, languages):
+    def dying(self, samples, languages, **kw):
         calls.append(1)
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return real(self, samples, languages)
+        return real(self, samples, languages, **kw)
 
     big = max((1, 2, 3), key=lambda k: int(open_store(sharded / f"d-{k}of3.zarr").tokens.sum()))
     monkeypatch.setattr(HFRunner, "count", dying)
