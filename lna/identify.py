@@ -181,7 +181,7 @@ def neuron_sets_from(path, *, allow_partial: bool = False, langs=None, **options
 
     path = Path(path)
     if path.is_dir() or is_store(path):
-        store = open_store(path, allow_partial=allow_partial)
+        store = open_store(path, allow_partial=allow_partial, sums=False)
         return identify_store(store, langs=langs, source={"store": str(path)}, **options)
     if langs is not None:
         raise LnaError(f"{path}: --langs needs a count store (neuron sets are identified over all their languages)")

@@ -104,9 +104,10 @@ class Reader:
 
 
 def verify(reader: Reader, rec: dict, counts, tokens, layers: int, neurons: int, samples: dict,
-           keys: bytes, sums: dict | None = None) -> None:
+           keys: bytes, sums: dict | None = None, unread: tuple = ()) -> None:
     """Everything the record promises; the first difference is the error. `sums`: the
-    activation sum tables read ({name: array}) for the names the record has."""
+    activation sum tables read ({name: array}) for the names the record has; `unread`: the
+    names the caller chose not to read (not verified, not "extra")."""
     langs = reader.languages
     if not all(isinstance(rec.get(key), dict) for key in ("counts", "tokens", "samples")):
         raise LnaError(f"{reader.path}: damaged count store: its integrity record is incomplete; {RECREATE}")
@@ -115,7 +116,8 @@ def verify(reader: Reader, rec: dict, counts, tokens, layers: int, neurons: int,
         raise LnaError(f"{reader.path}: damaged count store: its integrity record is incomplete; {RECREATE}")
     if ("sums" in tables) != ("active_sums" in tables):
         reader.fail("sums", "the record lists one of sums and active_sums without the other")
-    extra = [name for name in ("sums", "active_sums") if name not in tables and _exists(reader, name)]
+    extra = [name for name in ("sums", "active_sums")
+             if name not in tables and name not in unread and _exists(reader, name)]
     if extra:  # arrays the record does not cover: written by something other than lna
         reader.fail(extra[0], "present but not in the store's integrity record")
     for name, table in tables.items():

@@ -217,9 +217,10 @@ def is_store(path) -> bool:
         return True  # a damaged store is still a store (never overwritten as "something else")
 
 
-def open_store(path, *, allow_partial: bool = True) -> CountStore:
+def open_store(path, *, allow_partial: bool = True, sums: bool = True) -> CountStore:
     """Read a store and verify it against its integrity record; a clear one-line LnaError
-    for anything that is not a store, or a damaged one."""
+    for anything that is not a store, or a damaged one. sums=False leaves the activation
+    sums unread (6x the counts on disk; identification and reports never use them)."""
     import zarr
 
     path = Path(path)
@@ -240,8 +241,8 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
     reader = integrity.Reader(path, root, languages)
     counts = reader.read("counts", by_language=True)
     tokens = reader.read("tokens")
-    sums = {}
     if attrs["format"] == LEGACY_FORMAT:
+        sums = {}
         integrity.check_legacy(reader, counts, tokens)
         parts = attrs.get("samples") if isinstance(attrs.get("samples"), dict) else {}
         samples = {lang: Counted(unknown=list(p)) for lang, p in parts.items()}
@@ -254,9 +255,11 @@ def open_store(path, *, allow_partial: bool = True) -> CountStore:
             raise LnaError(f"{path}: damaged count store: its integrity record is missing; {integrity.RECREATE}")
         samples, keys = _read_samples(reader, attrs)
         # Stores written before activation sums existed have neither the arrays nor their record.
-        sums = {name: reader.read(name, by_language=True) for name in SUMS if name in record}
+        present = [name for name in SUMS if name in record]
+        tables = {name: reader.read(name, by_language=True) for name in present} if sums else {}
         integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples, keys,
-                         sums)
+                         tables, unread=() if sums else tuple(present))
+        sums = tables
     try:
         store = CountStore(counts, tokens, languages, meta, samples, attrs.get("complete", True), **sums)
     except LnaError as err:

@@ -116,6 +116,21 @@ def test_integrity_covers_the_sums(tmp_path):
         open_store(tmp_path / "s")
 
 
+def test_open_without_sums_reads_counts_only(tmp_path):
+    """Identification and reports open stores with sums=False: the counts are verified as
+    always, the sums (6x their size on disk) are neither read nor reported as extra arrays."""
+    s = make(langs=("en", "zh"))
+    save_store(s, tmp_path / "s")
+    r = open_store(tmp_path / "s", sums=False)
+    assert not r.has_sums
+    np.testing.assert_array_equal(r.counts, s.counts)
+    np.testing.assert_array_equal(r.tokens, s.tokens)
+    chunk = next(p for p in (tmp_path / "s" / "counts").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    with pytest.raises(LnaError, match="array counts.*chunk missing"):
+        open_store(tmp_path / "s", sums=False)
+
+
 def test_missing_sums_chunk_and_unrecorded_sums_arrays_are_damage(tmp_path):
     import shutil
 

@@ -59,7 +59,7 @@ def identify(store, out, export_pt, method, top_rate, tau_quantile, lam, langs, 
     for path in filter(None, (out, export_pt)):
         if Path(path).is_dir():
             raise LnaError(f"{path}: is a folder; give a file name")
-    counts = open_store(store, allow_partial=allow_partial)
+    counts = open_store(store, allow_partial=allow_partial, sums=False)
     options = parse_identify_options(method, top_rate, tau_quantile, lam, langs)
     ns = identify_store(counts, source={"store": str(store)}, **options)
     neurons.save(ns, out)
