@@ -36,6 +36,18 @@ class Runner(Protocol):
         """Sample `n` responses (token ids, no prompt, EOS stripped) for each prompt; prompt
         i with the intervention masks[mask_ids[i]] (as in nll; -1: none) on every token."""
 
+    def generate_counting(self, prompts: Sequence[Sequence[int]], langs: Sequence[str], languages: Sequence[str], *,
+                          n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                          sums: bool = False) -> tuple:
+        """`generate` (the same responses for the same seed), counting the responses while they
+        are sampled: each response token goes through the MLPs once, when it is fed back
+        during decoding (a token at the max_new_tokens limit is fed in one extra, dropped
+        step; an EOS never), prompt tokens are not counted. langs[i]: language of prompt i.
+        Returns (responses, counts int64 [layer, language, neuron], tokens int64 [language]),
+        and with sums=True also (sums, active_sums) as `count` gives them, languages in
+        `languages` order: what `count` gives for the same responses, up to gates within
+        rounding of zero (decoding with a KV cache sums in another order)."""
+
     def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int],
             values: np.ndarray | None = None) -> np.ndarray:
         """Sum of response-token negative log-likelihoods (fp32 logits, float64 sum) of each
@@ -43,3 +55,11 @@ class Runner(Protocol):
         deactivated for sample i (-1: none), on every token of the sample: act(gate) set to
         0, or to `values[mask_ids[i]]` (float32, shaped like masks) where values are given.
         Returns float64 [len(samples)]."""
+
+
+def eos_ids(configured, tokenizer) -> set:
+    """The tokens that end a response, as vLLM stops: the generation config's EOS ids and the
+    tokenizer's (both backends cut responses at the same tokens)."""
+    eos = {tokenizer.eos_token_id} - {None}
+    eos.update(configured if isinstance(configured, list) else [] if configured is None else [configured])
+    return eos

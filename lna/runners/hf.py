@@ -20,7 +20,8 @@ from torch import nn
 from lna import families, identity, models, packing
 from lna.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
-from lna.runners.base import Sample
+from lna.runners import decode_count
+from lna.runners.base import Sample, eos_ids
 
 MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask
 
@@ -122,6 +123,7 @@ class HFRunner:
             raise LnaError(f"{info.name}: layers of type {', '.join(unknown)} cannot run packed batches; "
                            f"lna supports {models.SUPPORTED}")
         self.state = _State()
+        self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
         act = families.kernel_kwargs(info.family, info.name)
         for i, layer in enumerate(self.decoder.layers):
             layer.mlp = CountingMLP(layer.mlp, i, self.state, info.family, act)
@@ -218,7 +220,6 @@ class HFRunner:
             self.state.clear()
         return out
 
-    @torch.inference_mode()
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, masks: np.ndarray | None = None, values: np.ndarray | None = None,
                  mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
@@ -226,21 +227,52 @@ class HFRunner:
         Interventions: prompt i is generated (every token, its own included) with
         masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none); prompts with
         different interventions share batches."""
+        return self._generate(prompts, None, None, n=n, temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, seed=seed, masks=masks, values=values,
+                              mask_ids=mask_ids)[0]
+
+    def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
+                          max_new_tokens: int, seed: int, sums: bool = False):
+        """`generate`, counting each response token when it is fed back (lna.runners.base)."""
+        if len(langs) != len(prompts):
+            raise LnaError(f"generate_counting: {len(langs)} languages for {len(prompts)} prompts")
+        return self._generate(prompts, list(langs), list(languages), n=n, temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, seed=seed, sums=sums)
+
+    @torch.inference_mode()
+    def _generate(self, prompts, langs, languages, *, n, temperature, top_p, max_new_tokens, seed, masks=None,
+                  values=None, mask_ids=None, sums=False):
+        """transformers' generate with static left-padded batches of whole prompts. Counting
+        (langs given): a pre-hook on the model sees the tokens of every forward and gives each
+        fed response token its language (lna.runners.decode_count); one step more than
+        max_new_tokens feeds the last kept token, and its sampled token is dropped."""
         from transformers import GenerationConfig
 
         if temperature <= 0 and n > 1:
             raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
                            "use --samples 1 or a temperature above 0")
-        tok = self.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
-        pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+        tok, eos = self.tokenizer, self.eos
+        if not eos:
+            raise LnaError(f"{self.info.name}: its tokenizer and generation config name no EOS token, so a sampled "
+                           "response would never end; give responses with the data")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
         # Exactly the decoding asked for, as vLLM does with explicit SamplingParams: transformers
         # fills what is not passed from the model's generation_config.json (a repetition penalty
         # there makes "greedy" non-greedy) and from its global defaults (top-k 50).
         plain = GenerationConfig(eos_token_id=sorted(eos), pad_token_id=pad, bos_token_id=tok.bos_token_id)
         sampling = temperature > 0
+        counting = langs is not None
         out = []
+        if counting:
+            slot = {lang: k for k, lang in enumerate(languages)}
+            missing = sorted(set(langs) - set(slot))
+            if missing:
+                raise LnaError(f"generate_counting: prompts in {missing} but languages are {languages}")
+            shape = (self.layers, len(languages), self.neurons)
+            counts = torch.zeros(shape, dtype=torch.int64, device=self.device)
+            # float64: the kernel's fp32 partial sums add into it exactly, in any order.
+            tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else []
+            tokens = np.zeros(len(languages), np.int64)
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
         if mask_ids is not None and len(mask_ids) != len(prompts):
             raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
@@ -261,18 +293,37 @@ class HFRunner:
                 width = max(len(p) for p in chunk)  # left padding: generation continues every row
                 ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
                 attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
+                tracker = hook = None
+                if counting:  # rows are prompt-major: n responses of prompt 0, then of prompt 1, ...
+                    row_slots = [slot[lang] for lang in langs[start:start + len(chunk)] for _ in range(n)]
+                    tracker = decode_count.Tracker(self.state, counts, row_slots, width, max_new_tokens, eos,
+                                                   self.layers, tables)
+                    hook = self.model.register_forward_pre_hook(tracker.before, with_kwargs=True)
+                    post = self.model.register_forward_hook(tracker.after)
                 torch.manual_seed(seed + start)  # batches are fixed, so a resumed run samples the same
-                gen = self.model.generate(
-                    input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                    pad_token_id=pad, do_sample=sampling,
-                    **(dict(temperature=temperature, top_p=top_p, top_k=0) if sampling else {}),
-                )[:, width:].tolist()
+                try:
+                    gen = self.model.generate(
+                        input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens + counting,
+                        num_return_sequences=n, pad_token_id=pad, do_sample=sampling,
+                        **(dict(temperature=temperature, top_p=top_p, top_k=0) if sampling else {}),
+                    )[:, width:width + max_new_tokens].tolist()
+                finally:
+                    if hook is not None:
+                        hook.remove()
+                        post.remove()
+                        tracker.detach()
+                responses = [_until_eos(g, eos) for g in gen]
+                if counting:
+                    tracker.check(responses, self.info.name)
+                    np.add.at(tokens, row_slots, [len(r) for r in responses])
                 for q in range(len(chunk)):
-                    out.append([_until_eos(g, eos) for g in gen[q * n:(q + 1) * n]])
+                    out.append(responses[q * n:(q + 1) * n])
         finally:
             self.model.generation_config = saved
             self.state.clear()
-        return out
+        if counting:
+            return (out, counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
+        return out, None, None
 
 
 def _until_eos(ids: list[int], eos: set) -> list[int]:
