@@ -39,8 +39,10 @@ def check_device(device: str | None) -> str:
 
 
 def make_runner(model: str, *, backend: str = "auto", device: str | None = None, dtype: str | None = None,
-                token_budget: int | None = None, max_row_tokens: int = 2048, revision: str | None = None):
-    """(runner, backend name, dtype) for --backend auto|hf|vllm on --device.
+                token_budget: int | None = None, max_row_tokens: int = 2048, revision: str | None = None,
+                compiled: bool = False):
+    """(runner, backend name, dtype) for --backend auto|hf|vllm on --device. compiled: vLLM
+    without enforce_eager (torch.compile, and CUDA graphs on a GPU; lna.runners.vllm).
 
     Defaults: the GPU where there is one; bfloat16 there, float32 on CPU; auto means vLLM
     where it is installed, a GPU is present and vLLM runs the model's family, else
@@ -61,7 +63,11 @@ def make_runner(model: str, *, backend: str = "auto", device: str | None = None,
             raise LnaError("--backend vllm: vllm is not installed (pip install 'lna[vllm]'); or use --backend hf")
         from lna.runners.vllm import VllmRunner
 
-        return VllmRunner(model, device=device, dtype=dtype, revision=revision), "vllm", dtype
+        runner = VllmRunner(model, device=device, dtype=dtype, revision=revision, enforce_eager=not compiled)
+        return runner, "vllm", dtype
+    if compiled:
+        raise LnaError("--vllm-compiled applies to the vLLM backend; this run uses transformers (hf): "
+                       "pass --backend vllm, or drop --vllm-compiled")
     from lna.runners.hf import HFRunner
 
     budget = token_budget or (16384 if device.startswith("cuda") else 2048)

