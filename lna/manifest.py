@@ -21,10 +21,12 @@ import numpy as np
 from lna.errors import LnaError
 
 
-def sample_ids(samples) -> np.ndarray:
-    """uint64 content id of each sample (see the module docstring), in list order."""
+def sample_ids(samples, seen: dict | None = None) -> np.ndarray:
+    """uint64 content id of each sample (see the module docstring), in list order. `seen`
+    (updated in place) carries the occurrence counts over from the samples before these in
+    the same list, so a list can be identified piece by piece."""
     out = np.empty(len(samples), np.uint64)
-    seen: dict = {}
+    seen = {} if seen is None else seen
     for i, s in enumerate(samples):
         prompt = np.asarray(s.prompt, "<i8").tobytes()
         content = hashlib.blake2b(len(prompt).to_bytes(8, "little") + prompt

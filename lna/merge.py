@@ -42,6 +42,25 @@ def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=(
     return identity.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
 
 
+WAYS = ("sampling", "force-decoding")  # how lna-profile counted response tokens (lna.profile)
+
+
+def counted_during(*ways) -> str | None:
+    """The ways of counting of several stores or runs together: "sampling", "force-decoding"
+    or "sampling+force-decoding" (None and "" add nothing; stores without the record were
+    force-decoded). Stores counted both ways merge: they count the same quantity, the
+    gate of every response token given the same tokens before it, and differ only in the
+    order float sums run in (a KV-cached decoding step against a whole-sequence pass), the
+    difference between batch sizes or backends, which flips only gates within rounding of
+    zero."""
+    parts = {p for w in ways if w for p in w.split("+")}
+    unknown = parts - set(WAYS)
+    if unknown:
+        raise LnaError(f"unknown way of counting {sorted(unknown)[0]!r} in a store's counted_during; "
+                       f"lna knows {', '.join(WAYS)}")
+    return "+".join(w for w in WAYS if w in parts) or None
+
+
 def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> CountStore:
     """Sum stores of the same model; refuse anything that could count a sample twice, and
     an incomplete set of shards unless `partial`. `names`: what to call each store in
@@ -84,6 +103,8 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
                 out.sums[:, k] += other.sums[:, j]
                 out.active_sums[:, k] += other.active_sums[:, j]
         out.complete = out.complete and other.complete
+        out.meta["counted_during"] = counted_during(out.meta.get("counted_during", "force-decoding"),
+                                                    other.meta.get("counted_during", "force-decoding"))
         for key in ("dataset", "backend", "dtype"):
             values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]
             if values and values[0] != values[-1]:

@@ -1,17 +1,28 @@
-"""lna-profile: dataset -> responses -> force-decoded counts -> count store, resumable.
+"""lna-profile: dataset -> responses -> counts -> count store, resumable.
 
-Work is cut into chunks of about one forward batch of whole questions (length-sorted, so
-batches pad little). After each chunk its counts are added in memory and its samples
-marked done (one shielded step: an interrupt never lands between the two); the progress
-bar moves, and the store is rewritten atomically once `checkpoint_every` seconds have
-passed, at the end, and when the run stops on an error, Ctrl-C or SIGTERM. A killed
-(SIGKILL) run loses at most the batches since the last checkpoint, and its rerun counts
-each sample once.
+Where the data has no responses, they are sampled in fixed seeded batches of questions
+(lna.responses) and counted while they are sampled (each response token is counted when
+the decoding loop feeds it back; lna.runners.base.generate_counting): a batch's counts go
+into the store in memory right after its responses are appended to the responses file, in
+one shielded step, so a checkpointed store never holds counts of responses the file lacks.
+Responses the file holds but the store has not counted (given by the data, or sampled by a
+run killed before its next checkpoint) are then force-decoded. The store records which way
+its counts were taken (meta `counted_during`: "sampling", "force-decoding", or both joined
+by "+"); `--force-decode` samples everything first, then force-decodes it.
+
+Force-decoding cuts the work into chunks of about one forward batch of whole questions
+(length-sorted, so batches pad little). After each chunk (or sampled batch) its counts are
+added in memory and its samples marked done (one shielded step: an interrupt never lands
+between the two); the progress bar moves, and the store is rewritten atomically once
+`checkpoint_every` seconds have passed, at the end, and when the run stops on an error,
+Ctrl-C or SIGTERM. A killed (SIGKILL) run loses at most the batches since the last
+checkpoint, and its rerun counts each sample once.
 
 `shard` ("K/N") counts only shard K of N of the run's questions (lna.shards: by prompt,
 whatever the data's order); the store records which, and `lna merge` of the N shard
 stores is exactly this run's store.
 """
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +33,7 @@ from lna import config, data, languages, responses, shards
 from lna.errors import LnaError, note
 from lna.interrupts import shielded
 from lna.manifest import Counted, legacy_done, sample_ids
-from lna.merge import check_compatible
+from lna.merge import check_compatible, counted_during
 from lna.packing import chunks
 from lna.progress import Bar, sayer
 from lna.runners import make_runner
@@ -54,6 +65,8 @@ class Options:
     progress: bool = True
     shard: str | None = None  # "K/N": only shard K of N of the questions (lna.shards)
     report: object = None  # report(done, total): the store's response tokens, after each batch (lna launch)
+    force_decode: bool = False  # count sampled responses afterwards, not while sampling them
+    vllm_compiled: bool = False  # vLLM without enforce_eager (torch.compile; CUDA graphs on a GPU)
 
 
 def default_out(model: str, dataset: str, shard=None) -> Path:
@@ -73,7 +86,7 @@ def run(opts: Options) -> Path:
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
-                                         revision=opts.revision)
+                                         revision=opts.revision, compiled=opts.vllm_compiled)
     # said once the model has loaded: a failure before it is the only line
     if opts.langs is not None and opts.langs.strip().lower() == "all":
         note = languages.all_note(langs)
@@ -113,13 +126,23 @@ def run(opts: Options) -> Path:
         store = store.with_language(lang)
 
     resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
-    questions = responses.prepare(
-        questions, runner.tokenizer, template, resp_path, runner=runner, n=opts.samples,
-        temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
-        progress=lambda total: Bar(opts.progress, total, "sample", "question"),
-    )
-    samples = responses.samples(questions)  # compact int32 token arrays
-    del questions  # host memory holds tokens once, never activations: it stays flat while counting
+    plan = responses.plan(questions, runner.tokenizer, template, resp_path, n=opts.samples,
+                          temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens,
+                          seed=opts.seed)
+    del questions
+    # Count while sampling where responses are sampled, unless the store holds samples that the
+    # responses file lacks (it was lost or replaced): then sample first and let the ledger judge.
+    saver = _Saver(store, out, opts.checkpoint_every)
+    while_sampling = None
+    if plan.todo and not opts.force_decode and _holds_only(store, responses.samples(plan.known())):
+        while_sampling = _WhileSampling(store, plan.questions, saver, opts.report)
+        say(f"sampling {sum(len(i) for i in plan.todo.values()):,} questions x {opts.samples} responses and "
+            f"counting them while sampling with {backend} on {runner.device} -> {out}")
+    bar = lambda total: Bar(opts.progress, total, "sample+count" if while_sampling else "sample", "question")  # noqa: E731
+    with saver.on_stop():
+        responses.sample(plan, runner, progress=bar, count=while_sampling)
+    samples = responses.samples(plan.questions)  # compact int32 token arrays
+    del plan  # host memory holds tokens once, never activations: it stays flat while counting
     empty = [lang for lang in langs if not any(s.lang == lang for s in samples)]
     if empty and shard is None:  # a shard may hold no question of a language, or none at all
         raise LnaError(f"{resp_path}: every response in {', '.join(empty)} is empty, so there is nothing to "
@@ -138,22 +161,13 @@ def run(opts: Options) -> Path:
 def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, opts: Options) -> None:
     """Count `todo` batch by batch into `store`; checkpoint by time, at the end, and on any
     stop (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
-    unsaved, last_save = False, time.monotonic()
-
-    def checkpoint(complete: bool) -> None:
-        nonlocal unsaved, last_save
-        unsaved = False  # a save that fails is not retried: the previous one stays in place
-        store.complete = complete
-        with shielded():
-            save_store(store, out)
-        last_save = time.monotonic()
-
+    saver = _Saver(store, out, opts.checkpoint_every)
     budget = getattr(runner, "token_budget", None) or opts.token_budget or 16384  # vLLM: tokens per call
     report = opts.report or (lambda done, total: None)
     done = int(store.tokens.sum())
     total = done + sum(len(s.response) for s in todo)
     report(done, total)
-    try:
+    with saver.on_stop():
         with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
             for idx in chunks(todo, budget):
                 chunk = [todo[i] for i in idx]
@@ -161,23 +175,122 @@ def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, 
                 counts, tokens, *sums = runner.count(chunk, langs, sums=store.has_sums)
                 k = [store.index(lang) for lang in langs]
                 with shielded():
+                    _mark_counted_during(store, "force-decoding")  # before the counts: it reads the tokens
                     store.counts[:, k] += counts
                     store.tokens[k] += tokens
                     if sums:
                         store.sums[:, k] += sums[0]
                         store.active_sums[:, k] += sums[1]
                     ledger.mark(chunk)
-                    unsaved = True
+                    saver.changed()
                 bar.update(int(tokens.sum()))
                 done += int(tokens.sum())
                 report(done, total)
-                if time.monotonic() - last_save >= opts.checkpoint_every:
-                    checkpoint(False)
-        checkpoint(ledger.complete())
-    except BaseException:
-        if unsaved:
-            checkpoint(False)
-        raise
+                saver.tick()
+        saver.save(ledger.complete())
+
+
+class _Saver:
+    """Checkpoints of the store: after a change once `every` seconds have passed since the
+    last save, and on any stop (error, Ctrl-C, SIGTERM) where something is unsaved."""
+
+    def __init__(self, store: CountStore, out: Path, every: float):
+        self.store, self.out, self.every = store, out, every
+        self.unsaved, self.last = False, time.monotonic()
+
+    def changed(self) -> None:
+        """The store changed (call it in the shielded step that changes it)."""
+        self.unsaved = True
+
+    def tick(self) -> None:
+        if self.unsaved and time.monotonic() - self.last >= self.every:
+            self.save(False)
+
+    def save(self, complete: bool) -> None:
+        self.unsaved = False  # a save that fails is not retried: the previous one stays in place
+        self.store.complete = complete
+        with shielded():
+            save_store(self.store, self.out)
+        self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def on_stop(self):
+        try:
+            yield
+        except BaseException as stop:
+            if self.unsaved:
+                try:
+                    self.save(False)
+                except Exception:
+                    if isinstance(stop, KeyboardInterrupt):
+                        raise  # interrupted, and the save failed: that failure is the news
+                    # else the first failure says what went wrong (a full disk fails both)
+            raise
+
+
+COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.merge.counted_during)
+
+
+def _mark_counted_during(store: CountStore, way: str) -> None:
+    before = store.meta.get(COUNTED_DURING) or ("force-decoding" if store.tokens.sum() else None)
+    store.meta[COUNTED_DURING] = counted_during(before, way)
+
+
+def _holds_only(store: CountStore, known: list) -> bool:
+    """The store's samples are all among `known` (the samples whose responses the run has
+    before sampling), so the samples it will sample are not in it."""
+    ids = sample_ids(known)
+    for lang in store.languages:
+        counted = store.counted(lang)
+        if counted.unknown or not np.isin(counted.ids, ids).all():
+            return False
+    return True
+
+
+class _WhileSampling:
+    """Takes the counts (and activation sums, where the store keeps them) of each batch
+    sampled by lna.responses.sample, right after its responses are appended to the file,
+    into the store, with its samples' content ids."""
+
+    def __init__(self, store: CountStore, questions: list, saver: _Saver, report=None):
+        self.store, self.questions, self.saver = store, questions, saver
+        self.sums = store.has_sums  # what lna.responses.sample asks generate_counting for
+        self.report = report or (lambda done, total: None)
+        self.where = {q.key: i for i, q in enumerate(questions)}
+        self.position, self.seen = 0, {}  # questions hashed so far; identical samples seen (lna.manifest)
+
+    def __call__(self, batch: list, languages: list, counts: np.ndarray, tokens: np.ndarray, *sums) -> None:
+        store = self.store
+        end = max(self.where[q.key] for q in batch) + 1
+        if end <= self.position:
+            raise LnaError("internal error: sampled batches out of order; use --force-decode, and report this")
+        # Ids over the run's list of samples in order: every question before `end` is known by now.
+        before = responses.samples(self.questions[self.position:end])
+        ids = sample_ids(before, self.seen)
+        self.position = end
+        mine = {q.key for q in batch}
+        by_lang: dict = {}
+        for s, i in zip(before, ids.tolist()):
+            if s.group in mine:
+                by_lang.setdefault(s.lang, ([], []))
+                by_lang[s.lang][0].append(i)
+                by_lang[s.lang][1].append(s.key)
+        for lang, (new, keys) in by_lang.items():
+            if np.isin(np.array(new, np.uint64), store.counted(lang).ids).any():
+                raise LnaError(f"{self.saver.out} already counted some of the {lang} responses just sampled; "
+                               "profile into a new --out (or pass --force-decode)")
+        _mark_counted_during(store, "sampling")  # before the counts: it reads the tokens
+        k = [store.index(lang) for lang in languages]
+        store.counts[:, k] += counts
+        store.tokens[k] += tokens
+        if self.sums:
+            store.sums[:, k] += sums[0]
+            store.active_sums[:, k] += sums[1]
+        for lang, (new, keys) in by_lang.items():
+            store.counted(lang).add(new, keys)
+        self.saver.changed()
+        self.saver.tick()
+        self.report(int(store.tokens.sum()), None)  # the total is known once every batch is sampled
 
 
 def _continued(existing: CountStore, sums: bool, out: Path) -> CountStore:

@@ -10,7 +10,7 @@ a torn last line that a crash left anyway is removed, with a note, and prepared 
 """
 import contextlib
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import json
 import os
 from pathlib import Path
@@ -73,6 +73,23 @@ def template_record(questions: list[Question], template) -> dict:
     return {"template": "+".join(names) or template.name, "template_text": template.applied if used else ""}
 
 
+@dataclass
+class Plan:
+    """What `prepare` found: questions with token ids (None responses where still to sample),
+    the batches to sample (batch index -> question indices) and how to write them."""
+    questions: list
+    todo: dict
+    path: Path
+    sampling: dict
+    kept: dict
+    tokenizer: object
+
+    def known(self) -> list:
+        """The questions whose responses are known before sampling (given or kept)."""
+        todo = {i for idx in self.todo.values() for i in idx}
+        return [q for i, q in enumerate(self.questions) if i not in todo]
+
+
 def prepare(questions: list[Question], tokenizer, template, path, *, runner=None, n: int = 10,
             temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,
             progress=None, note=None) -> list[Question]:
@@ -80,6 +97,14 @@ def prepare(questions: list[Question], tokenizer, template, path, *, runner=None
     `template`: the lna.config.Template for questions without a verbatim prompt.
     `progress(total)` gives a context-managed bar (with .update(n)) for the sampling;
     `note(msg)` hears of a repaired file (default: a note on stderr, even when quiet)."""
+    p = plan(questions, tokenizer, template, path, n=n, temperature=temperature, top_p=top_p,
+             max_new_tokens=max_new_tokens, seed=seed, note=note)
+    return sample(p, runner, progress=progress)
+
+
+def plan(questions: list[Question], tokenizer, template, path, *, n: int = 10, temperature: float = 0.7,
+         top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0, note=None) -> Plan:
+    """The first half of `prepare`: token ids, the kept responses of `path`, what to sample."""
     tid = tokenizer_id(tokenizer)
     path = Path(path)
     kept = _read(path, note)
@@ -112,24 +137,45 @@ def prepare(questions: list[Question], tokenizer, template, path, *, runner=None
                 out[i] = _question(kept[out[i].key])
         else:
             todo[b] = idx
+    return Plan(out, todo, path, sampling, kept, tokenizer)
+
+
+def sample(p: Plan, runner, *, progress=None, count=None) -> list[Question]:
+    """The second half of `prepare`: sample `p.todo` batch by batch, appending each to the
+    file; then write the rest. With `count` (lna-profile counting while sampling), each batch
+    is sampled by `runner.generate_counting` (with activation sums where `count.sums`) and
+    `count(questions, languages, counts, tokens[, sums, active_sums])` takes its counts right
+    after its responses are appended, with no interrupt between the two: a store never holds
+    counts of responses the file lacks."""
+    out, todo, s = p.questions, p.todo, p.sampling
     if todo and runner is None:
         raise LnaError(NO_RESPONSES)
     sampled = {out[i].key for idx in todo.values() for i in idx}
-    written = set(kept) - sampled
+    written = set(p.kept) - sampled
 
     def append(qs):  # fsync'd appends: a crash loses at most the batch being written
-        _append(path, [_record(q, sampling if q.key in sampled else None) for q in qs if q.key not in written])
+        _append(p.path, [_record(q, s if q.key in sampled else None) for q in qs if q.key not in written])
         written.update(q.key for q in qs)
 
+    kw = dict(n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"])
     total = sum(len(idx) for idx in todo.values())
     with progress(total) if progress else contextlib.nullcontext() as bar:
         for b, idx in todo.items():
-            gen = runner.generate([out[i].prompt_ids for i in idx], n=n, temperature=temperature, top_p=top_p,
-                                  max_new_tokens=max_new_tokens, seed=seed + b)
+            prompts = [out[i].prompt_ids for i in idx]
+            if count is None:
+                gen = runner.generate(prompts, seed=s["seed"] + b, **kw)
+            else:
+                langs = [out[i].lang for i in idx]
+                languages = list(dict.fromkeys(langs))
+                gen, *counted = runner.generate_counting(prompts, langs, languages, seed=s["seed"] + b,
+                                                         sums=getattr(count, "sums", False), **kw)
             for i, resp in zip(idx, gen):
                 out[i].response_ids = [list(r) for r in resp]
-                out[i].responses = [tokenizer.decode(r, skip_special_tokens=True) for r in resp]
-            append([out[i] for i in idx])
+                out[i].responses = [p.tokenizer.decode(r, skip_special_tokens=True) for r in resp]
+            with shielded():
+                append([out[i] for i in idx])
+                if count is not None:
+                    count([out[i] for i in idx], languages, *counted)
             if bar:
                 bar.update(len(idx))
     append(out)

@@ -441,7 +441,9 @@ def test_output_on_a_full_disk(fault, code, when, made, model, tmp_path, disk_fi
 
 def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, monkeypatch):
     """Sampling appends a batch of questions at a time; the append that hits the full disk is
-    cut back off, so the file holds whole lines only and the rerun continues from them."""
+    cut back off, so the file holds whole lines only and the rerun continues from them (the
+    checkpoint of the counts taken while sampling fails too, leaving nothing: the rerun
+    force-decodes the kept batches)."""
     from lna import responses
 
     monkeypatch.setattr(responses, "BATCH_QUESTIONS", 1)
@@ -450,7 +452,7 @@ def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, m
     disk = disk_fills(room=2000)
     args = ["profile", "-q", "--model", model, "--dataset", data, "--out", out, "-n", "2", "--max-new-tokens", "5"]
     one_line(lna(*args), "g.responses.jsonl", "No space left on device")
-    assert disk.failures == 1
+    assert disk.failures in (1, 2)  # and the checkpoint of the counts taken while sampling, if any
     kept = (tmp_path / "out" / "g.responses.jsonl").read_bytes()
     assert kept.endswith(b"\n") and 0 < kept.count(b"\n") < 3  # whole lines: the first batch(es)
     assert [json.loads(x)["key"] for x in kept.decode().splitlines()] == [f"q/en/{i}" for i in range(kept.count(b"\n"))]
@@ -596,12 +598,21 @@ def test_language_whose_responses_are_all_empty(model, tmp_path, lna):
     from lna.runners.hf import HFRunner
 
     ds = write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "query": "hi"}, {"lang": "fr", "query": "salut"}])
+    def answers(prompts):
+        return [[[5, 6]] if i == 0 else [[]] for i in range(len(prompts))]
+
+    def counted(self, prompts, langs, languages, sums=False, **k):  # counting while sampling: the same answers
+        tokens = np.array([2 if lang == langs[0] else 0 for lang in languages])
+        tables = [np.zeros((self.layers, len(languages), self.neurons))] * (2 if sums else 0)
+        return answers(prompts), np.zeros((self.layers, len(languages), self.neurons), np.int64), tokens, *tables
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(HFRunner, "generate", lambda self, prompts, **k: [[[5, 6]] if i == 0 else [[]]
-                                                                      for i in range(len(prompts))])
-        one_line(lna("profile", "-q", "--model", model, "--dataset", ds, "--out", out / "g.zarr", "-n", "1"),
-                 "every response in fr is empty", "g.responses.jsonl")
-    only(out, "g.responses.jsonl")
+        mp.setattr(HFRunner, "generate", lambda self, prompts, **k: answers(prompts))
+        mp.setattr(HFRunner, "generate_counting", counted)
+        for way in ([], ["--force-decode"]):
+            one_line(lna("profile", "-q", "--model", model, "--dataset", ds, "--out", out / "g.zarr", "-n", "1",
+                         *way), "every response in fr is empty", "g.responses.jsonl")
+            only(out, "g.responses.jsonl")
 
 
 # == a torn responses file ================================================================================

@@ -79,6 +79,12 @@ def runner_options(f):
 @click.option("--sums/--no-sums", default=True, show_default=True,
               help="Also store each neuron's summed activation per language (its mean activation, which "
                    "lna-steer sets neurons to); a store that has them keeps them.")
+@click.option("--force-decode", is_flag=True,
+              help="Where responses are sampled, count them afterwards by force-decoding (two passes) "
+                   "instead of while sampling them (the default: one pass).")
+@click.option("--vllm-compiled", is_flag=True,
+              help="vLLM backend: run vLLM's torch.compile (and CUDA graphs on a GPU) with lna's counting op "
+                   "instead of eager mode (counting only; see README, backends).")
 @runner_options
 def profile(quiet, **kwargs):
     """Force-decode responses through counting MLPs and write a count store."""
