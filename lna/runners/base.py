@@ -60,6 +60,6 @@ class Runner(Protocol):
 def eos_ids(configured, tokenizer) -> set:
     """The tokens that end a response, as vLLM stops: the generation config's EOS ids and the
     tokenizer's (both backends cut responses at the same tokens)."""
-    eos = {tokenizer.eos_token_id} - {None}
+    eos = {getattr(tokenizer, "eos_token_id", None)} - {None}  # a runner wrapped without a tokenizer: none
     eos.update(configured if isinstance(configured, list) else [] if configured is None else [configured])
     return eos
