@@ -17,6 +17,7 @@ from lna.runners.decode_count import Tracker
 from lna.store import open_store
 
 LANGS = ["en", "zh", "ja"]
+SUMS_TOLERANCE = 1e-6  # as tests/test_steer_sums.py: of each cell's sum of |act|
 EOS = [2] + list(range(3, 40))  # many end tokens: responses end at every point, some at once
 
 
@@ -79,9 +80,11 @@ def test_counts_equal_force_decoding_the_same_responses(runner, model, temperatu
     prompts, langs = prompts_and_langs(1, count=12)
     kw = dict(n=n, temperature=temperature, top_p=0.95, max_new_tokens=12, seed=7)
     plain = runner.generate(prompts, **kw)
-    responses, counts, tokens = runner.generate_counting(prompts, langs, LANGS, **kw)
+    responses, counts, tokens, sums, active = runner.generate_counting(prompts, langs, LANGS, sums=True, **kw)
     # one step more than asked, its token dropped: the kept tokens are what generate samples
     assert responses == plain
+    again = runner.generate_counting(prompts, langs, LANGS, **kw)  # without sums: the same counts
+    assert len(again) == 3 and again[0] == responses and np.array_equal(again[1], counts)
     lengths = [len(r) for rs in responses for r in rs]
     if temperature:  # every way a response can end happened, or the test proved less than it says
         assert 0 in lengths and 12 in lengths and any(0 < k < 12 for k in lengths)
@@ -93,6 +96,10 @@ def test_counts_equal_force_decoding_the_same_responses(runner, model, temperatu
     diff = np.abs(counts - forced)
     assert (diff <= amb).all() and diff.sum() <= amb.sum()
     naive.assert_counts_equal(counts, ref, amb)
+    # activation sums: within 1e-6 of each cell's sum of |act| from a float64 hook reference
+    ref_sums, ref_active, scale = naive.activation_sums(model, samples, LANGS)
+    assert (np.abs(sums - ref_sums) <= SUMS_TOLERANCE * scale).all()
+    assert (np.abs(active - ref_active) <= SUMS_TOLERANCE * scale).all()
 
 
 def test_no_eos_is_ever_counted_and_padding_rows_never(runner):
@@ -155,6 +162,8 @@ def test_profile_counts_while_sampling_as_force_decoding_would(model, tmp_path, 
     ref, amb = naive.counts(model, samples, one.languages)
     assert (np.abs(one.counts - two.counts) <= amb).all()
     naive.assert_counts_equal(one.counts, ref, amb)
+    _, _, scale = naive.activation_sums(model, samples, one.languages)  # sums taken while sampling too
+    assert one.has_sums and (np.abs(one.sums - two.sums) <= 2 * SUMS_TOLERANCE * scale).all()
     for lang in one.languages:  # the same samples by content: the two cannot be merged (double counting)
         assert np.array_equal(np.sort(one.samples[lang].ids), np.sort(two.samples[lang].ids))
     assert run(merge_cli, "lna merge", [str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"),

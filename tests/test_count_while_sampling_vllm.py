@@ -8,7 +8,7 @@ import torch
 
 import naive
 from lna.errors import LnaError
-from test_count_while_sampling import EOS, LANGS, as_samples, ends_often, prompts_and_langs
+from test_count_while_sampling import EOS, LANGS, SUMS_TOLERANCE, as_samples, ends_often, prompts_and_langs
 from test_vllm_runner import _runner, _vllm_env
 
 pytestmark = pytest.mark.vllm
@@ -48,7 +48,7 @@ def test_counts_equal_force_decoding_the_same_responses(engine, model):
     prompts, langs = prompts_and_langs(1, count=12)
     kw = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
     plain = engine.generate(prompts, **kw)
-    responses, counts, tokens = engine.generate_counting(prompts, langs, LANGS, **kw)
+    responses, counts, tokens, sums, active = engine.generate_counting(prompts, langs, LANGS, sums=True, **kw)
     assert responses == plain  # one step more than asked, its token dropped: the same responses
     lengths = [len(r) for rs in responses for r in rs]
     assert 0 in lengths and 12 in lengths and any(0 < k < 12 for k in lengths)  # every kind of end
@@ -59,6 +59,9 @@ def test_counts_equal_force_decoding_the_same_responses(engine, model):
     ref, amb = naive.counts(model, samples, LANGS)
     assert (np.abs(counts - forced) <= amb).all()
     naive.assert_counts_equal(counts, ref, amb)
+    ref_sums, ref_active, scale = naive.activation_sums(model, samples, LANGS)
+    assert (np.abs(sums - ref_sums) <= SUMS_TOLERANCE * scale).all()
+    assert (np.abs(active - ref_active) <= SUMS_TOLERANCE * scale).all()
 
 
 def test_greedy_ignores_generation_config_and_equals_transformers(engine, hf, model):
@@ -159,10 +162,12 @@ def test_compiled_engine_counts_what_the_eager_one_counts(engine, model):
         prompts, langs = prompts_and_langs(5, count=8)
         kw = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=11)
         eager = engine.generate_counting(prompts, langs, LANGS, **kw)
-        got = compiled.generate_counting(prompts, langs, LANGS, **kw)
+        got = compiled.generate_counting(prompts, langs, LANGS, sums=True, **kw)
         samples = as_samples(prompts, langs, got[0])
         ref, amb = naive.counts(model, samples, LANGS)
         naive.assert_counts_equal(got[1], ref, amb)
+        ref_sums, _, scale = naive.activation_sums(model, samples, LANGS)
+        assert (np.abs(got[3] - ref_sums) <= SUMS_TOLERANCE * scale).all()
         assert got[0] == eager[0] and np.array_equal(got[2], eager[2])
         assert (np.abs(got[1] - eager[1]) <= amb).all()
         # force-decoding runs compiled too; deactivating neurons stays eager-only
