@@ -1,8 +1,8 @@
 """Sample and count in one pass (counting while sampling) against sampling, then force-decoding
 the sampled responses again (two passes), side by side in one run, on a random-weight
 Mistral-architecture model saved to a temp dir:
-- <backend>_one_pass:   runner.generate_counting (responses and counts together);
-- <backend>_two_pass:   runner.generate, then runner.count on the same responses;
+- <backend>_one_pass:   runner.generate_counting (responses, counts and activation sums together);
+- <backend>_two_pass:   runner.generate, then runner.count (counts and sums) on the same responses;
 - <backend>_sample:     runner.generate alone (what counting adds to sampling);
 for the transformers runner (hf) and, where vLLM is installed, its eager engine
 (vllm) and its compiled one (vllm_compiled: enforce_eager=False, torch.compile with lna's
@@ -79,12 +79,11 @@ def run(args):
                 for i, rs in enumerate(responses) for j, r in enumerate(rs) if r]
 
     def variants(runner):
-        def two_pass():
+        def two_pass():  # with activation sums, as lna-profile takes them by default
             responses = runner.generate(prompts, **kw)
-            counts, tokens = runner.count(samples_of(responses), languages)
-            return responses, counts, tokens
+            return (responses, *runner.count(samples_of(responses), languages, sums=True))
 
-        return {"one_pass": lambda: runner.generate_counting(prompts, langs, languages, **kw),
+        return {"one_pass": lambda: runner.generate_counting(prompts, langs, languages, sums=True, **kw),
                 "two_pass": two_pass, "sample": lambda: (runner.generate(prompts, **kw), None, None)}
 
     results, seconds, agreement, startup = {}, {}, {}, {}
@@ -114,7 +113,9 @@ def run(args):
             same_responses = one[0] == two[0] == results[f"{name}_sample"][0]
             diff = np.abs(one[1] - two[1])
             entry = {"same_responses_all_variants": same_responses, "tokens_equal": bool(np.array_equal(one[2], two[2])),
-                     "cells": int(diff.size), "cells_differing": int((diff > 0).sum()), "max_abs_difference": int(diff.max())}
+                     "cells": int(diff.size), "cells_differing": int((diff > 0).sum()), "max_abs_difference": int(diff.max()),
+                     "sums_max_abs_difference": float(np.abs(one[3] - two[3]).max()),
+                     "sums_max_abs": float(np.abs(two[3]).max())}
             if diff.any() and dtype == "float32":
                 _, near = reference(plain, samples_of(one[0]), languages, "cpu", thresholds)
                 entry["differences_explained_by_gates_within"] = {f"{t:g}": bool((diff <= near[t]).all())
