@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lna import config, data, intervene, langid, languages, models, neurons, responses
-from lna.atomic import atomic_file, staged_dir, writing
+from lna.atomic import atomic_file, writing
 from lna.errors import LnaError, note
 from lna.identity import check_runner
 from lna.interrupts import shielded

@@ -25,23 +25,8 @@ LANGS = ["en", "zh", "ja", "sw"]
 TESTED = {arch: model_type for arch, (model_type, _) in ARCHS.items() if arch not in ("llama", "mistral")}
 
 
-def gelu_kernel() -> bool:
-    """lna.kernels has the GELU-tanh path (engineer "kernel" adds it; the contract in HELPERS.md)."""
-    try:
-        families.kernel_kwargs(families.BY_TYPE["gemma"], "gemma")
-        return True
-    except LnaError:
-        return False
-
-
-NEEDS_GELU = pytest.mark.xfail(not gelu_kernel(), strict=True, raises=LnaError,
-                               reason="GELU-tanh families need lna.kernels' activation='gelu_tanh' "
-                                      "(kernel branch, not yet on main)")
-
-
 def arch_param(arch):
-    gelu = families.BY_TYPE[ARCHS[arch][0]].activation == "gelu_tanh"
-    return pytest.param(arch, marks=[NEEDS_GELU] if gelu else [], id=arch)
+    return pytest.param(arch, id=arch)
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lna import families, identity, models
+from lna import identity, models
 from lna.errors import LnaError
 from lna.runners.base import Sample, eos_ids
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
@@ -105,7 +105,6 @@ class VllmRunner:
         if dtype not in models.DTYPES:
             raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(models.DTYPES)}")
         self.info = models.resolve(model, revision)
-        families.kernel_kwargs(self.info.family, model)  # the kernel can count this family
         self.model, self.dtype, self.device = model, dtype, platform
         self.enable_prefix_caching = enable_prefix_caching
         self.tokenizer = models.load_tokenizer(self.info)  # one line where the folder has none
