@@ -12,17 +12,15 @@ import contextlib
 import hashlib
 from dataclasses import dataclass, replace
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from lna.atomic import write_error, writing
+from lna import jsonl
 from lna.config import VERBATIM
 from lna.data import Question
 from lna.errors import LnaError
 from lna.interrupts import shielded
-from lna.progress import note as say_note
 from lna.runners.base import Sample
 
 NO_RESPONSES = ("the data has no responses; sampling them needs the model (give --responses FILE "
@@ -154,7 +152,7 @@ def sample(p: Plan, runner, *, progress=None, count=None) -> list[Question]:
     written = set(p.kept) - sampled
 
     def append(qs):  # fsync'd appends: a crash loses at most the batch being written
-        _append(p.path, [_record(q, s if q.key in sampled else None) for q in qs if q.key not in written])
+        jsonl.append(p.path, [_record(q, s if q.key in sampled else None) for q in qs if q.key not in written])
         written.update(q.key for q in qs)
 
     kw = dict(n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"])
@@ -213,25 +211,12 @@ def _question(rec: dict) -> Question:
 
 
 def _read(path: Path, note=None) -> dict:
-    """Records by key; a torn last line (a crash mid-write) is cut off with a note, other
-    damage is an error."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").split("\n")
+    """Records by key (lna.jsonl: a torn last line is cut off with a note)."""
     recs = {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1:  # torn tail
-                with writing(path), path.open("r+", encoding="utf-8") as fh:
-                    fh.truncate(len("\n".join(lines[:i]).encode()) + (1 if i else 0))
-                (note or say_note)(f"{path}: removed its torn last line (line {i + 1}, left by an interrupted "
-                                   "write); that question is prepared again")
-                break
-            raise LnaError(f"{path}:{i + 1}: not valid JSON; delete the file to sample again") from None
+    for i, rec in enumerate(jsonl.read(path, "responses", "delete the file to sample again", note)):
+        if not isinstance(rec.get("key"), str):
+            raise LnaError(f"{path}: record {i + 1} has no key: not an lna responses file; "
+                           "give it as --dataset, or delete it to sample again")
         recs[rec["key"]] = rec
     return recs
 
@@ -243,33 +228,6 @@ def _record(q: Question, sampling: dict | None) -> dict:
     if sampling is not None:
         rec["sampling"] = sampling
     return rec
-
-
-def _append(path: Path, records: list) -> None:
-    """Append whole lines, fsync'd; a failed write is cut back off (no torn line stays)."""
-    if not records:
-        return
-    text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode()
-    with shielded(), writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with path.open("ab", buffering=0) as fh:
-            start, failed = fh.seek(0, os.SEEK_END), None
-            try:
-                view = memoryview(text)
-                while view:
-                    view = view[fh.write(view):]
-                os.fsync(fh.fileno())
-            except OSError as err:
-                try:
-                    fh.truncate(start)
-                except OSError:
-                    pass  # the next run removes the torn line (with a note)
-                failed = err
-        if failed is not None:
-            if new:
-                path.unlink(missing_ok=True)
-            raise write_error(path, failed) from None
 
 
 def samples(questions: list[Question]) -> list[Sample]:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from align_tiny import build_tiny_nllb
-from lna.align import records
+from lna import jsonl
 from lna.align.pipeline import Options, run as run_align
 from lna.cli import run
 from lna.cli.align import align
@@ -48,10 +48,10 @@ def test_align_profile_compare_series(setup, tiny_models, tmp_path):
     args = ["--model", model, "--langs", "zh", "--pivot", "en", "--dataset", str(root / "data.jsonl"),
             "--scorer", nllb, "-o", str(out), *TRAIN]
     assert run(align, "lna-align", args) == 0
-    scores = records.read(out / "scores.jsonl", "scores")
+    scores = jsonl.read(out / "scores.jsonl", "scores", "")
     assert [r["key"] for r in scores] == [f"data/zh/{i}" for i in range(4)]
     assert all(len(r["responses"]) == 3 and len(r["references"]) == 2 for r in scores)
-    pairs = records.read(out / "pairs.jsonl", "pairs")
+    pairs = jsonl.read(out / "pairs.jsonl", "pairs", "")
     assert pairs and all(p["split"] == "train" for p in pairs)
     steps = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert steps == ["step-1", "step-2"]
@@ -95,7 +95,7 @@ def test_sample_stage_samples_once_and_resumes(setup, tiny_models, tmp_path, mon
     o = Options(model=tiny_models["llama"], langs="de", out=str(tmp_path / "a"), dataset=str(data), samples=2,
                 max_new_tokens=4, stop_after="sample", device="cpu", backend="hf", progress=False)
     assert run_align(o) == []
-    recs = records.read(tmp_path / "a" / "responses.jsonl", "responses")
+    recs = jsonl.read(tmp_path / "a" / "responses.jsonl", "responses", "")
     assert sorted(r["key"] for r in recs) == sorted(f"q/{x}/{i}" for x in ("de", "en") for i in range(3))
     assert all(len(r["responses"]) == 2 and all(len(t) <= 4 for t in r["response_ids"]) for r in recs)
     assert all(r["sampling"]["temperature"] == 0.8 and r["sampling"]["n"] == 2 for r in recs)
@@ -105,7 +105,7 @@ def test_sample_stage_samples_once_and_resumes(setup, tiny_models, tmp_path, mon
 
     monkeypatch.setattr("lna.runners.make_runner", no_model)
     assert run_align(o) == []
-    assert records.read(tmp_path / "a" / "responses.jsonl", "responses") == recs
+    assert jsonl.read(tmp_path / "a" / "responses.jsonl", "responses", "") == recs
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -2,7 +2,8 @@
 the rules of NJUNLP/MAPO Preprocess/extract_dpo_data.py."""
 import pytest
 
-from lna.align import pairs, records
+from lna import jsonl
+from lna.align import pairs
 from lna.align.texts import has_repeated_line, references, source_text
 from lna.errors import LnaError
 
@@ -64,8 +65,8 @@ def test_dev_split_every_tenth_question_group_and_cap(tmp_path):
     assert capped == pairs.extract(recs, max_pairs=7, seed=3)  # seeded
     assert pairs.extract(recs, max_pairs=None, dev_every=0) == [{**p, "split": "train"} for p in got]
 
-    records.write(tmp_path / "pairs.jsonl", capped)
-    assert records.read(tmp_path / "pairs.jsonl", "pairs") == capped
+    jsonl.write(tmp_path / "pairs.jsonl", capped)
+    assert jsonl.read(tmp_path / "pairs.jsonl", "pairs", "") == capped
 
 
 def test_answers_read_as_lna_eval_reads_them():

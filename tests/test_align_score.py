@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from align_tiny import build_tiny_nllb
-from lna.align import records, score
+from lna import jsonl
+from lna.align import score
 from lna.config import load as load_config
 from lna.data import Question
 from lna.errors import LnaError
@@ -139,7 +140,7 @@ def test_resume_skips_scored_questions_and_redoes_a_torn_one(nllb, tmp_path):
     again = run_score(nllb, path)  # the torn question alone in its batch: float64 noise only
     assert again[:2] == first[:2] and again[2]["key"] == first[2]["key"]
     np.testing.assert_allclose(again[2]["responses"][0]["nll"], first[2]["responses"][0]["nll"], rtol=1e-12)
-    assert len(records.read(path, "scores")) == 3
+    assert len(jsonl.read(path, "scores", "")) == 3
     with pytest.raises(LnaError, match="other responses or scorer settings"):
         score.score(questions(), "en", path, settings={**SETTINGS, "dtype": "float32"}, translator=refuse)
 

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("trl", reason="the train stage needs the align extra: pip install 'lna[align]'")
 
-from lna.align import merge, records  # noqa: E402
+from lna import jsonl  # noqa: E402
+from lna.align import merge  # noqa: E402
 from lna.align.train import TrainSettings, checkpoints, train  # noqa: E402
 from lna.errors import LnaError  # noqa: E402
 
@@ -40,7 +41,7 @@ def weights(folder):
 
 
 def losses(out):
-    return [r["loss"] for r in records.read(out / "train_log.jsonl", "log") if "loss" in r]
+    return [r["loss"] for r in jsonl.read(out / "train_log.jsonl", "log", "") if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(trained, tiny_
     monkeypatch.setattr(merge, "save_merged", real)
     found = train(tiny_models["llama"], PAIRS, tmp_path, settings(), device="cpu", progress=False, say=lambda m: None)
     assert [p.name for p in found] == ["step-2", "step-4"]  # step 2 merged when the rerun starts
-    steps = [r["step"] for r in records.read(tmp_path / "train_log.jsonl", "log") if "loss" in r]
+    steps = [r["step"] for r in jsonl.read(tmp_path / "train_log.jsonl", "log", "") if "loss" in r]
     assert steps == [1, 2, 3, 4]  # resumed at step 3, not started over
     for step in ("step-2", "step-4"):
         a, b = weights(tmp_path / "checkpoints" / step), weights(out / "checkpoints" / step)

@@ -8,3 +8,5 @@
 Released scripts followed (and where lna differs) are named in each module. TRL, PEFT and
 `datasets` come with the extra `lna[align]` and are imported by the train stage only.
 """
+
+STAGE_FIX = "delete it to redo the stage"  # what to do about a damaged stage file

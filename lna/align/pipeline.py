@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lna.align.train import TrainSettings
+from lna.align import STAGE_FIX
 from lna.errors import LnaError
 
 STAGES = ("sample", "score", "pairs", "train")
@@ -57,7 +58,8 @@ class Options:
 
 def run(o: Options) -> list[Path]:
     """Run the stages from the first one needed to `o.stop_after`; returns the merged checkpoints."""
-    from lna.align import pairs as pairs_mod, records, score as score_mod
+    from lna import jsonl
+    from lna.align import pairs as pairs_mod, score as score_mod
     from lna.align.train import checkpoints, train
     from lna.languages import parse_langs
     from lna.progress import Bar, sayer
@@ -94,16 +96,16 @@ def run(o: Options) -> list[Path]:
         scored = score_mod.score(questions, pivot, path, translator=translator, settings=settings,
                                  progress=lambda total: Bar(o.progress, total, "score", "ref"))
     elif first == "pairs":
-        scored = [r for r in records.read(o.scores, "scores") if r.get("lang") in langs]
+        scored = [r for r in jsonl.read(o.scores, "scores", STAGE_FIX) if r.get("lang") in langs]
         _require(scored, o.scores, ("key", "lang", "qid", "prompt", "answer", "responses"), "scores")
     if stop == 1:
         return []
     if scored is not None:
         pairs = pairs_mod.extract(scored, score=o.score, extraction=o.extraction, max_pairs=o.max_pairs, dev_every=o.dev_every, seed=o.seed)
-        records.write(out / "pairs.jsonl", pairs)
+        jsonl.write(out / "pairs.jsonl", pairs)
         say(f"{pairs_mod.summary(pairs)} ({o.score} scores) -> {out / 'pairs.jsonl'}")
     else:
-        pairs = [p for p in records.read(o.pairs, "pairs") if p.get("lang") in langs]
+        pairs = [p for p in jsonl.read(o.pairs, "pairs", STAGE_FIX) if p.get("lang") in langs]
         _require(pairs, o.pairs, ("split", "lang", "prompt", "chosen", "rejected"), "pairs")
     if stop == 2:
         return []

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.align import records, texts
+from lna import jsonl
+from lna.align import texts
+from lna.align import STAGE_FIX
 from lna.errors import LnaError
 from lna.languages import get as language
 
@@ -186,7 +188,7 @@ def score(questions: list, pivot: str, path, *, translator=None, settings: dict,
     if not any(texts.question_id(q.key) in by_id for q in targets):
         raise LnaError(f"no question shares an id with a {pivot} question; questions pair across languages by "
                        "id (MGSM/MSVAMP row, or the JSONL 'id' field)")
-    kept = {r["key"]: r for r in records.read(path, "scores")}
+    kept = {r["key"]: r for r in jsonl.read(path, "scores", STAGE_FIX)}
     todo = []
     for q in targets:
         piv = by_id.get(texts.question_id(q.key))
@@ -204,8 +206,8 @@ def score(questions: list, pivot: str, path, *, translator=None, settings: dict,
         total = sum(len(q.responses) * len(refs) for q, _, refs in todo)
         with progress(total) if progress else contextlib.nullcontext() as bar:
             for i in range(0, len(todo), QUESTIONS_PER_APPEND):
-                records.append(path, _score_chunk(model, todo[i:i + QUESTIONS_PER_APPEND], pivot, settings, bar))
-    done = {r["key"]: r for r in records.read(path, "scores")}
+                jsonl.append(path, _score_chunk(model, todo[i:i + QUESTIONS_PER_APPEND], pivot, settings, bar))
+    done = {r["key"]: r for r in jsonl.read(path, "scores", STAGE_FIX)}
     return [done[q.key] for q in targets]
 
 

@@ -161,9 +161,9 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
 
     class Log(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
-            from lna.align import records
+            from lna import jsonl
 
-            records.append(out / "train_log.jsonl", [{"step": state.global_step, **(logs or {})}])
+            jsonl.append(out / "train_log.jsonl", [{"step": state.global_step, **(logs or {})}])
 
     if not progress:  # nor the bars of TRL's dataset preparation
         from datasets.utils.logging import disable_progress_bar
