@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna import config, data, intervene, langid, languages, models, neurons, responses
+from lna import config, data, intervene, jsonl, langid, languages, models, neurons, responses
 from lna.atomic import atomic_file, writing
 from lna.errors import LnaError, note
 from lna.identity import check_runner
@@ -210,10 +210,9 @@ def _generate(runner, prompts, keys, rows, ids, masks, values, out: Path, opts: 
             got = runner.generate([prompts[q] for _, q in batch], n=1, temperature=0.0, top_p=1.0,
                                   max_new_tokens=opts.max_new_tokens, seed=0, masks=masks, values=values,
                                   mask_ids=[ids[r] for r, _ in batch])
-            for (r, q), (tokens,) in zip(batch, got):
-                kept[_key(rows, keys, r, q)] = [int(t) for t in tokens]
-            with shielded(), atomic_file(path) as tmp:  # whole lines or the previous file
-                tmp.write_text("".join(json.dumps({"key": k, "tokens": v}) + "\n" for k, v in kept.items()))
+            new = {_key(rows, keys, r, q): [int(t) for t in tokens] for (r, q), (tokens,) in zip(batch, got)}
+            jsonl.append(path, [{"key": k, "tokens": v} for k, v in new.items()])  # whole lines or none
+            kept.update(new)
             bar.update(len(batch))
     return {_key(rows, keys, r, q): kept[_key(rows, keys, r, q)] for r, q in items}
 
@@ -223,15 +222,11 @@ def _key(rows, keys, r, q) -> str:
 
 
 def _read_outputs(path: Path) -> dict:
-    if not path.is_file():
-        return {}
     kept = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            rec = json.loads(line)
-            kept[rec["key"]] = rec["tokens"]
-        except (ValueError, KeyError, TypeError):
-            raise LnaError(f"{path}:{i + 1}: not an lna-steer output line; delete {path} to generate again") from None
+    for i, rec in enumerate(jsonl.read(path, "lna-steer outputs", f"delete {path} to generate again")):
+        if not isinstance(rec.get("key"), str) or not isinstance(rec.get("tokens"), list):
+            raise LnaError(f"{path}: record {i + 1} is not an lna-steer output; delete {path} to generate again")
+        kept[rec["key"]] = rec["tokens"]
     return kept
 
 
