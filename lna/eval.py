@@ -18,13 +18,12 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lna import accuracy, answers, config, data, responses
-from lna.atomic import atomic_file, staged_dir
+from lna import accuracy, answers, config, data, responses, runs
+from lna.atomic import staged_dir
 from lna.errors import LnaError
 from lna.progress import Bar, sayer
 
 RESPONSES = "responses.jsonl"
-RUN = "run.json"  # what sampled DIR/responses.jsonl (a rerun must be the same run to resume it)
 
 
 @dataclass
@@ -145,7 +144,7 @@ def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
                 "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}
     identity = {"model": opts.model, "model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
                 "template": template.applied}
-    _claim(out, identity)
+    runs.claim(out, identity, "responses", [RESPONSES])
     path = out / RESPONSES
     say(f"answering {len(questions):,} questions ({opts.samples} per question, "
         f"{'greedy' if opts.temperature == 0 else f'temperature {opts.temperature}'}, "
@@ -160,26 +159,6 @@ def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
     return {"name": name_, "model": opts.model, "model_fingerprint": runner.fingerprint, "dataset": name,
             "source": str(path), "template": template_name, "backend": backend, "dtype": dtype,
             "sampling": sampling}, questions
-
-
-def _claim(out: Path, identity: dict) -> None:
-    """Record which model and setting DIR/responses.jsonl belongs to; refuse to resume another's."""
-    run_file = out / RUN
-    if run_file.is_file():
-        try:
-            kept = json.loads(run_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            kept = None
-        if kept != identity:
-            changed = [k for k in identity if not isinstance(kept, dict) or kept.get(k) != identity[k]]
-            raise LnaError(f"{out}: holds responses of another run ({', '.join(changed) or 'unreadable ' + RUN} "
-                           f"differ); choose another -o, or delete {run_file} and {out / RESPONSES} to start over")
-        return
-    if (out / RESPONSES).exists():
-        raise LnaError(f"{out / RESPONSES}: responses of an unknown run; choose another -o or delete that file")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(run_file) as tmp:
-        tmp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna import config, data, intervene, jsonl, langid, languages, models, neurons, responses
+from lna import config, data, intervene, jsonl, langid, languages, models, neurons, responses, runs
 from lna.atomic import atomic_file, writing
 from lna.errors import LnaError, note
 from lna.identity import check_runner
@@ -41,7 +41,7 @@ from lna.runners import make_runner
 from lna.runners.base import Sample
 
 BATCH = 16  # generations per runner call (fixed: a resumed run regenerates the same batches)
-OUTPUTS, STATE, RUN = "outputs.jsonl", "nll.npz", "run.json"
+OUTPUTS, STATE = "outputs.jsonl", "nll.npz"
 
 
 @dataclass
@@ -138,7 +138,7 @@ def run(opts: Options) -> dict:
                 "template": template.applied, "rows": [r.name for r in rows], "interventions": _digest(masks, values),
                 "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:32],
                 "references": [s.key for s in refs], "max_new_tokens": opts.max_new_tokens}
-    _claim(out, identity)
+    runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE])
     say(f"steering {src} -> {tgt}: {len(rows)} settings x {len(prompts)} prompts, {len(refs)} reference responses, "
         f"with {backend} on {runner.device} -> {out}")
     keys = [q.key for q in questions]
@@ -316,25 +316,6 @@ def table(rows, questions, texts, outputs, nll, refs, prompts, src, tgt) -> dict
             "languages_found": {lang: found.count(lang) for lang in sorted(set(found))},
         })
     return {"rows": out}
-
-
-def _claim(out: Path, identity: dict) -> None:
-    """Record the run in DIR/run.json; refuse a folder holding another run's work."""
-    run_file = out / RUN
-    if run_file.is_file():
-        try:
-            kept = json.loads(run_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            kept = None
-        if not isinstance(kept, dict) or {k: kept.get(k) for k in identity} != identity:
-            changed = [k for k in identity if not isinstance(kept, dict) or kept.get(k) != identity[k]]
-            raise LnaError(f"{out}: holds another lna-steer run ({', '.join(changed)} differ); choose another -o, "
-                           f"or delete {out} to start over")
-        return
-    if (out / OUTPUTS).exists() or (out / STATE).exists():
-        raise LnaError(f"{out}: holds outputs of an unknown run; choose another -o or delete them")
-    with atomic_file(run_file) as tmp:  # makes DIR, and removes it again if this write fails
-        tmp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
 
 
 def _digest(*arrays) -> str:

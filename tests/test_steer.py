@@ -259,7 +259,7 @@ def test_command_refusals_are_one_line(made, tmp_path, capsys):
     out = made["root"] / "run"
     # another setting into a folder holding a run
     assert steer_cli(made, out, "--value", "active-mean", "--strengths", "2") == 1
-    assert "holds another lna-steer run" in capsys.readouterr().err
+    assert "holds lna-steer outputs of another run" in capsys.readouterr().err
     no_sums = tmp_path / "plain.zarr"
     assert cli.run(cli._commands()["profile"], "lna-profile",
                    ["-q", "--model", made["model"], "--dataset", str(made["data"]), "--out", str(no_sums),
