@@ -3,8 +3,10 @@
 Every prompt and response is tokenized once and written, token ids included, to a JSONL
 file beside the store (`X.zarr` -> `X.responses.jsonl`), one record a question. That file
 is itself a dataset lna reads (lna.data), so profiling, ablation and reruns use exactly
-the same tokens. Sampling appends a fixed batch of questions at a time, each batch seeded
-by its index, so an interrupted run resumes where it stopped and samples the same.
+the same tokens. Sampling appends a batch of questions at a time; each question's responses
+come from a seed of its own (the run's --seed and the question's key: lna.runners.base.
+question_seed), so an interrupted run resumes where it stopped and samples the same, and a
+question draws the same responses in any shard, batch or order of the data.
 An append is whole or undone (a failed write is cut back off, an interrupt waits for it);
 a torn last line that a crash left anyway is removed, with a note, and prepared again.
 """
@@ -21,7 +23,7 @@ from lna.config import VERBATIM
 from lna.data import Question
 from lna.errors import LnaError
 from lna.interrupts import shielded
-from lna.runners.base import Sample
+from lna.runners.base import Sample, question_seed
 
 NO_RESPONSES = ("the data has no responses; sampling them needs the model (give --responses FILE "
                 "or a dataset with responses)")
@@ -122,8 +124,8 @@ def plan(questions: list[Question], tokenizer, template, path, *, n: int = 10, t
             raise LnaError(f"{path}: responses were sampled with {rec.get('sampling')}, not {sampling}; "
                            "choose another --out or delete that file")
         out.append(replace(_tokenize(q, tokenizer, prompt, tid), template=used))
-    # Sampling goes in fixed batches of the dataset's order, seeded by batch index; a batch
-    # the file holds only in part (killed mid-append) is sampled again whole.
+    # Sampling goes in fixed batches of the dataset's order; a batch the file holds only in
+    # part (killed mid-append) is sampled again whole (the same responses: seeds by question).
     batches: dict = {}
     for i, q in enumerate(out):
         if q.response_ids is None:
@@ -158,14 +160,15 @@ def sample(p: Plan, runner, *, progress=None, count=None) -> list[Question]:
     kw = dict(n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"])
     total = sum(len(idx) for idx in todo.values())
     with progress(total) if progress else contextlib.nullcontext() as bar:
-        for b, idx in todo.items():
+        for idx in todo.values():
             prompts = [out[i].prompt_ids for i in idx]
+            seeds = [question_seed(s["seed"], out[i].key) for i in idx]
             if count is None:
-                gen = runner.generate(prompts, seed=s["seed"] + b, **kw)
+                gen = runner.generate(prompts, seed=seeds, **kw)
             else:
                 langs = [out[i].lang for i in idx]
                 languages = list(dict.fromkeys(langs))
-                gen, *counted = runner.generate_counting(prompts, langs, languages, seed=s["seed"] + b,
+                gen, *counted = runner.generate_counting(prompts, langs, languages, seed=seeds,
                                                          sums=getattr(count, "sums", False), **kw)
             for i, resp in zip(idx, gen):
                 out[i].response_ids = [list(r) for r in resp]

@@ -19,9 +19,9 @@ when each of 1..N is there once and finished; `--partial` accepts missing ones a
 which are in, so that the rest can be merged in later. Shards of another run never
 complete a run.
 
-Responses that a shard samples are sampled for its own questions (in batches of its
-questions, seeded from --seed): they are not those one unsharded run would sample, and
-the merged store is exactly one run over the union of the shards' responses files.
+A shard samples responses for its own questions only, each question from a seed of its own
+(lna.runners.base.question_seed): the responses one unsharded run would sample, so the
+merged store is that run's (counted in other batches: up to gates within rounding of zero).
 """
 import hashlib
 import json

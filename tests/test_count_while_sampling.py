@@ -17,7 +17,11 @@ from lna.runners.decode_count import Tracker
 from lna.store import open_store
 
 LANGS = ["en", "zh", "ja"]
-SUMS_TOLERANCE = 1e-6  # as tests/test_steer_sums.py: of each cell's sum of |act|
+# Of each cell's sum of |act|, as tests/test_steer_sums.py argues, but 10x its 1e-6: decoding
+# computes each gate by another path (one token at a time over a KV cache), further from the
+# one-sequence reference (measured up to 3.1e-6). One token in the wrong cell moves it by about
+# 1e-3 here, still 100x this.
+SUMS_TOLERANCE = 1e-5
 EOS = [2] + list(range(3, 40))  # many end tokens: responses end at every point, some at once
 
 
@@ -163,13 +167,13 @@ def test_profile_counts_while_sampling_as_force_decoding_would(model, tmp_path, 
     assert (np.abs(one.counts - two.counts) <= amb).all()
     naive.assert_counts_equal(one.counts, ref, amb)
     _, _, scale = naive.activation_sums(model, samples, one.languages)  # sums taken while sampling too
-    assert one.has_sums and (np.abs(one.sums - two.sums) <= 2 * SUMS_TOLERANCE * scale).all()
+    assert one.has_sums and (np.abs(one.sums - two.sums) <= SUMS_TOLERANCE * scale).all()
     for lang in one.languages:  # the same samples by content: the two cannot be merged (double counting)
         assert np.array_equal(np.sort(one.samples[lang].ids), np.sort(two.samples[lang].ids))
     assert run(merge_cli, "lna merge", [str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"),
                                         "-o", str(tmp_path / "both.zarr")]) == 1
     # other questions counted the other way merge, and the sum says it was counted both ways
-    other = questions(tmp_path / "more.jsonl", count=3, first=20)
+    other = questions(tmp_path / "more.jsonl", count=6, first=20)  # 4 responses a language: not all empty
     assert profile_cli("--model", model, "--dataset", other, "-n", "2", "--max-new-tokens", "10",
                        "--out", str(tmp_path / "three.zarr"), "--force-decode") == 0
     assert run(merge_cli, "lna merge", [str(tmp_path / "one.zarr"), str(tmp_path / "three.zarr"),

@@ -278,6 +278,21 @@ def test_generate_seeded_without_eos_and_greedy_equals_transformers(engine):
 
 
 @pytest.mark.vllm
+def test_a_sampled_response_does_not_depend_on_its_batch(engine):
+    """A seed per prompt (lna-profile's per question): the same responses alone, together, in
+    another order, and while counting (lna.runners.base.sample_seeds)."""
+    prompts = [[1, 40, 41, 42], [1, 50], [1, 60, 61, 62, 63, 64, 65], [1, 70, 71]]
+    seeds = [11, 500, 7, 123456]
+    kw = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=12)
+    together = engine.generate(prompts, seed=seeds, **kw)
+    assert together == [engine.generate([p], seed=[s], **kw)[0] for p, s in zip(prompts, seeds)]
+    assert together == engine.generate(prompts[::-1], seed=seeds[::-1], **kw)[::-1]
+    langs = ["en", "zh", "en", "ja"]
+    assert together == engine.generate_counting(prompts, langs, ["ja", "en", "zh"], seed=seeds, **kw)[0]
+    assert together != engine.generate(prompts, seed=[s + 1000 for s in seeds], **kw)
+
+
+@pytest.mark.vllm
 def test_bad_input_is_one_clear_error(engine):
     s = random_samples(6, LANGS, questions=2)
     with pytest.raises(LnaError, match="not among the counted languages"):

@@ -5,6 +5,7 @@ or GELU(gate) > 0 for Gemma: the same rule; lna.families) on response tokens onl
 language, and returns the counts of that call. The profile
 driver (lna.profile) owns batching into resumable chunks, the store and progress.
 """
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -31,13 +32,15 @@ class Runner(Protocol):
         of act(gate) over the counted tokens, and over those with gate > 0."""
 
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, masks: np.ndarray | None = None,
+                 max_new_tokens: int, seed: int | Sequence[int], masks: np.ndarray | None = None,
                  values: np.ndarray | None = None, mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
         """Sample `n` responses (token ids, no prompt, EOS stripped) for each prompt; prompt
-        i with the intervention masks[mask_ids[i]] (as in nll; -1: none) on every token."""
+        i with the intervention masks[mask_ids[i]] (as in nll; -1: none) on every token.
+        seed: one per prompt, or an int (see `sample_seeds`); response k of prompt i is drawn
+        from (seed of prompt i) + k alone, so it does not depend on which prompts share its batch."""
 
     def generate_counting(self, prompts: Sequence[Sequence[int]], langs: Sequence[str], languages: Sequence[str], *,
-                          n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                          n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int | Sequence[int],
                           sums: bool = False) -> tuple:
         """`generate` (the same responses for the same seed), counting the responses while they
         are sampled: each response token goes through the MLPs once, when it is fed back
@@ -63,3 +66,22 @@ def eos_ids(configured, tokenizer) -> set:
     eos = {getattr(tokenizer, "eos_token_id", None)} - {None}  # a runner wrapped without a tokenizer: none
     eos.update(configured if isinstance(configured, list) else [] if configured is None else [configured])
     return eos
+
+
+def sample_seeds(seed, prompts: int, n: int) -> list[int]:
+    """The seed of each prompt's first response (response k: that + k): `seed` itself where it
+    gives one per prompt; for an int, seed + i * n for prompt i, so that no two responses share one."""
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i * n for i in range(prompts)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != prompts:
+        raise ValueError(f"{len(seeds)} seeds for {prompts} prompts")
+    return seeds
+
+
+def question_seed(seed: int, key: str) -> int:
+    """A question's sampling seed from the run's --seed and its key alone: the same question
+    draws the same responses in any shard, batch or order of the data (below 2**31 - 2**16,
+    so that its n responses' seeds stay in every sampler's range)."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 2**16)

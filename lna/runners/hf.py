@@ -21,7 +21,8 @@ from lna import families, identity, models, packing
 from lna.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
-from lna.runners.base import Sample, eos_ids
+from lna.runners.row_sampler import RowSampler
+from lna.runners.base import Sample, eos_ids, sample_seeds
 
 MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask
 
@@ -221,7 +222,7 @@ class HFRunner:
         return out
 
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, masks: np.ndarray | None = None, values: np.ndarray | None = None,
+                 seed: int | Sequence[int], masks: np.ndarray | None = None, values: np.ndarray | None = None,
                  mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
         """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0.
         Interventions: prompt i is generated (every token, its own included) with
@@ -232,7 +233,7 @@ class HFRunner:
                               mask_ids=mask_ids)[0]
 
     def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
-                          max_new_tokens: int, seed: int, sums: bool = False):
+                          max_new_tokens: int, seed: int | Sequence[int], sums: bool = False):
         """`generate`, counting each response token when it is fed back (lna.runners.base)."""
         if len(langs) != len(prompts):
             raise LnaError(f"generate_counting: {len(langs)} languages for {len(prompts)} prompts")
@@ -246,7 +247,7 @@ class HFRunner:
         (langs given): a pre-hook on the model sees the tokens of every forward and gives each
         fed response token its language (lna.runners.decode_count); one step more than
         max_new_tokens feeds the last kept token, and its sampled token is dropped."""
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         if temperature <= 0 and n > 1:
             raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
@@ -273,6 +274,7 @@ class HFRunner:
             # float64: the kernel's fp32 partial sums add into it exactly, in any order.
             tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else []
             tokens = np.zeros(len(languages), np.int64)
+        seeds = sample_seeds(seed, len(prompts), n)
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
         if mask_ids is not None and len(mask_ids) != len(prompts):
             raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
@@ -300,12 +302,15 @@ class HFRunner:
                                                    self.layers, tables)
                     hook = self.model.register_forward_pre_hook(tracker.before, with_kwargs=True)
                     post = self.model.register_forward_hook(tracker.after)
-                torch.manual_seed(seed + start)  # batches are fixed, so a resumed run samples the same
+                draw = {}
+                if sampling:  # each response from its own seed (lna.runners.row_sampler), generate's own neutral
+                    rows = [seeds[start + q] + k for q in range(len(chunk)) for k in range(n)]
+                    sampler = RowSampler(rows, max_new_tokens + counting, width, temperature, top_p, self.device)
+                    draw = dict(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([sampler]))
                 try:
                     gen = self.model.generate(
                         input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens + counting,
-                        num_return_sequences=n, pad_token_id=pad, do_sample=sampling,
-                        **(dict(temperature=temperature, top_p=top_p, top_k=0) if sampling else {}),
+                        num_return_sequences=n, pad_token_id=pad, do_sample=sampling, **draw,
                     )[:, width:width + max_new_tokens].tolist()
                 finally:
                     if hook is not None:

@@ -69,7 +69,7 @@ import numpy as np
 
 from lna import identity, models
 from lna.errors import LnaError
-from lna.runners.base import Sample, eos_ids
+from lna.runners.base import Sample, eos_ids, sample_seeds
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
@@ -174,14 +174,14 @@ class VllmRunner:
         return (counts, tokens, *tables)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, masks: np.ndarray | None = None, values: np.ndarray | None = None,
-                 mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
+                 max_new_tokens: int, seed: int | Sequence[int], masks: np.ndarray | None = None,
+                 values: np.ndarray | None = None, mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
         return self._generate(prompts, None, 0, n=n, temperature=temperature, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed, masks=masks, values=values,
                               mask_ids=mask_ids)[0]
 
     def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
-                          max_new_tokens: int, seed: int, sums: bool = False):
+                          max_new_tokens: int, seed: int | Sequence[int], sums: bool = False):
         """`generate`, counting each response token when it is fed back (lna.runners.base):
         vLLM's decode steps feed each request's last sampled token, and the workers give those
         tokens their language from the step's batch layout, as for force-decoding."""
@@ -197,6 +197,7 @@ class VllmRunner:
         tables = [np.zeros(shape, dtype=np.float64) for _ in range(2)] if sums else []
         tokens = np.zeros(len(languages), dtype=np.int64)
         out: list = [None] * len(prompts)
+        seeds = sample_seeds(seed, len(prompts), n)
         for first in range(0, len(languages), self.slots):  # as count: a call per group of languages
             group = range(first, min(first + self.slots, len(languages)))
             idx = [i for i, lang in enumerate(langs) if slot[lang] in group]
@@ -204,7 +205,7 @@ class VllmRunner:
                 continue
             gen, merged = self._generate([prompts[i] for i in idx], [slot[langs[i]] - first for i in idx],
                                          len(group), n=n, temperature=temperature, top_p=top_p,
-                                         max_new_tokens=max_new_tokens, seed=seed, offsets=idx, sums=sums)
+                                         max_new_tokens=max_new_tokens, seed=[seeds[i] for i in idx], sums=sums)
             for i, responses in zip(idx, gen):
                 out[i] = responses
                 tokens[slot[langs[i]]] += sum(len(r) for r in responses)
@@ -214,9 +215,9 @@ class VllmRunner:
         return (out, counts, tokens, *tables)
 
     def _generate(self, prompts, slots, n_slots: int, *, n, temperature, top_p, max_new_tokens, seed,
-                  offsets=None, sums=False, masks=None, values=None, mask_ids=None):
+                  sums=False, masks=None, values=None, mask_ids=None):
         """(responses, merged worker results or None). slots[i]: language slot of prompt i
-        (None: no counting). offsets[i]: prompt i's index in the caller's list (its seed).
+        (None: no counting). seed: as generate's (lna.runners.base.sample_seeds).
         masks, values, mask_ids: interventions (generate's; not with counting)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -227,7 +228,7 @@ class VllmRunner:
         if not prompts:
             return [], None
         counting = slots is not None
-        offsets = list(range(len(prompts))) if offsets is None else list(offsets)
+        seeds = sample_seeds(seed, len(prompts), n)
         self._check_lengths([len(p) for p in prompts], "prompt", extra=max_new_tokens + counting)
         steer = [-1] * len(prompts)
         if masks is not None and len(masks) and mask_ids is not None:
@@ -241,8 +242,7 @@ class VllmRunner:
                            "this one compiles")
         params = []
         for i, p in enumerate(prompts):
-            # vLLM seeds the k-th of n samples with seed + k: step prompts by n so no two share one.
-            first_seed = seed + offsets[i] * n
+            first_seed = seeds[i]  # vLLM seeds the k-th of n samples with seed + k
             extra = {GENERATE_KEY: steer[i]} if steer[i] >= 0 else None
             if counting:  # the last kept token is fed in one more step; its sampled token is dropped
                 extra = {META_KEY: [i * n, len(p), len(p) + max_new_tokens, int(slots[i]), first_seed]}
@@ -283,7 +283,7 @@ class VllmRunner:
             result.append(samples)
         if counting:
             lengths = [len(r) for rs in result for r in rs]
-            names = [f"prompt {offsets[i]}, response {k}" for i in range(len(prompts)) for k in range(n)]
+            names = [f"prompt seeded {seeds[i]}, response {k}" for i in range(len(prompts)) for k in range(n)]
             found = merged["errors"] + problems(merged["done"], merged["gaps"], lengths, "count", names)
             self.last_call = {"mode": "generate", "steps": merged["steps"], "recomputed": merged["recomputed"],
                               "tokens": int(sum(lengths)), "done": int(sum(merged["done"]))}
