@@ -13,7 +13,8 @@ results file after every measurement (a run cut short keeps what it measured):
   profile     end to end: a random-weight 7B Mistral in bf16 on a reduced MGSM-shaped workload:
               lna vs no counting vs plain transformers vs the naive two-pass hooks, fraction of
               the measured bf16 matmul ceiling, counts against naive (bench_profile.py)
-  smoke       lna-profile itself on a tiny model on the device, store read back (gpu_smoke.py)
+  smoke       lna-profile itself on a tiny model on the device, store read back: given responses,
+              and sampled ones counted while sampling vs force-decoded again (gpu_smoke.py)
   candidates  the speed work's candidates side by side: fused vs separate gate_up GEMM,
               attention for packed rows, launch configurations (gpu_candidates.py)
 Results: <stage>_cuda.json and gpu_check_cuda.json (stages, times, the summary) in
@@ -39,7 +40,7 @@ import common  # noqa: E402
 STAGES = (  # name, module, the most seconds it may take on the GPU (the budget caps the sum)
     ("kernels", "gpu_silu_mul", 170),
     ("profile", "bench_profile", 150),
-    ("smoke", "gpu_smoke", 45),
+    ("smoke", "gpu_smoke", 60),
     ("candidates", "gpu_candidates", 120),
 )
 BUDGET = {"cuda": 380, "dry": 900}  # seconds for all stages; the run call's timeout_s leaves ~100 s more
@@ -251,6 +252,13 @@ def summary(check, results) -> list:
     if isinstance(sm, dict) and "ok" in sm:
         lines.append(f"smoke: lna-profile on the device {'ok' if sm['ok'] else 'FAILED'}; counts differing from "
                      f"naive {num(sm.get('counts_differing_from_naive_fraction'), '.1e')}")
+    ss = get(results, "smoke", "sampling_cli")
+    if isinstance(ss, dict) and "ok" in ss:
+        lines.append(f"  sampling: counted while sampling {'ok' if ss['ok'] else 'FAILED'}; same responses when "
+                     f"force-decoding {ss.get('same_responses_both_runs')}; counts differing from naive "
+                     f"{num(get(ss, 'while_sampling', 'counts_differing_from_naive_fraction'), '.1e')} (while "
+                     f"sampling), {num(get(ss, 'force_decoded', 'counts_differing_from_naive_fraction'), '.1e')} "
+                     f"(force-decoded)")
     c = results.get("candidates", {})
     if isinstance(c.get("gate_up"), dict) and "ms" in c["gate_up"]:
         lines.append(f"candidates: one gate_up GEMM + packed kernel = {c['gate_up']['fused_over_separate']}x the "
