@@ -21,8 +21,8 @@ from lna import families, identity, models, packing
 from lna.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
-from lna.runners.row_sampler import RowSampler
 from lna.runners.base import Sample, eos_ids, sample_seeds
+from lna.runners.row_sampler import RowSampler
 
 MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask
 
@@ -303,7 +303,7 @@ class HFRunner:
                     hook = self.model.register_forward_pre_hook(tracker.before, with_kwargs=True)
                     post = self.model.register_forward_hook(tracker.after)
                 draw = {}
-                if sampling:  # each response from its own seed (lna.runners.row_sampler), generate's own neutral
+                if sampling:  # each response from its own seed (lna.runners.row_sampler); generate's warpers off
                     rows = [seeds[start + q] + k for q in range(len(chunk)) for k in range(n)]
                     sampler = RowSampler(rows, max_new_tokens + counting, width, temperature, top_p, self.device)
                     draw = dict(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([sampler]))
