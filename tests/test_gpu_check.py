@@ -65,12 +65,14 @@ def test_dry_run_end_to_end_and_smoke_agree_with_naive_hooks(dry_run):
     assert profile["counts_differing_from_naive_fraction"] < 0.02
     assert profile["roofline_fraction"] > 0 and profile["ratio_lna_vs_naive_counted_tokens_per_s"] > 0
     smoke = files["smoke_dryrun"]["profile_cli"]
-    assert smoke["ok"] and smoke["counts_differing_from_naive_fraction"] == 0  # fp32 on CPU: exact
+    # fp32: exact, or flips of gates within 1e-5 of zero (the matmuls' shapes differ; a thread
+    # count the OS changes can move one); a few at most
+    assert smoke["ok"] and smoke["count_flips"] <= 2 and smoke["differences_explained_by_gates_within_1e-05"]
     sampled = files["smoke_dryrun"]["sampling_cli"]
     assert sampled["ok"] and sampled["same_responses_both_runs"]
     for way, counted in (("while_sampling", "sampling"), ("force_decoded", "force-decoding")):
         assert sampled[way]["counted_during"] == counted and sampled[way]["tokens_match"]
-        assert sampled[way]["counts_differing_from_naive_fraction"] < 1e-3
+        assert sampled[way]["count_flips"] <= 2 and sampled[way]["differences_explained_by_gates_within_1e-05"]
     candidates = files["candidates_dryrun"]
     assert max(candidates["attention"]["max_abs_difference_vs_dense"].values()) < 1e-2
     assert candidates["flex_attention"]["max_abs_difference_vs_dense"] < 5e-2
