@@ -67,9 +67,9 @@ def test_dry_run_end_to_end_and_smoke_agree_with_naive_hooks(dry_run):
     smoke = files["smoke_dryrun"]["profile_cli"]
     # fp32: exact, or flips of gates within 1e-5 of zero (the matmuls' shapes differ; a thread
     # count the OS changes can move one); a few at most
-    assert smoke["ok"] and smoke["count_flips"] <= 2 and smoke["differences_explained_by_gates_within_1e-05"]
+    assert smoke["ok"] and smoke["count_flips"] <= 2 and smoke["differences_explained_by_gates_within_1e-05"], smoke
     sampled = files["smoke_dryrun"]["sampling_cli"]
-    assert sampled["ok"] and sampled["same_responses_both_runs"]
+    assert sampled["ok"] and sampled["same_responses_both_runs"], sampled
     for way, counted in (("while_sampling", "sampling"), ("force_decoded", "force-decoding")):
         assert sampled[way]["counted_during"] == counted and sampled[way]["tokens_match"]
         assert sampled[way]["count_flips"] <= 2 and sampled[way]["differences_explained_by_gates_within_1e-05"]
