@@ -7,7 +7,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from lna import demo
+import naive
+from lna import data, demo, responses
 from lna.cli import run
 from lna.cli.launch import launch as launch_cmd
 from lna.cli.profile import profile
@@ -48,7 +49,11 @@ def test_launch_with_vllm_equals_one_vllm_process(cluster, tiny_models, tmp_path
     assert merged.meta["backend"] == one.meta["backend"] == "vllm"
     assert merged.complete and merged.languages == one.languages
     np.testing.assert_array_equal(merged.tokens, one.tokens)
-    np.testing.assert_array_equal(merged.counts, one.counts)  # fp32, same tokens: the same counts
+    # fp32, the same tokens: the same counts, up to gates within rounding of zero (the engines
+    # run in other processes, with other thread counts: README, "Backends")
+    samples = responses.samples(data.load(str(tmp_path / "one.responses.jsonl"))[1])
+    _, amb = naive.counts(tiny_models["llama"], samples, one.languages)
+    assert (np.abs(merged.counts - one.counts) <= amb).all()
     # activation sums: fp32 per launch, so other batches round otherwise; within twice the 1e-6
     # of each cell's sum of |act| that tests/test_steer_sums.py allows each against float64.
     # SiLU(g) > 0 exactly when g > 0, so that sum is 2 * active_sums - sums.
