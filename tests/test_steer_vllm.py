@@ -8,6 +8,7 @@ import torch
 import naive
 from conftest import random_samples
 from lna.runners.vllm_batch import gather_ranks
+from test_steer import made  # noqa: F401  (a fixture: the demo store and neuron sets)
 from test_steer_runner import PROMPTS, interventions
 from test_steer_sums import TOLERANCE
 from test_vllm_runner import LANGS, _engineered, _runner
@@ -85,28 +86,26 @@ def test_generation_with_interventions_equals_transformers(engine, hf):
     assert engine.generate(PROMPTS, **kw) == plain
 
 
+@pytest.fixture(scope="module")
+def vllm_env():
+    from test_vllm_runner import _vllm_env
+
+    _vllm_env()  # skips without vLLM before `made` (after it in the arguments) profiles anything
+
+
 @pytest.mark.vllm
-def test_lna_steer_backends_agree(tiny_models, tmp_path):
-    """lna-steer through vLLM gives the table of the transformers backend (fp32, greedy)."""
+def test_lna_steer_backends_agree(vllm_env, made, tmp_path):
+    """lna-steer through vLLM gives the table of the transformers backend (fp32, greedy), on
+    test_steer's store and neuron sets."""
     import json
 
     from lna import cli
-    from test_steer import DATA
-    from test_vllm_runner import _vllm_env
 
-    _vllm_env()
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in DATA), encoding="utf-8")
-    model = tiny_models["llama"]
-    assert cli.run(cli._commands()["profile"], "lna-profile",
-                   ["-q", "--model", model, "--dataset", str(data), "--out", str(tmp_path / "s.zarr")]) == 0
-    assert cli.run(cli._commands()["identify"], "lna-identify",
-                   [str(tmp_path / "s.zarr"), "-o", str(tmp_path / "n.json"), "--top-rate", "0.1"]) == 0
     tables = {}
     for backend in ("hf", "vllm"):
-        argv = ["-q", "--model", model, "--neurons", str(tmp_path / "n.json"), "--store", str(tmp_path / "s.zarr"),
-                "--from", "en", "--to", "ja", "--dataset", str(data), "--strengths", "1,8", "--max-new-tokens", "8",
-                "--backend", backend, "-o", str(tmp_path / backend)]
+        argv = ["-q", "--model", made["model"], "--neurons", str(made["neurons"]), "--store", str(made["store"]),
+                "--from", "en", "--to", "ja", "--dataset", str(made["data"]), "--strengths", "1,8",
+                "--max-new-tokens", "8", "--backend", backend, "-o", str(tmp_path / backend)]
         assert cli.run(cli._commands()["steer"], "lna-steer", argv) == 0
         tables[backend] = json.loads((tmp_path / backend / "steer.json").read_text())
         outputs = (tmp_path / backend / "outputs.jsonl").read_text()
