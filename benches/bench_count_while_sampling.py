@@ -33,12 +33,6 @@ from bench_vllm_runner import save_model  # noqa: E402
 from count_agreement import reference  # noqa: E402
 
 
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
 def main():
     with common.one_core():  # one thread on one core: a shared machine's barriers make threaded times erratic
         run(*parse())
@@ -105,7 +99,7 @@ def run(args):
         # Interleaved repeats, best of each: a shared machine's noise hits all variants alike.
         for _ in range(args.repeats):
             for name, fn in fns.items():
-                seconds[name] = min(seconds.get(name, float("inf")), timed(fn)[0])
+                seconds[name] = min(seconds.get(name, float("inf")), bench_profile.timed(device, fn)[0])
         plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
         thresholds = (1e-7, 1e-6, 1e-5, 1e-4)
         for name in runners:

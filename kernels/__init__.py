@@ -19,7 +19,7 @@ import importlib.util
 
 import torch
 
-from .reference import ACTIVATIONS, activation_native, silu_mul_native
+from .reference import ACTIVATIONS, activation_native, check_activation, silu_mul_native
 from .silu_mul_torch import silu_mul_torch as _silu_mul_torch
 
 __all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "activation_native", "triton_available",
@@ -126,9 +126,7 @@ def _check_range(name, ids, n, what):
 def _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids, values, activation, backend):
     if backend not in BACKENDS:
         raise ValueError(f"silu_mul: backend must be None, 'triton' or 'torch', got {backend!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"silu_mul: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
-                         f"got {activation!r}")
+    check_activation(activation)
     for name, t in (("gate", gate), ("up", up)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"silu_mul: {name} must be a torch.Tensor, got {type(t).__name__}")

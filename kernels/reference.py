@@ -8,6 +8,12 @@ import torch.nn.functional as F
 ACTIVATIONS = ("silu", "gelu_tanh")
 
 
+def check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"silu_mul: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {activation!r}")
+
+
 def activation_native(gate, activation="silu"):
     """act(gate) in gate's dtype, as the model's MLP computes it: F.silu (LlamaMLP) or
     F.gelu(approximate="tanh") (Gemma's gelu_pytorch_tanh); both run in fp32 internally
@@ -16,7 +22,7 @@ def activation_native(gate, activation="silu"):
         return F.silu(gate)
     if activation == "gelu_tanh":
         return F.gelu(gate, approximate="tanh")
-    raise ValueError(f"silu_mul: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_activation(activation)
 
 
 def silu_mul_native(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,

@@ -51,8 +51,8 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums):
     one_hot = (lang_ids[None, :] == languages[:, None]).to(torch.float32)  # [n_langs, T]; -1 matches none
     rows = max(1, min(n_tokens, BLOCK_ELEMENTS // width))
 
-    def buffer(dtype=torch.float32):
-        return torch.empty(rows, width, dtype=dtype, device=device)
+    def buffer():
+        return torch.empty(rows, width, dtype=torch.float32, device=device)
 
     def accumulator():
         return torch.zeros(tables[0].shape, dtype=torch.float32, device=device)

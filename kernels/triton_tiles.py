@@ -24,7 +24,7 @@ import os
 import triton
 import triton.language as tl
 
-from .reference import ACTIVATIONS
+from .reference import check_activation
 
 try:
     from triton.language.extra import libdevice
@@ -147,8 +147,7 @@ def _round(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
 
 def gelu_flag(activation) -> bool:
     """The GELU constexpr for an activation name (launchers called directly check it too)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"silu_mul: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_activation(activation)
     return activation == "gelu_tanh"
 
 
