@@ -148,7 +148,7 @@ def gate_up(mlp, family: Family, x):
     return mlp.gate_proj(x), mlp.up_proj(x)
 
 
-def kernel_kwargs(family: Family, name: str) -> dict:
+def kernel_kwargs(family: Family) -> dict:
     """lna.kernels' keyword for the family's activation ({} for SiLU, the default)."""
     return {} if family.activation == "silu" else {"activation": family.activation}
 

@@ -24,7 +24,6 @@ from torch import nn
 from lna.errors import LnaError
 
 SETTINGS = ("specific", "specific+related")
-VALUES = ("mean", "active-mean")
 
 
 @dataclass
@@ -161,7 +160,7 @@ def steer(model, tokenizer=None, *, neurons=None, store=None, source=None, targe
         raise LnaError(f"the intervention is for {intervention.mask.shape[0]} layers x {intervention.mask.shape[1]} "
                        f"neurons; this model has {n_layers} x {width}")
     originals = [layer.mlp for layer in layer_list]
-    act = families.kernel_kwargs(family, type(model).__name__)
+    act = families.kernel_kwargs(family)
     try:
         for i, layer in enumerate(layer_list):
             if intervention.mask[i].any():

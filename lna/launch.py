@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lna.atomic import writing
 from lna.errors import LnaError
+from lna.progress import sayer
 from lna.profile import Options, default_out
 
 # Tests: shard K's worker SIGKILLs itself once, after its store's first checkpoint, to show
@@ -65,7 +66,7 @@ def run(opts: Options, shards: int, *, address: str | None = None, gpus_per_shar
                                                   retry_exceptions=True)
         refs = {task.remote(replace(opts, shard=f"{k}/{shards}", out=str(p), responses=None, progress=False,
                                     report=None), k, tracker, kill == str(k)): k for k, p in paths.items()}
-        say = (lambda msg: print(msg, file=sys.stderr)) if opts.progress else (lambda msg: None)
+        say = sayer(opts.progress)
         say(f"launched {shards} shards on Ray ({_resources(gpus, cpus_per_shard)} each) -> {folder}")
         failures, state = _wait(ray, refs, tracker, shards, retries, opts.progress)
         if failures:

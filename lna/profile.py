@@ -89,9 +89,9 @@ def run(opts: Options) -> Path:
                                          revision=opts.revision, compiled=opts.vllm_compiled)
     # said once the model has loaded: a failure before it is the only line
     if opts.langs is not None and opts.langs.strip().lower() == "all":
-        note = languages.all_note(langs)
-        if note:
-            say(note)
+        differs = languages.all_note(langs)
+        if differs:
+            say(differs)
     _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     prompts = responses.template_record(questions, template)
     if opts.template is not None and not prompts["template_text"]:

@@ -108,7 +108,7 @@ def run(opts: Options) -> dict:
     from lna.store import open_store
 
     store = open_store(opts.store)
-    for lang, where in ((src, "--from"), (tgt, "--to")):
+    for lang in (src, tgt):
         store.index(lang)  # one line if the store lacks it
         intervene.neuron_mask(ns, lang, opts.setting)
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
@@ -146,7 +146,7 @@ def run(opts: Options) -> dict:
         outputs = _generate(runner, prompts, keys, rows, ids, masks, values, out, opts)
         texts = {key: runner.tokenizer.decode(tokens, skip_special_tokens=True) for key, tokens in outputs.items()}
         nll = _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs, out, opts)
-    result = table(rows, questions, texts, outputs, nll, refs, prompts, src, tgt)
+    result = table(rows, questions, texts, outputs, nll, refs, src, tgt)
     result.update({"model": opts.model, "neurons": str(opts.neurons), "store": str(opts.store), "from": src, "to": tgt,
                    "setting": opts.setting, "value": opts.value, "backend": backend, "dtype": dtype,
                    "max_new_tokens": opts.max_new_tokens, "prompts": len(prompts), "references": len(refs),
@@ -286,7 +286,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
 
 
 # -- the table -----------------------------------------------------------------------------------------
-def table(rows, questions, texts, outputs, nll, refs, prompts, src, tgt) -> dict:
+def table(rows, questions, texts, outputs, nll, refs, src, tgt) -> dict:
     """Per row: shares of outputs in Y (language identifier, script) and X, perplexities."""
     ref_lang = np.array([s.lang for s in refs])
     ref_tokens = np.array([len(s.response) for s in refs], np.float64)

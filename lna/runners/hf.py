@@ -125,7 +125,7 @@ class HFRunner:
                            f"lna supports {models.SUPPORTED}")
         self.state = _State()
         self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
-        act = families.kernel_kwargs(info.family, info.name)
+        act = families.kernel_kwargs(info.family)
         for i, layer in enumerate(self.decoder.layers):
             layer.mlp = CountingMLP(layer.mlp, i, self.state, info.family, act)
 

@@ -278,7 +278,7 @@ class LnaWorkerExtension:
         tr = st.tracker
         out = {"rank": get_tensor_model_parallel_rank(), "world": get_tensor_model_parallel_world_size(),
                "steps": st.steps, "errors": list(st.errors), "counts": None, "shape": None, "nll": None,
-               "sums": None, "active_sums": None, "calls": list(st.calls),
+               "sums": None, "active_sums": None,
                # generate has no positions to account for
                "done": [] if tr is None else tr.done.tolist(), "gaps": [] if tr is None else [list(g) for g in tr.gaps],
                "recomputed": 0 if tr is None else tr.recomputed, "reused": 0 if tr is None else tr.reused}
@@ -316,6 +316,8 @@ def _planned_forward(runner, forward, st: _State):
         req_ids = batch.req_ids[:n]
         qsl = runner.query_start_loc.np[:n + 1]
         lens = np.diff(qsl)
+        if st.mode == "generate":  # intervention ids only: nothing to plan or count
+            return _intervened(forward, args, kwargs, runner, req_ids, lens, kwargs["positions"].shape[-1], st)
         starts = batch.num_computed_tokens_cpu[:n]
         metas, sequences = [], []
         for req_id in req_ids:
@@ -329,8 +331,6 @@ def _planned_forward(runner, forward, st: _State):
             sequences.append(req.prompt_token_ids)
         positions = kwargs.get("positions")
         n_tokens = positions.shape[-1]
-        if st.mode == "generate":
-            return _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, st)
         step = st.tracker.step(metas, starts, lens, n_tokens, sequences)
         # The runner derives positions from the same offsets; on CPU the check is free.
         if positions.device.type == "cpu" and not np.array_equal(
