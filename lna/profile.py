@@ -148,46 +148,45 @@ def run(opts: Options) -> Path:
         raise LnaError(f"{resp_path}: every response in {', '.join(empty)} is empty, so there is nothing to "
                        "count; check that file (delete it to sample again, e.g. with another --template or "
                        f"--seed) or leave {', '.join(empty)} out with --langs")
-    ledger = _Ledger(store, samples, out)
-    todo = [s for s in samples if not ledger.is_done(s)]
-    todo_tokens = sum(len(s.response) for s in todo)
-    say(f"profiling {todo_tokens:,} response tokens of {len(todo):,} samples{part} "
-        f"({len(samples) - len(todo):,} already counted) with {backend} on {runner.device} -> {out}")
-    _count(runner, store, ledger, todo, out, opts)
+    with saver.on_stop():  # the same checkpoints as sampling's: what it counted is saved on any stop
+        ledger = _Ledger(store, samples, out)
+        todo = [s for s in samples if not ledger.is_done(s)]
+        todo_tokens = sum(len(s.response) for s in todo)
+        say(f"profiling {todo_tokens:,} response tokens of {len(todo):,} samples{part} "
+            f"({len(samples) - len(todo):,} already counted) with {backend} on {runner.device} -> {out}")
+        _count(runner, store, saver, ledger, todo, opts)
     say(f"wrote {out} (responses: {resp_path})")
     return out
 
 
-def _count(runner, store: CountStore, ledger: "_Ledger", todo: list, out: Path, opts: Options) -> None:
-    """Count `todo` batch by batch into `store`; checkpoint by time, at the end, and on any
-    stop (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
-    saver = _Saver(store, out, opts.checkpoint_every)
+def _count(runner, store: CountStore, saver: "_Saver", ledger: "_Ledger", todo: list, opts: Options) -> None:
+    """Count `todo` batch by batch into `store`; checkpoint by time and at the end (the caller
+    holds `saver.on_stop()`, so that finished batches are never lost)."""
     budget = getattr(runner, "token_budget", None) or opts.token_budget or 16384  # vLLM: tokens per call
     report = opts.report or (lambda done, total: None)
     done = int(store.tokens.sum())
     total = done + sum(len(s.response) for s in todo)
     report(done, total)
-    with saver.on_stop():
-        with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
-            for idx in chunks(todo, budget):
-                chunk = [todo[i] for i in idx]
-                langs = list(dict.fromkeys(s.lang for s in chunk))  # only these come back from the device
-                counts, tokens, *sums = runner.count(chunk, langs, sums=store.has_sums)
-                k = [store.index(lang) for lang in langs]
-                with shielded():
-                    _mark_counted_during(store, "force-decoding")  # before the counts: it reads the tokens
-                    store.counts[:, k] += counts
-                    store.tokens[k] += tokens
-                    if sums:
-                        store.sums[:, k] += sums[0]
-                        store.active_sums[:, k] += sums[1]
-                    ledger.mark(chunk)
-                    saver.changed()
-                bar.update(int(tokens.sum()))
-                done += int(tokens.sum())
-                report(done, total)
-                saver.tick()
-        saver.save(ledger.complete())
+    with Bar(opts.progress, sum(len(s.response) for s in todo), "count", "tok") as bar:
+        for idx in chunks(todo, budget):
+            chunk = [todo[i] for i in idx]
+            langs = list(dict.fromkeys(s.lang for s in chunk))  # only these come back from the device
+            counts, tokens, *sums = runner.count(chunk, langs, sums=store.has_sums)
+            k = [store.index(lang) for lang in langs]
+            with shielded():
+                _mark_counted_during(store, "force-decoding")  # before the counts: it reads the tokens
+                store.counts[:, k] += counts
+                store.tokens[k] += tokens
+                if sums:
+                    store.sums[:, k] += sums[0]
+                    store.active_sums[:, k] += sums[1]
+                ledger.mark(chunk)
+                saver.changed()
+            bar.update(int(tokens.sum()))
+            done += int(tokens.sum())
+            report(done, total)
+            saver.tick()
+    saver.save(ledger.complete())
 
 
 class _Saver:
