@@ -11,6 +11,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from lna.errors import LnaError
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -66,6 +68,37 @@ def eos_ids(configured, tokenizer) -> set:
     eos = {getattr(tokenizer, "eos_token_id", None)} - {None}  # a runner wrapped without a tokenizer: none
     eos.update(configured if isinstance(configured, list) else [] if configured is None else [configured])
     return eos
+
+
+def check_interventions(masks, values, layers: int, neurons: int) -> tuple:
+    """Masks bool [n_masks, layers, neurons] and values float32 shaped like them (or None), as
+    every runner takes them; one line where they fit another model."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != (layers, neurons):
+        raise LnaError(f"masks must be bool [n_masks, {layers}, {neurons}] for this model, "
+                       f"got shape {masks.shape}; were the neuron sets made for another model?")
+    if values is not None:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if values.shape != masks.shape:
+            raise LnaError(f"values must be shaped like masks {masks.shape}, got {values.shape}")
+    return masks, values
+
+
+def check_decoding(temperature: float, n: int) -> None:
+    if temperature <= 0 and n > 1:
+        raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
+                       "use --samples 1 or a temperature above 0")
+
+
+def language_slots(langs, languages, prompts: int) -> dict:
+    """generate_counting's language of each prompt, checked: {code: slot in `languages`}."""
+    if len(langs) != prompts:
+        raise LnaError(f"generate_counting: {len(langs)} languages for {prompts} prompts")
+    slot = {code: i for i, code in enumerate(languages)}
+    missing = sorted(set(langs) - set(slot))
+    if missing:
+        raise LnaError(f"generate_counting: prompts in {missing} but languages are {list(languages)}")
+    return slot
 
 
 def sample_seeds(seed, prompts: int, n: int) -> list[int]:

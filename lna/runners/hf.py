@@ -21,7 +21,7 @@ from lna import families, identity, models, packing
 from lna.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
-from lna.runners.base import Sample, eos_ids, sample_seeds
+from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
 from lna.runners.row_sampler import RowSampler
 
 MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask
@@ -187,14 +187,7 @@ class HFRunner:
         self.state.clear()
         if masks is None or not len(masks):
             return
-        masks = np.asarray(masks, bool)
-        if masks.ndim != 3 or masks.shape[1:] != (self.layers, self.neurons):
-            raise LnaError(f"masks must be bool [n_masks, {self.layers}, {self.neurons}] for this model, "
-                           f"got shape {masks.shape}; were the neuron sets made for another model?")
-        if values is not None:
-            values = np.asarray(values, np.float32)
-            if values.shape != masks.shape:
-                raise LnaError(f"values must be shaped like masks {masks.shape}, got {values.shape}")
+        masks, values = check_interventions(masks, values, self.layers, self.neurons)
         by_layer = (lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2))).to(self.device))
         self.state.masks = by_layer(masks)
         self.state.values = None if values is None else by_layer(values)
@@ -235,8 +228,7 @@ class HFRunner:
     def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
                           max_new_tokens: int, seed: int | Sequence[int], sums: bool = False):
         """`generate`, counting each response token when it is fed back (lna.runners.base)."""
-        if len(langs) != len(prompts):
-            raise LnaError(f"generate_counting: {len(langs)} languages for {len(prompts)} prompts")
+        language_slots(langs, languages, len(prompts))
         return self._generate(prompts, list(langs), list(languages), n=n, temperature=temperature, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed, sums=sums)
 
@@ -249,9 +241,7 @@ class HFRunner:
         max_new_tokens feeds the last kept token, and its sampled token is dropped."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        if temperature <= 0 and n > 1:
-            raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
-                           "use --samples 1 or a temperature above 0")
+        check_decoding(temperature, n)
         tok, eos = self.tokenizer, self.eos
         if not eos:
             raise LnaError(f"{self.info.name}: its tokenizer and generation config name no EOS token, so a sampled "
@@ -265,10 +255,7 @@ class HFRunner:
         counting = langs is not None
         out = []
         if counting:
-            slot = {lang: k for k, lang in enumerate(languages)}
-            missing = sorted(set(langs) - set(slot))
-            if missing:
-                raise LnaError(f"generate_counting: prompts in {missing} but languages are {languages}")
+            slot = language_slots(langs, languages, len(prompts))
             shape = (self.layers, len(languages), self.neurons)
             counts = torch.zeros(shape, dtype=torch.int64, device=self.device)
             # float64: the kernel's fp32 partial sums add into it exactly, in any order.

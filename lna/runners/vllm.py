@@ -69,7 +69,7 @@ import numpy as np
 
 from lna import identity, models
 from lna.errors import LnaError
-from lna.runners.base import Sample, eos_ids, sample_seeds
+from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
@@ -186,12 +186,7 @@ class VllmRunner:
         vLLM's decode steps feed each request's last sampled token, and the workers give those
         tokens their language from the step's batch layout, as for force-decoding."""
         languages = list(languages)
-        if len(langs) != len(prompts):
-            raise LnaError(f"generate_counting: {len(langs)} languages for {len(prompts)} prompts")
-        slot = {code: i for i, code in enumerate(languages)}
-        missing = sorted(set(langs) - set(slot))
-        if missing:
-            raise LnaError(f"generate_counting: prompts in {missing} but languages are {languages}")
+        slot = language_slots(langs, languages, len(prompts))
         shape = (self.layers, len(languages), self.neurons)
         counts = np.zeros(shape, dtype=np.int64)
         tables = [np.zeros(shape, dtype=np.float64) for _ in range(2)] if sums else []
@@ -222,9 +217,7 @@ class VllmRunner:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if temperature <= 0 and n > 1:
-            raise LnaError(f"greedy decoding (temperature 0) gives one response, not {n}: "
-                           "use --samples 1 or a temperature above 0")
+        check_decoding(temperature, n)
         if not prompts:
             return [], None
         counting = slots is not None
@@ -232,7 +225,7 @@ class VllmRunner:
         self._check_lengths([len(p) for p in prompts], "prompt", extra=max_new_tokens + counting)
         steer = [-1] * len(prompts)
         if masks is not None and len(masks) and mask_ids is not None:
-            masks, values = self._check_interventions(masks, values)
+            masks, values = check_interventions(masks, values, self.layers, self.neurons)
             steer = [int(m) for m in mask_ids]
             if len(steer) != len(prompts) or any(m < -1 or m >= len(masks) for m in steer):
                 raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per prompt ({len(prompts)})")
@@ -292,22 +285,11 @@ class VllmRunner:
                                f"use --force-decode, and report this")
         return result, merged
 
-    def _check_interventions(self, masks, values) -> tuple:
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 3 or masks.shape[1:] != (self.layers, self.neurons):
-            raise LnaError(f"masks must be bool [n_masks, {self.layers}, {self.neurons}] for this model, "
-                           f"got shape {masks.shape}; were the neuron sets made for another model?")
-        if values is not None:
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            if values.shape != masks.shape:
-                raise LnaError(f"values must be shaped like masks {masks.shape}, got {values.shape}")
-        return masks, values
-
     def nll(self, samples: Sequence[Sample], masks: np.ndarray, mask_ids: Sequence[int],
             values: np.ndarray | None = None) -> np.ndarray:
         if masks is None:
             masks = np.zeros((0, self.layers, self.neurons), dtype=bool)
-        masks, values = self._check_interventions(masks, values)
+        masks, values = check_interventions(masks, values, self.layers, self.neurons)
         mask_ids = [int(m) for m in mask_ids]
         if len(mask_ids) != len(samples) or any(m < -1 or m >= len(masks) for m in mask_ids):
             raise LnaError(f"mask_ids must give one id in [-1, {len(masks)}) per sample "
