@@ -97,11 +97,9 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
             k, j = out.index(lang), other.index(lang)
             out.samples[lang] = combine(lang, out.counted(lang), other.counted(lang), (so_far, name),
                                         (int(out.tokens[k]), int(other.tokens[j])))
-            out.counts[:, k] += other.counts[:, j]
-            out.tokens[k] += other.tokens[j]
-            if out.has_sums:  # NaN (unknown) stays unknown
-                out.sums[:, k] += other.sums[:, j]
-                out.active_sums[:, k] += other.active_sums[:, j]
+            # NaN sums (unknown) stay unknown
+            out.add(k, other.counts[:, j], other.tokens[j],
+                    *((other.sums[:, j], other.active_sums[:, j]) if out.has_sums else ()))
         out.complete = out.complete and other.complete
         out.meta["counted_during"] = counted_during(out.meta.get("counted_during", "force-decoding"),
                                                     other.meta.get("counted_during", "force-decoding"))

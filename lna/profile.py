@@ -175,11 +175,7 @@ def _count(runner, store: CountStore, saver: "_Saver", ledger: "_Ledger", todo: 
             k = [store.index(lang) for lang in langs]
             with shielded():
                 _mark_counted_during(store, "force-decoding")  # before the counts: it reads the tokens
-                store.counts[:, k] += counts
-                store.tokens[k] += tokens
-                if sums:
-                    store.sums[:, k] += sums[0]
-                    store.active_sums[:, k] += sums[1]
+                store.add(k, counts, tokens, *sums)
                 ledger.mark(chunk)
                 saver.changed()
             bar.update(int(tokens.sum()))
@@ -280,11 +276,7 @@ class _WhileSampling:
                                "profile into a new --out (or pass --force-decode)")
         _mark_counted_during(store, "sampling")  # before the counts: it reads the tokens
         k = [store.index(lang) for lang in languages]
-        store.counts[:, k] += counts
-        store.tokens[k] += tokens
-        if self.sums:
-            store.sums[:, k] += sums[0]
-            store.active_sums[:, k] += sums[1]
+        store.add(k, counts, tokens, *(sums if self.sums else ()))
         for lang, (new, keys) in by_lang.items():
             store.counted(lang).add(new, keys)
         self.saver.changed()

@@ -107,6 +107,15 @@ class CountStore:
             raise LnaError(f"the store has no language {lang!r}: it has {', '.join(self.languages)}")
         return self.languages.index(lang)
 
+    def add(self, k, counts, tokens, sums=None, active_sums=None) -> None:
+        """Add counts [layer, len(k), neuron] and tokens [len(k)] into the languages at indices k,
+        and the activation sums where given (the store must keep them)."""
+        self.counts[:, k] += counts
+        self.tokens[k] += tokens
+        if sums is not None:
+            self.sums[:, k] += sums
+            self.active_sums[:, k] += active_sums
+
     def counted(self, lang: str) -> Counted:
         """The samples counted for `lang` (a fresh, empty record where there are none yet)."""
         return self.samples.setdefault(lang, Counted())
