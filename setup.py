@@ -1,7 +1,7 @@
 """lna: language-neuron activation profiler for gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)."""
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 version = {}
@@ -17,7 +17,7 @@ setup(
     # The design card keeps kernels/ and configs/ at the top level; they ship as
     # lna.kernels and lna.configs so that no top-level `kernels` package shadows
     # the Hugging Face package of that name (transformers probes it).
-    packages=["lna", "lna.align", "lna.cli", "lna.runners", "lna.kernels", "lna.configs"],
+    packages=find_packages(include=["lna", "lna.*"]) + ["lna.kernels", "lna.configs"],
     package_dir={"lna.kernels": "kernels", "lna.configs": "configs"},
     package_data={"lna.configs": ["*.yaml"]},
     install_requires=[

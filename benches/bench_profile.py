@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from lna import packing  # noqa: E402
-from lna.models import ModelInfo  # noqa: E402
+from lna.runners import packing  # noqa: E402
+from lna.models.loading import ModelInfo  # noqa: E402
 from lna.runners.base import Sample  # noqa: E402
 from lna.runners.hf import HFRunner  # noqa: E402
 

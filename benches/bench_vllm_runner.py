@@ -33,7 +33,7 @@ def save_model(name, path, vocab):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from lna.tiny import byte_tokenizer
+    from lna.models.tiny import byte_tokenizer
 
     config = MistralConfig(**{**bench_profile.CONFIGS[name], "vocab_size": vocab}, max_position_embeddings=4096,
                            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)

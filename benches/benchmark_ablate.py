@@ -4,7 +4,7 @@ The matrix needs one forward per distinct mask plus the baseline ("forward setti
 its ideal cost is n_forward x one plain pass: that ratio is the ceiling to compare with.
 Side by side, interleaved, in the same run:
 - plain: runner.nll over the samples, nothing deactivated (one pass);
-- matrix: lna.ablate.evaluate, every forward setting of both paper settings in one call
+- matrix: lna.interventions.ablate.evaluate, every forward setting of both paper settings in one call
   per chunk (rows of different settings share batches through the masked kernel);
 - one by one: the same matrix as one runner.nll call per forward setting.
 Model and data: the built-in lna:tiny-llama on the demo dataset (its given responses),
@@ -28,8 +28,12 @@ import common  # noqa: E402
 def setup(device: str, limit: int, threads: int | None):
     import torch
 
-    from lna import ablate, config, data, responses
-    from lna.identify import identify
+    from lna.interventions import ablate
+
+    from lna.core import config
+
+    from lna.inputs import data, responses
+    from lna.identification.identify import identify
     from lna.runners import make_runner
 
     if threads:
@@ -46,7 +50,7 @@ def setup(device: str, limit: int, threads: int | None):
 
 
 def measure(runner, samples, p, rounds: int) -> dict:
-    from lna import ablate
+    from lna.interventions import ablate
 
     n = len(samples)
 

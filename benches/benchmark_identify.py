@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
-from lna.identify import identify_store  # noqa: E402
-from lna.importer import import_counts  # noqa: E402
+from lna.identification.identify import identify_store  # noqa: E402
+from lna.storage.import_counts import import_counts  # noqa: E402
 
 DATA = Path(os.environ.get("LNA_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 NPZ = DATA / "reference" / "mistralmathoctopus7b-mgsm-counts.npz"

@@ -10,7 +10,7 @@ Side by side in the same run, on one core:
   manifest (2,500 samples per language, as MGSM with 10 samples per question);
 - the checks alone (CRC-32 of all counts), and save_store (zarr in memory, plain fsync'd
   writes, swap) for the record;
-- model identity (lna.identity): sha256 of a 1 GiB weight file read from the page cache,
+- model identity (lna.models.fingerprint): sha256 of a 1 GiB weight file read from the page cache,
   extrapolated to a 7B model's 14.5 GB (on one core; and in its usual 3 shards hashed in
   parallel on 3 free cores); the cached second call (a stat per file).
 
@@ -29,10 +29,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
-from lna import identity, integrity  # noqa: E402
-from lna.importer import import_counts  # noqa: E402
-from lna.manifest import Counted  # noqa: E402
-from lna.store import CountStore, open_store, save_store  # noqa: E402
+from lna.models import fingerprint  # noqa: E402
+
+from lna.storage import integrity
+from lna.storage.import_counts import import_counts  # noqa: E402
+from lna.storage.manifest import Counted  # noqa: E402
+from lna.storage.store import CountStore, open_store, save_store  # noqa: E402
 
 DATA = Path(os.environ.get("LNA_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 NPZ = DATA / "reference" / "mistralmathoctopus7b-mgsm-counts.npz"
@@ -103,11 +105,11 @@ def test_store_integrity_cost(stores, tmp_path, monkeypatch):
             for _ in range(64):
                 fh.write(os.urandom(16 << 20))
         size = weights.stat().st_size
-        identity._stream_sha256(weights)  # warm the page cache: the disk is not what is measured
-        sha = timed(lambda: identity._stream_sha256(weights), repeat=3)
+        fingerprint._stream_sha256(weights)  # warm the page cache: the disk is not what is measured
+        sha = timed(lambda: fingerprint._stream_sha256(weights), repeat=3)
         monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
-        identity.file_sha256(weights)  # computes and caches
-        cached = timed(lambda: identity.file_sha256(weights))
+        fingerprint.file_sha256(weights)  # computes and caches
+        cached = timed(lambda: fingerprint.file_sha256(weights))
     gbps = size / sha["median_s"] / 1e9
     result = {
         "benchmark": "count store integrity checks and model identity",

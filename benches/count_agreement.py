@@ -59,7 +59,9 @@ def main():
 
     from transformers import AutoModelForCausalLM
 
-    from lna import config, data, responses
+    from lna.core import config
+
+    from lna.inputs import data, responses
     from lna.runners.hf import HFRunner
 
     runner = HFRunner(args.model, device=args.device, dtype="float32", token_budget=args.token_budget)

@@ -5,7 +5,7 @@ side so that the first GPU run decides (nothing here changes what the runners do
   GEMM on the concatenated [2I, H] weight + silu_mul_packed (vLLM's layout), at the token
   budget of a batch (16384 tokens), Mistral-7B's MLP, bf16, counting on.
 - attention for shared-prompt packed rows, on the largest batch of the end-to-end workload
-  (Mistral-7B's heads): building the dense 4D mask (lna.packing.attention_mask), SDPA as
+  (Mistral-7B's heads): building the dense 4D mask (lna.runners.packing.attention_mask), SDPA as
   transformers runs it with that additive mask (K/V repeated for GQA), the same with a bool
   mask, a bool mask with SDPA's own GQA (no repeat), causal SDPA without any mask (flash;
   a lower bound only: it ignores the packing) and flex_attention with a block mask built from
@@ -73,7 +73,7 @@ def gate_up(kernels, timer, device, n_tokens, hidden, n_neurons):
 
 def largest_batch(dry):
     """The widest packed batch the end-to-end workload gives the runner (its real shape)."""
-    from lna import packing
+    from lna.runners import packing
 
     questions, scale, budget, max_row = (1, 0.2, 256, 128) if dry else (12, 1.0, 16384, 2048)
     samples = bench_profile.workload(questions, 10, scale, vocab=512 if dry else 32000)
@@ -100,7 +100,7 @@ def attention_inputs(device, batch, dry):
 def attention(timer, device, batch, dry):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from lna import packing
+    from lna.runners import packing
 
     q, k, v, seg, pos, groups = attention_inputs(device, batch, dry)
     module = SimpleNamespace(num_key_value_groups=groups, is_causal=True, training=False)
@@ -135,7 +135,7 @@ def flex(timer, device, batch, dry):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from lna import packing
+    from lna.runners import packing
 
     q, k, v, seg, pos, groups = attention_inputs(device, batch, dry)
 

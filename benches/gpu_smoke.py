@@ -33,7 +33,7 @@ def run(stage):
 
 
 def _tiny(tmp):
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     return build_tiny(Path(tmp) / "tiny-mistral", "mistral", hidden=64, layers=2, intermediate=96, heads=2,
                       kv_heads=1)
@@ -54,13 +54,14 @@ def _against_naive(model, out, device) -> dict:
     import torch
 
     import bench_profile
-    from lna import data, models, responses
-    from lna.store import open_store
+    from lna.inputs import data, responses
+    from lna.models import loading
+    from lna.storage.store import open_store
 
     store = open_store(out, allow_partial=False)
     _, questions = data.load(str(out.with_suffix(".responses.jsonl")))
     samples = responses.samples(questions)
-    net, _ = models.load(models.resolve(str(model)), device=device, dtype="float32")
+    net, _ = loading.load(loading.resolve(str(model)), device=device, dtype="float32")
     with torch.inference_mode():
         naive, _ = bench_profile.naive_two_pass(net, samples, list(store.languages), 4096, device)
     counts = np.asarray(store.counts).astype(np.int64)
@@ -94,7 +95,7 @@ def profile_cli(device):
 
 
 def sampling_cli(device):
-    from lna import demo
+    from lna.inputs import demo
 
     with tempfile.TemporaryDirectory(prefix="lna-gpu-smoke-") as tmp:
         model, tmp = _tiny(tmp), Path(tmp)

@@ -36,7 +36,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Random-weight Llama and Mistral models (head_dim 32) with a byte tokenizer, on disk."""
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("models")
     return {arch: str(build_tiny(root / arch, arch, hidden=64, layers=3, intermediate=96, heads=2,

@@ -1,8 +1,8 @@
 """Inputs shared by the kernel tests (test_silu_mul*.py, test_gemm_silu_mul.py), and the
-error rules of lna.kernels.tolerance (one home, also used by the GPU check) as assertions."""
+error rules of tolerance (one home, also used by the GPU check) as assertions."""
 import torch
 
-from lna.kernels.tolerance import check_output, check_sums
+from tolerance import check_output, check_sums
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATIONS = ("silu", "gelu_tanh")
@@ -62,12 +62,12 @@ def make_sum_table(n_langs, n_neurons, gen, dtype=torch.float64):
 
 
 def assert_dtype_rule(out, gate, up, masks, mask_ids, activation="silu", values=None):
-    """The output rule (lna.kernels.tolerance.check_output)."""
+    """The output rule (tolerance.check_output)."""
     report = check_output(out, gate, up, masks, mask_ids, activation, values)
     assert report["ok"], report["why"]
 
 
 def assert_sums_rule(table, initial, gate, lang_ids, activation="silu", *, active=False, partials=1):
-    """The sums rule (lna.kernels.tolerance.check_sums)."""
+    """The sums rule (tolerance.check_sums)."""
     report = check_sums(table, initial, gate, lang_ids, activation, active=active, partials=partials)
     assert report["ok"], report["why"]

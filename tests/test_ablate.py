@@ -9,10 +9,12 @@ import torch
 
 import naive
 from conftest import random_samples
-from lna import ablate, neurons, responses
+from lna.interventions import ablate
+from lna.identification import neurons
+from lna.inputs import responses
 from lna.cli import run
 from lna.cli.ablate import ablate as ablate_command
-from lna.neurons import NeuronSets
+from lna.identification.neurons import NeuronSets
 from lna.runners.hf import HFRunner
 
 LANGS = ["en", "zh", "ja"]
@@ -169,7 +171,8 @@ def write_jsonl(path, records):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, model, runner):
     """A responses file with token ids (as lna-profile writes it) and a neuron-set file."""
-    from lna import config, data
+    from lna.core import config
+    from lna.inputs import data
 
     root = tmp_path_factory.mktemp("ablate")
     dataset = write_jsonl(root / "d.jsonl", DATA)
@@ -203,7 +206,7 @@ def test_command_writes_matrices_csv_and_heatmaps(files, model, runner, tmp_path
             assert np.array_equal(np.array([[float(x) for x in ln.split(",")[1:]] for ln in lines[1:]]), values)
         assert (out / f"change-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the numbers are those of the in-memory function on the same samples
-    from lna import data
+    from lna.inputs import data
 
     samples = responses.samples(data.load(files["responses"])[1])
     direct = ablate.ablate(runner, samples, settings_of(neurons.load(files["neurons"])))
@@ -320,8 +323,8 @@ def test_no_responses_anywhere_is_one_line(files, model, tmp_path, capsys):
 
 def test_released_sets_on_a_model_of_another_shape(shared_data, files, model, tmp_path, capsys):
     """The study's sets (identified from the released 7B counts) against the tiny model."""
-    from lna.identify import identify_store
-    from lna.importer import import_counts
+    from lna.identification.identify import identify_store
+    from lna.storage.import_counts import import_counts
 
     npz = shared_data / "reference" / "mistralmathoctopus7b-mgsm-counts.npz"
     neurons.save(identify_store(import_counts([npz])), tmp_path / "released.json")

@@ -5,14 +5,14 @@ import json
 import pytest
 
 from align_tiny import build_tiny_nllb
-from lna import jsonl
+from lna.core import jsonl
 from lna.align.pipeline import Options, run as run_align
 from lna.cli import run
 from lna.cli.align import align
 from lna.cli.compare import compare
 from lna.cli.profile import profile
-from lna.demo import records as demo_records
-from lna.errors import LnaError
+from lna.inputs.demo import records as demo_records
+from lna.core.errors import LnaError
 
 
 def dataset(path, n=4):

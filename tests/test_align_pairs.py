@@ -2,10 +2,10 @@
 the rules of NJUNLP/MAPO Preprocess/extract_dpo_data.py."""
 import pytest
 
-from lna import jsonl
+from lna.core import jsonl
 from lna.align import pairs
 from lna.align.texts import has_repeated_line, references, source_text
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 
 def resp(text, clean, released=None):

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from align_tiny import build_tiny_nllb
-from lna import jsonl
+from lna.core import jsonl
 from lna.align import score
-from lna.config import load as load_config
-from lna.data import Question
-from lna.errors import LnaError
+from lna.core.config import load as load_config
+from lna.inputs.data import Question
+from lna.core.errors import LnaError
 
 TEMPLATE = load_config("models")["templates"]["mathoctopus"]
 ZH = ["小明有 5 个苹果 <<2+3=5>>。答案是 5。#### 5", "他有 7 个。", "  5 个苹果，再加 2 个是 7 个。\n答案：7  "]

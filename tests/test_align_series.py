@@ -4,10 +4,10 @@ import csv
 
 from test_compare import ALIGNED as UNSORTED, BASE, brute, make
 
-from lna.analysis import series_table, write_comparison
+from lna.identification.analysis import series_table, write_comparison
 from lna.cli import run
 from lna.cli.compare import compare
-from lna.neurons import save
+from lna.identification.neurons import save
 
 ALIGNED = make({x: [sorted(v) for v in UNSORTED.sets[x]] for x in UNSORTED.languages},
                [sorted(g) for g in UNSORTED.general])  # as lna-identify writes them

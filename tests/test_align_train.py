@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 pytest.importorskip("trl", reason="the train stage needs the align extra: pip install 'lna[align]'")
 
-from lna import jsonl  # noqa: E402
+from lna.core import jsonl  # noqa: E402
 from lna.align import merge  # noqa: E402
 from lna.align.train import TrainSettings, checkpoints, train  # noqa: E402
-from lna.errors import LnaError  # noqa: E402
+from lna.core.errors import LnaError  # noqa: E402
 
 PAIRS = [
     {"split": "train", "lang": "zh", "prompt": "Q: 2+3?\n", "chosen": " 2 + 3 = 5. The answer is 5.",
@@ -87,7 +87,7 @@ def test_merged_checkpoint_profiles_with_its_own_identity(trained, tiny_models, 
     from lna.cli import run
     from lna.cli.profile import profile
     from lna.runners.hf import HFRunner
-    from lna.store import open_store
+    from lna.storage.store import open_store
 
     out, _ = trained
     step = str(out / "checkpoints" / "step-4")

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from lna.analysis import layer_types, shared_by_n, summary, type_sets
-from lna.identify import identify_store
-from lna.importer import import_counts
-from lna.neurons import NeuronSets
+from lna.identification.analysis import layer_types, shared_by_n, summary, type_sets
+from lna.identification.identify import identify_store
+from lna.storage.import_counts import import_counts
+from lna.identification.neurons import NeuronSets
 
 
 def sets_of(per_lang, general, langs=("en", "zh", "ja"), neurons=10):

@@ -4,13 +4,13 @@ import csv
 import numpy as np
 import pytest
 
-from lna.analysis import write_comparison
+from lna.identification.analysis import write_comparison
 from lna.cli import run
 from lna.cli.compare import compare
-from lna.errors import LnaError
-from lna.identify import identify
-from lna.neurons import NeuronSets
-from lna.store import CountStore, save_store
+from lna.core.errors import LnaError
+from lna.identification.identify import identify
+from lna.identification.neurons import NeuronSets
+from lna.storage.store import CountStore, save_store
 
 LANGS = ["en", "zh", "ja"]
 
@@ -147,7 +147,7 @@ def test_cli(tmp_path, capsys):
 
 
 def a_probs(path):
-    from lna.store import open_store
+    from lna.storage.store import open_store
 
     return open_store(path).probabilities()
 

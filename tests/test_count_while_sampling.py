@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import naive
-from lna import data as data_module, responses
+from lna.inputs import data as data_module, responses
 from lna.cli import run
 from lna.cli.merge import merge as merge_cli
 from lna.cli.profile import profile
 from lna.runners.base import Sample
 from lna.runners.decode_count import Tracker
-from lna.store import open_store
+from lna.storage.store import open_store
 
 LANGS = ["en", "zh", "ja"]
 # Of each cell's sum of |act|, as tests/test_steer_sums.py argues, but 10x its 1e-6: decoding
@@ -36,7 +36,7 @@ def ends_often(path):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     return ends_often(build_tiny(tmp_path_factory.mktemp("m") / "llama", "llama", hidden=64, layers=3,
                                  intermediate=96, heads=2, kv_heads=1, seed=5))
@@ -186,7 +186,7 @@ def test_interrupted_count_while_sampling_resumes_without_double_counting(model,
     """Ctrl-C after two sampled batches (checkpointed), and a kill that lost the store's last
     checkpoint while the responses file kept its batches: the reruns sample the rest (the same
     responses), count each sample once, and end where an uninterrupted run ends."""
-    from lna import profile as profile_module
+    from lna.profiling import profile as profile_module
     from lna.runners.hf import HFRunner
 
     data = questions(tmp_path / "q.jsonl")

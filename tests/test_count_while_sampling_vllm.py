@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import naive
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 from test_count_while_sampling import EOS, LANGS, SUMS_TOLERANCE, as_samples, ends_often, prompts_and_langs
 from test_vllm_runner import _runner, _vllm_env
 
@@ -20,7 +20,7 @@ def model(tmp_path_factory):
     repetition penalty and top-k, as released checkpoints often do."""
     from transformers import GenerationConfig
 
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     path = ends_often(build_tiny(tmp_path_factory.mktemp("m") / "llama", "llama", hidden=64, layers=3,
                                  intermediate=96, heads=2, kv_heads=1, seed=5))
@@ -127,13 +127,13 @@ def test_profile_counts_while_sampling_in_both_backends_alike(engine, model, tmp
     test_vllm_runner starts one through the CLI)."""
     import json
 
-    import lna.profile
+    import lna.profiling.profile
     from lna.cli import run
     from lna.cli.profile import profile
     from lna.runners import make_runner
-    from lna.store import open_store
+    from lna.storage.store import open_store
 
-    monkeypatch.setattr(lna.profile, "make_runner", lambda *a, backend, **k: (
+    monkeypatch.setattr(lna.profiling.profile, "make_runner", lambda *a, backend, **k: (
         (engine, "vllm", "float32") if backend == "vllm" else make_runner(*a, backend=backend, **k)))
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"lang": lang, "query": f"{i} + {i} = ?"}) + "\n"

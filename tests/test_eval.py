@@ -197,7 +197,7 @@ def test_a_failed_write_leaves_the_previous_outputs(profiled, tmp_path, monkeypa
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lna.plots.accuracy_bars", full_disk)
+    monkeypatch.setattr("lna.reports.plots.accuracy_bars", full_disk)
     assert eval_cli("--responses", str(profiled), "--extraction", "mapo", "-o", str(out)) == 1
     err = capsys.readouterr().err
     assert err.startswith("lna-eval: error:") and "No space left on device" in err and err.count("\n") == 1

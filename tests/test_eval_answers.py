@@ -1,12 +1,12 @@
-"""Answer extraction (lna.answers) against hand-written tables, numbers formatted by Python's
+"""Answer extraction (lna.evaluation.answers) against hand-written tables, numbers formatted by Python's
 own locale-style formatting, and the study's data."""
 import random
 import re
 
 import pytest
 
-from lna import data
-from lna.answers import extract_answer, is_correct, numbers, parse_gold
+from lna.inputs import data
+from lna.evaluation.answers import extract_answer, is_correct, numbers, parse_gold
 
 # (response, language, reference answer, lna reads, the released evaluation reads). Every
 # expected value was worked out by hand from the rules in lna/answers.py's docstring (lna)

@@ -35,7 +35,7 @@ def sampling_defaults_model(tmp_path_factory):
     as released checkpoints often do: greedy decoding must not pick them up."""
     from transformers import GenerationConfig
 
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     path = build_tiny(tmp_path_factory.mktemp("m") / "llama", "llama", hidden=64, layers=2, intermediate=96, heads=2,
                       kv_heads=1, seed=3)
@@ -73,8 +73,8 @@ def test_end_to_end_tiny_model_on_demo(tmp_path, monkeypatch):
     assert header == "model,bn,th,sw,ja,zh,ru,de,es,fr,en,Avg."
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # the scored text is the decoded sampled tokens, which are the greedy continuation
-    from lna.models import resolve
-    from lna.tiny import byte_tokenizer
+    from lna.models.loading import resolve
+    from lna.models.tiny import byte_tokenizer
 
     tok = byte_tokenizer()
     recs = [json.loads(line) for line in (out / "responses.jsonl").read_text(encoding="utf-8").splitlines()]

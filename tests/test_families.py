@@ -15,10 +15,10 @@ import torch
 
 import naive
 from conftest import REPO, random_samples
-from lna import families, models
-from lna.errors import LnaError
+from lna.models import families, loading
+from lna.core.errors import LnaError
 from lna.runners.hf import HFRunner
-from lna.tiny import ARCHS, build_tiny
+from lna.models.tiny import ARCHS, build_tiny
 
 LANGS = ["en", "zh", "ja", "sw"]
 # tiny arch -> the family (model_type) it proves; every family has at least one
@@ -117,27 +117,27 @@ def test_mixture_of_experts_is_refused_in_one_line(tmp_path):
     path = _config(tmp_path, model_type="mixtral", architectures=["MixtralForCausalLM"], hidden_act="silu",
                    num_hidden_layers=2, intermediate_size=96, num_local_experts=8)
     with pytest.raises(LnaError, match="mixture-of-experts.*Supported: dense gated-MLP decoders: Llama") as e:
-        models.resolve(path)
+        loading.resolve(path)
     assert "\n" not in str(e.value)
     qwen_moe = _config(tmp_path, model_type="qwen2_moe", num_hidden_layers=2, intermediate_size=96, num_experts=4)
     with pytest.raises(LnaError, match="mixture-of-experts"):
-        models.resolve(qwen_moe)
+        loading.resolve(qwen_moe)
 
 
 def test_unsupported_architecture_names_what_is_supported(tmp_path):
     path = _config(tmp_path, model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=2)
     with pytest.raises(LnaError, match=r"GPT2LMHeadModel \(model_type 'gpt2'\) is not supported; lna supports "
                                        r"dense gated-MLP decoders: Llama, Mistral, .*Gemma"):
-        models.resolve(path)
+        loading.resolve(path)
 
 
 def test_an_activation_the_kernel_does_not_compute_is_refused(tmp_path):
     path = _config(tmp_path, model_type="llama", hidden_act="gelu", num_hidden_layers=2, intermediate_size=96)
     with pytest.raises(LnaError, match="activation 'gelu' is not supported"):
-        models.resolve(path)
+        loading.resolve(path)
     # Gemma's legacy "gelu" is transformers' tanh approximation: accepted as Gemma
     gemma = _config(tmp_path, model_type="gemma", hidden_act="gelu", num_hidden_layers=2, intermediate_size=96)
-    assert models.resolve(gemma).family.activation == "gelu_tanh"
+    assert loading.resolve(gemma).family.activation == "gelu_tanh"
 
 
 def test_an_mlp_that_computes_something_else_is_refused_at_load(built, monkeypatch):

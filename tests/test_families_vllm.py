@@ -15,8 +15,8 @@ import torch
 
 import naive
 from conftest import random_samples
-from lna import families
-from lna.tiny import build_tiny
+from lna.models import families
+from lna.models.tiny import build_tiny
 from test_families import TESTED, arch_param
 
 LANGS = ["en", "zh", "ja", "sw"]

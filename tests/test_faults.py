@@ -61,8 +61,8 @@ import pytest
 
 import legacy
 from lna import cli
-from lna import store as store_module
-from lna.store import open_store
+from lna.storage import store as store_module
+from lna.storage.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -444,7 +444,7 @@ def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, m
     cut back off, so the file holds whole lines only and the rerun continues from them (the
     checkpoint of the counts taken while sampling fails too, leaving nothing: the rerun
     force-decodes the kept batches)."""
-    from lna import responses
+    from lna.inputs import responses
 
     monkeypatch.setattr(responses, "BATCH_QUESTIONS", 1)
     data = write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "query": f"What is {i}+1?"} for i in range(3)])
@@ -466,7 +466,7 @@ def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, m
 def test_steer_outputs_fail_mid_run_and_the_rerun_completes(made, model, tmp_path, disk_fills, lna, monkeypatch):
     """lna-steer appends each batch of answers to outputs.jsonl: the append that hits the full
     disk is cut back off (whole lines stay), and the rerun continues from them."""
-    from lna import steering
+    from lna.interventions import steering
 
     monkeypatch.setattr(steering, "BATCH", 2)
     args = ["steer", "-q", "--model", model, "--neurons", made["neurons"], "--store", made["store"], "--from", "en",
@@ -704,8 +704,8 @@ def test_profile_progress_and_checkpoints_move_every_batch(made, model, tmp_path
     """The bar moves after every forward batch by that batch's tokens; with
     --checkpoint-every 0 the store is saved after every batch, each save holding whole
     batches only (what a kill at that moment would keep)."""
-    from lna import profile as driver
-    from lna import progress
+    from lna.profiling import profile as driver
+    from lna.core import progress
     from lna.runners.hf import HFRunner
 
     forwards, updates, saves = [], [], []

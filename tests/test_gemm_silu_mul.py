@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from kernel_cases import make_values
 
 from lna.kernels.gemm_silu_mul import gemm_silu_mul, gemm_silu_mul_native
-from lna.kernels.tolerance import FP32_UNIT, act64  # both the kernel and torch's CPU matmul accumulate in fp32
+from tolerance import FP32_UNIT, act64  # both the kernel and torch's CPU matmul accumulate in fp32
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHAPES = [(1, 16, 13), (37, 48, 64), (100, 100, 150)]  # (tokens, hidden, neurons)

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from lna.errors import LnaError
-from lna.identify import (activation_threshold, auto_lambda, expected_max, identify, identify_store,
+from lna.core.errors import LnaError
+from lna.identification.identify import (activation_threshold, auto_lambda, expected_max, identify, identify_store,
                           normalised_entropy, Ternary)
-from lna.importer import import_counts
+from lna.storage.import_counts import import_counts
 
 REF = "reference/mistralmathoctopus7b-mgsm-counts.npz"
 MASK = "reference/mistralmathoctopus7b-mgsm-mask-0.01-0.109375.json"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import legacy
-from lna import identity, models
+from lna.models import fingerprint, loading
 from lna.cli import run
 from lna.cli.ablate import ablate
 from lna.cli.merge import merge
 from lna.cli.profile import profile
-from lna.neurons import NeuronSets, save
-from lna.store import open_store
+from lna.identification.neurons import NeuronSets, save
+from lna.storage.store import open_store
 
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
 
@@ -37,19 +37,19 @@ def changed(tiny_models, tmp_path_factory):
 
 
 def info(path):
-    return models.resolve(str(path))
+    return loading.resolve(str(path))
 
 
 def test_one_changed_attention_weight_changes_the_identity(tiny_models, changed):
-    a, b = identity.of(info(tiny_models["llama"])), identity.of(info(changed))
-    assert a.startswith(identity.PREFIX) and b.startswith(identity.PREFIX) and a != b
+    a, b = fingerprint.of(info(tiny_models["llama"])), fingerprint.of(info(changed))
+    assert a.startswith(fingerprint.PREFIX) and b.startswith(fingerprint.PREFIX) and a != b
     # lna 0.1's fingerprint could not tell them apart (the point of the new one)
-    assert identity.legacy(info(tiny_models["llama"])) == identity.legacy(info(changed))
+    assert fingerprint.legacy(info(tiny_models["llama"])) == fingerprint.legacy(info(changed))
 
 
 def test_legacy_fingerprint_is_the_one_lna_0_1_recorded(tiny_models):
     for path in tiny_models.values():
-        assert identity.legacy(info(path)) == legacy.fingerprint(path)
+        assert fingerprint.legacy(info(path)) == legacy.fingerprint(path)
 
 
 def test_identity_is_the_files_sha256(tiny_models):
@@ -60,7 +60,7 @@ def test_identity_is_the_files_sha256(tiny_models):
         cfg.pop(key, None)
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
     h.update(f"model.safetensors\0{hashlib.sha256((path / 'model.safetensors').read_bytes()).hexdigest()}\n".encode())
-    assert identity.of(info(path)) == identity.PREFIX + h.hexdigest()[:32]
+    assert fingerprint.of(info(path)) == fingerprint.PREFIX + h.hexdigest()[:32]
 
 
 def test_same_identity_for_every_dtype(tiny_models):
@@ -68,7 +68,7 @@ def test_same_identity_for_every_dtype(tiny_models):
 
     fp32 = HFRunner(tiny_models["llama"], dtype="float32")
     bf16 = HFRunner(tiny_models["llama"], dtype="bfloat16")
-    assert fp32.fingerprint == bf16.fingerprint == identity.of(info(tiny_models["llama"]))
+    assert fp32.fingerprint == bf16.fingerprint == fingerprint.of(info(tiny_models["llama"]))
     assert fp32.legacy_fingerprint == bf16.legacy_fingerprint == legacy.fingerprint(tiny_models["llama"])
     wrapped = HFRunner.wrap(fp32.model, fp32.tokenizer, fp32.info)
     assert wrapped.fingerprint == "unsaved" and wrapped.legacy_fingerprint is None
@@ -84,31 +84,31 @@ def test_hub_cache_blob_names_are_used_without_reading(tiny_models, tmp_path, mo
         sha = hashlib.sha256(f.read_bytes()).hexdigest()
         shutil.copy(f, repo / "blobs" / sha)
         (snap / f.name).symlink_to(os.path.relpath(repo / "blobs" / sha, snap))
-    plain = identity.of(info(src))
+    plain = fingerprint.of(info(src))
 
     def no_reading(file):
         raise AssertionError(f"read {file}: the blob's name is its sha256")
 
-    monkeypatch.setattr(identity, "_stream_sha256", no_reading)
-    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 0)
-    assert identity.of(info(snap)) == plain  # a hub snapshot and a plain copy agree
+    monkeypatch.setattr(fingerprint, "_stream_sha256", no_reading)
+    monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)
+    assert fingerprint.of(info(snap)) == plain  # a hub snapshot and a plain copy agree
 
 
 def test_local_weights_are_hashed_once(tiny_models, tmp_path, monkeypatch):
     path = tmp_path / "m"
     shutil.copytree(tiny_models["llama"], path)
     monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 0)
-    real, calls = identity._stream_sha256, []
-    monkeypatch.setattr(identity, "_stream_sha256", lambda f: calls.append(f) or real(f))
-    first = identity.of(info(path))
+    monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)
+    real, calls = fingerprint._stream_sha256, []
+    monkeypatch.setattr(fingerprint, "_stream_sha256", lambda f: calls.append(f) or real(f))
+    first = fingerprint.of(info(path))
     assert [f.name for f in calls] == ["model.safetensors"]
-    assert identity.of(info(path)) == first and len(calls) == 1  # from the cache
+    assert fingerprint.of(info(path)) == first and len(calls) == 1  # from the cache
     entry = json.loads(next((tmp_path / "cache" / "identity").iterdir()).read_text())
     assert entry["sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
     st = (path / "model.safetensors").stat()
     os.utime(path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # rewritten in place
-    assert identity.of(info(path)) == first and len(calls) == 2
+    assert fingerprint.of(info(path)) == first and len(calls) == 2
 
 
 def test_weight_files_follow_the_index(tmp_path):
@@ -116,11 +116,11 @@ def test_weight_files_follow_the_index(tmp_path):
         {"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors"}}))
     for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "consolidated.safetensors"):
         (tmp_path / name).write_bytes(b"x")
-    assert [f.name for f in identity.weight_files(tmp_path)] == ["model-00001-of-00002.safetensors",
+    assert [f.name for f in fingerprint.weight_files(tmp_path)] == ["model-00001-of-00002.safetensors",
                                                                  "model-00002-of-00002.safetensors"]
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(Exception, match="model-00002-of-00002.safetensors listed in .* is missing"):
-        identity.weight_files(tmp_path)
+        fingerprint.weight_files(tmp_path)
 
 
 # -- merge and ablate refuse to mix them ----------------------------------------------------------
@@ -168,7 +168,7 @@ def ablate_cli(capsys, model, neurons, out, *extra):
 def test_ablate_refuses_sets_of_a_fine_tune(tiny_models, changed, stores, tmp_path, capsys):
     # sets identified on the fine-tune, ablated on the base model of the same name
     src = open_store(stores["changed"]).meta
-    source = {"model": tiny_models["llama"], **{k: src.get(k) for k in identity.KEYS}}
+    source = {"model": tiny_models["llama"], **{k: src.get(k) for k in fingerprint.KEYS}}
     neurons = save(sets_of(source), tmp_path / "n.json")
     err = one_line(*ablate_cli(capsys, tiny_models["llama"], neurons, tmp_path / "out"))
     assert "different models" in err and "whose weights differ" in err and "--allow-other-model" in err

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from lna.errors import LnaError
-from lna.importer import import_counts
-from lna.merge import merge
+from lna.core.errors import LnaError
+from lna.storage.import_counts import import_counts
+from lna.storage.merge import merge
 
 NPZ = "reference/mistralmathoctopus7b-mgsm-counts.npz"
 

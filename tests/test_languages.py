@@ -4,10 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from lna import data, languages
+from lna.inputs import data
+
+from lna.core import languages
 from lna.cli import run
 from lna.cli.profile import profile
-from lna.store import open_store
+from lna.storage.store import open_store
 
 # The order of the study's released artefacts, read from them where they are at hand.
 RELEASE_ORDER = ["en", "ru", "es", "fr", "de", "zh", "ja", "bn", "th", "sw"]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import legacy
-from lna import data, demo, responses
+from lna.inputs import data, demo, responses
 from lna.cli import run
 from lna.cli.merge import merge
 from lna.cli.profile import profile
-from lna.manifest import sample_ids
-from lna.store import open_store
+from lna.storage.manifest import sample_ids
+from lna.storage.store import open_store
 
 LANGS = ("en", "zh", "th")
 

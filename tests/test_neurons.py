@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lna import neurons
-from lna.errors import LnaError
-from lna.identify import identify
+from lna.identification import neurons
+from lna.core.errors import LnaError
+from lna.identification.identify import identify
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import naive
 from lna.cli import run
 from lna.cli.profile import profile
-from lna.store import open_store
+from lna.storage.store import open_store
 
 
 def write_jsonl(path, records):
@@ -38,7 +38,7 @@ def test_store_equals_naive_reference(tiny_models, dataset, tmp_path):
     store = open_store(out, allow_partial=False)
     assert store.languages == ["en", "zh", "ja"]
     # the responses file beside the store holds the exact tokens; rebuild samples from it
-    from lna import data, responses
+    from lna.inputs import data, responses
 
     _, qs = data.load(str(tmp_path / "s.responses.jsonl"))
     samples = responses.samples(qs)
@@ -129,7 +129,7 @@ def test_bad_input_is_one_line(tiny_models, dataset, tmp_path, capsys, args, exp
 
 
 def test_refuses_non_silu_model(tmp_path, dataset, capsys):
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     path = build_tiny(tmp_path / "gelu", "llama")
     cfg = json.loads((path / "config.json").read_text())

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from lna import demo, launch, responses
+from lna.inputs import demo, responses
+
+from lna.profiling import launch
 from lna.cli import run
 from lna.cli.launch import launch as launch_cmd
 from lna.cli.profile import profile
-from lna.store import open_store
+from lna.storage.store import open_store
 
 ray = pytest.importorskip("ray", reason="the Ray test needs the extra: pip install 'lna[ray]'")
 
@@ -65,7 +67,7 @@ def test_launch_equals_one_process_with_a_shard_killed_and_retried(cluster, tiny
 
 
 def test_launch_api_reports_retries_and_rerun_redoes_nothing(cluster, tiny_models, tmp_path, monkeypatch):
-    from lna.profile import Options
+    from lna.profiling.profile import Options
 
     recs = [r for r in demo.records() if r["lang"] in LANGS and r["id"] < 3]
     ds = write_jsonl(tmp_path / "d.jsonl", recs)

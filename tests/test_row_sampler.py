@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import naive
-from lna import demo, responses
+from lna.inputs import demo, responses
 from lna.cli import run
 from lna.cli.merge import merge
 from lna.cli.profile import profile
 from lna.runners.base import question_seed
 from lna.runners.hf import HFRunner
 from lna.runners.row_sampler import RowSampler
-from lna.store import open_store
+from lna.storage.store import open_store
 
 
 def nucleus_reference(logits, u, temperature, top_p):
@@ -117,7 +117,7 @@ def test_sharded_sampling_draws_the_unsharded_responses(tiny_models, tmp_path, m
 
 
 def _samples(path):
-    from lna import data
+    from lna.inputs import data
 
     return responses.samples(data.load(str(path))[1])
 

@@ -1,10 +1,10 @@
-"""An output folder of lna-eval / lna-steer resumes only the run that made it (lna.runs.claim)."""
+"""An output folder of lna-eval / lna-steer resumes only the run that made it (lna.core.runs.claim)."""
 import json
 
 import pytest
 
-from lna.errors import LnaError
-from lna.runs import RUN, claim
+from lna.core.errors import LnaError
+from lna.core.runs import RUN, claim
 
 ID = {"model": "m", "dataset": "demo", "strengths": [1, 2]}
 

@@ -8,12 +8,16 @@ import random
 import numpy as np
 import pytest
 
-from lna import config, data, demo, responses, shards
+from lna.core import config
+
+from lna.inputs import data, demo, responses
+
+from lna.profiling import shards
 from lna.cli import run
 from lna.cli.merge import merge
 from lna.cli.profile import profile
-from lna.manifest import sample_ids
-from lna.store import open_store
+from lna.storage.manifest import sample_ids
+from lna.storage.store import open_store
 
 LANGS = ("en", "zh", "th")
 
@@ -43,9 +47,9 @@ def profile_cli(model, dataset, out, *args):
 
 
 def tokenizer_of(model):
-    from lna import models
+    from lna.models import loading
 
-    return models.load_tokenizer(models.resolve(model))
+    return loading.load_tokenizer(loading.resolve(model))
 
 
 def parse(recs, name):

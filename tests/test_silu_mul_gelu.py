@@ -8,7 +8,7 @@ Rules, per element (act64 = the true activation of the dtype's input, kernel_cas
   (they differ only where the true value lies next to a rounding midpoint, or where torch's
   1 + tanh(y) cancels for negative x and the kernel's x sigmoid(2y) does not);
 - fp32: the error is at most twice the larger of torch's error and beta |act64|, the worst
-  case of any correct fp32 evaluation (lna.kernels.tolerance: final rounding, and exp's
+  case of any correct fp32 evaluation (tolerance: final rounding, and exp's
   amplification |z| of the roundings of its argument).
 """
 import pytest
@@ -16,7 +16,7 @@ import torch
 from kernel_cases import ACTIVATIONS, DTYPES
 
 from lna.kernels import activation_native, silu_mul
-from lna.kernels.tolerance import FP32_UNIT, act64, exp_argument
+from tolerance import FP32_UNIT, act64, exp_argument
 from lna.kernels.silu_mul_triton import LaunchConfig, silu_mul_triton
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning",

@@ -9,10 +9,14 @@ import pytest
 import torch
 
 import naive
-from lna import cli, data, intervene, langid, responses
-from lna.errors import LnaError
-from lna.neurons import NeuronSets
-from lna.store import CountStore, open_store
+from lna import cli
+from lna.inputs import data, responses
+from lna.interventions import intervene, langid
+from lna.core.errors import LnaError
+from lna.core import config
+from lna.identification import neurons as neuron_file
+from lna.identification.neurons import NeuronSets
+from lna.storage.store import CountStore, open_store
 
 DATA = [  # verbatim short prompts in three languages, with responses (references)
     {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5."]},
@@ -173,7 +177,7 @@ def result(made):
 
 
 def test_command_outputs_equal_the_runner_and_shares_recompute(made, result):
-    from lna import config
+    from lna.core import config
     from lna.runners.hf import HFRunner
 
     out, res = result
@@ -191,7 +195,7 @@ def test_command_outputs_equal_the_runner_and_shares_recompute(made, result):
     prompts = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
     plain = runner.generate(prompts, n=1, temperature=0, top_p=1, max_new_tokens=8, seed=0)
     assert [kept[f"baseline|{q.key}"] for q in questions] == [g for (g,) in plain]
-    ns, st = __import__("lna.neurons").neurons.load(made["neurons"]), open_store(made["store"])
+    ns, st = neuron_file.load(made["neurons"]), open_store(made["store"])
     iv = intervene.steering(ns, st, "en", "ja", 8.0)
     steered = runner.generate(prompts, n=1, temperature=0, top_p=1, max_new_tokens=8, seed=0,
                               masks=iv.mask[None], values=iv.values[None], mask_ids=[0] * len(prompts))
@@ -212,9 +216,9 @@ def test_command_perplexities_equal_the_runner(made, result):
     out, res = result
     runner = HFRunner(made["model"])
     refs = responses.samples(responses.tokenized(data.load(str(made["data"]), "en,ja")[1], runner.tokenizer,
-                                                 __import__("lna.config").config.template_for(
+                                                 config.template_for(
                                                      made["model"], None, runner.tokenizer)[1]))
-    ns, st = __import__("lna.neurons").neurons.load(made["neurons"]), open_store(made["store"])
+    ns, st = neuron_file.load(made["neurons"]), open_store(made["store"])
     iv = intervene.steering(ns, st, "en", "ja", 1.0, [0, 1])
     for name, mask_ids, values in (("baseline", [-1] * len(refs), None), ("0-1/x1", [0] * len(refs), iv.values[None])):
         nll = runner.nll(refs, iv.mask[None], mask_ids, values)
@@ -230,7 +234,7 @@ def test_command_perplexities_equal_the_runner(made, result):
 
 
 def test_rerun_resumes_and_an_interrupted_run_gives_the_same_table(made, result, monkeypatch):
-    from lna import steering
+    from lna.interventions import steering
     from lna.runners.hf import HFRunner
 
     out, res = result

@@ -7,7 +7,7 @@ import torch
 
 import naive
 from conftest import random_samples
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 from lna.runners.hf import HFRunner
 
 LANGS = ["en", "zh", "ja", "sw"]

@@ -17,10 +17,10 @@ import pytest
 
 import naive
 from conftest import random_samples
-from lna.errors import LnaError
-from lna.manifest import Counted
-from lna.merge import merge
-from lna.store import CountStore, open_store, save_store
+from lna.core.errors import LnaError
+from lna.storage.manifest import Counted
+from lna.storage.merge import merge
+from lna.storage.store import CountStore, open_store, save_store
 
 LANGS = ["en", "zh", "ja", "sw"]
 TOLERANCE = 1e-6
@@ -28,7 +28,7 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    from lna.tiny import build_tiny
+    from lna.models.tiny import build_tiny
 
     return str(build_tiny(tmp_path_factory.mktemp("gemma") / "m", "gemma", hidden=64, layers=2, intermediate=96,
                           heads=2, kv_heads=1, seed=3))
@@ -190,7 +190,8 @@ def test_merge_with_a_store_without_sums_marks_its_languages_unknown(capsys):
 
 
 def test_profile_writes_sums_by_default_and_resume_rules(tiny_models, tmp_path, capsys):
-    from lna import cli, data, responses
+    from lna import cli
+    from lna.inputs import data, responses
     from lna.runners.hf import HFRunner
 
     model = tiny_models["llama"]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import legacy
-from lna.errors import LnaError
-from lna.manifest import Counted
-from lna.merge import check_compatible, merge
-from lna.store import CountStore, is_store, open_store, save_store
+from lna.core.errors import LnaError
+from lna.storage.manifest import Counted
+from lna.storage.merge import check_compatible, merge
+from lna.storage.store import CountStore, is_store, open_store, save_store
 
 STRONG = "weights-sha256:" + "ab" * 16
 

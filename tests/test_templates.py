@@ -5,12 +5,16 @@ import shutil
 
 import pytest
 
-from lna import config, data, models, responses
+from lna.core import config
+
+from lna.inputs import data, responses
+
+from lna.models import loading
 from lna.cli import run
 from lna.cli.profile import profile
-from lna.errors import LnaError
-from lna.store import open_store
-from lna.tiny import build_tiny
+from lna.core.errors import LnaError
+from lna.storage.store import open_store
+from lna.models.tiny import build_tiny
 
 # A chat template that, like Llama 3's and Gemma's, starts with the BOS token itself.
 CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -166,8 +170,8 @@ def hub_cache(tmp_path, bare_model, monkeypatch):
 
 
 def test_revision_resolves_through_the_local_cache_and_is_recorded(hub_cache, queries, tmp_path, capsys):
-    assert models.resolve("org/tiny").revision == "a" * 40
-    assert models.resolve("org/tiny", "v1").revision == "b" * 40
+    assert loading.resolve("org/tiny").revision == "a" * 40
+    assert loading.resolve("org/tiny", "v1").revision == "b" * 40
     out = tmp_path / "s.zarr"
     assert profile_cli("--model", "org/tiny", "--revision", "v1", "--dataset", queries, "--out", str(out)) == 0
     meta = open_store(out).meta
@@ -181,19 +185,20 @@ def test_revision_resolves_through_the_local_cache_and_is_recorded(hub_cache, qu
 def test_missing_or_gated_model_says_how_to_get_it(hub_cache):
     with pytest.raises(LnaError, match=r"org/gated is not in the local Hugging Face cache: download it with "
                                        r"`huggingface-cli download org/gated` \(gated models .* license accepted"):
-        models.resolve("org/gated")
+        loading.resolve("org/gated")
     with pytest.raises(LnaError, match="revisions are for hub models"):
-        models.resolve("lna:tiny-llama", "main")
+        loading.resolve("lna:tiny-llama", "main")
 
 
 def test_titles_show_the_model_name_not_a_path(hub_cache, monkeypatch, tmp_path):
-    from lna import analysis, plots
+    from lna.identification import analysis
+    from lna.reports import plots
 
     snapshot = str(hub_cache / "snapshots" / ("a" * 40))
-    assert models.display_name(snapshot) == "org/tiny"
-    assert models.display_name("org/tiny") == "org/tiny" and models.display_name("lna:tiny-llama") == "lna:tiny-llama"
-    assert models.display_name(str(tmp_path / "tmpx8w2" / "my-model") + "/") == "my-model"
-    assert models.resolve(snapshot).display == "org/tiny"
+    assert loading.display_name(snapshot) == "org/tiny"
+    assert loading.display_name("org/tiny") == "org/tiny" and loading.display_name("lna:tiny-llama") == "lna:tiny-llama"
+    assert loading.display_name(str(tmp_path / "tmpx8w2" / "my-model") + "/") == "my-model"
+    assert loading.resolve(snapshot).display == "org/tiny"
     titles = []
     monkeypatch.setattr(plots, "layer_types", lambda types, path, title="": titles.append(title))
     monkeypatch.setattr(plots, "shared_by_n", lambda series, path, title="": titles.append(title))

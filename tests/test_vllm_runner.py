@@ -16,7 +16,7 @@ import torch
 
 import naive
 from conftest import random_samples
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 from lna.runners.base import Sample
 from lna.runners.vllm_batch import Tracker, at_risk, gather_ranks, problems
 
@@ -387,7 +387,7 @@ def test_profile_cli_backends_agree(tiny_models, tmp_path):
     from lna.cli import run
     from lna.cli.merge import merge
     from lna.cli.profile import profile
-    from lna.store import open_store
+    from lna.storage.store import open_store
 
     _vllm_env()
     data = tmp_path / "d.jsonl"
@@ -407,7 +407,7 @@ def test_profile_cli_backends_agree(tiny_models, tmp_path):
     assert vl.meta["backend"] == "vllm" and hf.meta["backend"] == "hf"
     assert vl.languages == hf.languages and np.array_equal(vl.tokens, hf.tokens)
     assert np.array_equal(vl.counts, hf.counts)
-    # one model identity whichever backend read the weights (lna.identity: from the files)
+    # one model identity whichever backend read the weights (lna.models.fingerprint: from the files)
     assert vl.meta["model_fingerprint"] == hf.meta["model_fingerprint"]
     assert vl.meta["model_fingerprint"].startswith("weights-sha256:")
     assert vl.meta["model_fingerprint_legacy"] == hf.meta["model_fingerprint_legacy"] is not None

@@ -3,7 +3,7 @@
     sample.  n responses per question in each aligned language and the pivot (pipeline.py)
     score.   NLLB alignment score of each non-pivot response against the pivot ones (score.py)
     pairs.   preference pairs and their dev split, as the released extraction (pairs.py)
-    train.   DPO with LoRA through TRL + PEFT, merged checkpoints on the way (train.py, merge.py)
+    train.   DPO with LoRA through TRL + PEFT, merged checkpoints on the way (train.py, lora_merge.py)
 
 Released scripts followed (and where lna differs) are named in each module. TRL, PEFT and
 `datasets` come with the extra `lna[align]` and are imported by the train stage only.

@@ -12,7 +12,7 @@ first appearance, and every `dev_every`-th group (the 1st, 11th, ...) goes to th
 Then at most `max_pairs` train pairs per language are kept (the study's 10,000), a seeded
 random subset in file order.
 
-Correctness is lna.answers.is_correct, as lna-eval judges: the last number, read in the
+Correctness is lna.evaluation.answers.is_correct, as lna-eval judges: the last number, read in the
 response's language, equals the gold answer (`extraction="lna"`); `extraction="mapo"` takes the
 released reading (no minus sign, "no number" read as 0), within lna-eval's released
 tolerance 1e-2 where extract_dpo_data.py used 1e-3 (the two differ only for answers that
@@ -21,8 +21,8 @@ no part (the script would have divided by zero).
 """
 import numpy as np
 
-from lna.answers import is_correct
-from lna.errors import LnaError
+from lna.evaluation.answers import is_correct
+from lna.core.errors import LnaError
 
 from lna.align import texts
 

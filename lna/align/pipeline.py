@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lna.align.train import TrainSettings
 from lna.align import STAGE_FIX
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 STAGES = ("sample", "score", "pairs", "train")
 
@@ -47,7 +47,7 @@ class Options:
     scorer_dtype: str = "float32"
     score: str = "clean"  # which score ranks the pairs: clean | released
     # pairs
-    extraction: str = "lna"  # how correctness is read: lna | mapo (lna.answers, as lna-eval)
+    extraction: str = "lna"  # how correctness is read: lna | mapo (lna.evaluation.answers, as lna-eval)
     max_pairs: int | None = 10000
     dev_every: int = 10
     # training
@@ -58,11 +58,11 @@ class Options:
 
 def run(o: Options) -> list[Path]:
     """Run the stages from the first one needed to `o.stop_after`; returns the merged checkpoints."""
-    from lna import jsonl
+    from lna.core import jsonl
     from lna.align import pairs as pairs_mod, score as score_mod
     from lna.align.train import checkpoints, train
-    from lna.languages import parse_langs
-    from lna.progress import Bar, sayer
+    from lna.core.languages import parse_langs
+    from lna.core.progress import Bar, sayer
 
     if o.stop_after not in STAGES:
         raise LnaError(f"unknown stage {o.stop_after!r}: use one of {', '.join(STAGES)}")
@@ -123,16 +123,16 @@ def _require(recs: list, path, keys: tuple, what: str) -> None:
 
 
 def _load(o: Options, spec: str, langs: list, pivot: str) -> list:
-    from lna import data
-    from lna.config import template_for
+    from lna.inputs import data
+    from lna.core.config import template_for
 
     from transformers import AutoTokenizer
 
-    from lna import models
+    from lna.models import loading
 
     _, questions = data.load(spec, ",".join([*langs, pivot]), limit=o.limit)
     # the tokenizer decides the default template (chat where it has a chat template)
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(o.model).path)
+    tokenizer = AutoTokenizer.from_pretrained(loading.resolve(o.model).path)
     _, template = template_for(o.model, o.template, tokenizer)
     from dataclasses import replace
 
@@ -149,20 +149,22 @@ def _given(o: Options, langs: list, pivot: str) -> list:
 
 
 def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
-    """Stage 1: the dataset's questions with n sampled responses each (lna.responses.prepare),
+    """Stage 1: the dataset's questions with n sampled responses each (lna.inputs.responses.prepare),
     kept in DIR/responses.jsonl; the model loads only if something is left to sample."""
     from transformers import AutoTokenizer
 
-    from lna import models, responses
-    from lna.config import template_for
-    from lna.progress import Bar
+    from lna.models import loading
+
+    from lna.inputs import responses
+    from lna.core.config import template_for
+    from lna.core.progress import Bar
     from lna.runners import make_runner
 
     for key in ("samples", "max_new_tokens"):
         if getattr(o, key) < 1:
             raise LnaError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(o, key)}")
     questions = _load(o, o.dataset, langs, pivot)
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(o.model).path)
+    tokenizer = AutoTokenizer.from_pretrained(loading.resolve(o.model).path)
     _, template = template_for(o.model, o.template, tokenizer)
     path = out / "responses.jsonl"
     need = sum(1 for q in questions if not q.responses)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lna import jsonl
+from lna.core import jsonl
 from lna.align import texts
 from lna.align import STAGE_FIX
-from lna.errors import LnaError
-from lna.languages import get as language
+from lna.core.errors import LnaError
+from lna.core.languages import get as language
 
 SCORER = "facebook/nllb-200-distilled-600M"
 MAX_LENGTH = 512  # PPL_batched.py: truncation=True, max_length=512 for source and labels
@@ -73,7 +73,7 @@ class Translator:
         """Token ids of `items` in the language with NLLB code `code` (code token first, </s> last)."""
         if self.tokenizer.convert_tokens_to_ids(code) in (None, self.tokenizer.unk_token_id):
             raise LnaError(f"translation model {self.name} has no language code {code}; "
-                           "register the language with a code it knows (lna.languages.register)")
+                           "register the language with a code it knows (lna.core.languages.register)")
         self.tokenizer.src_lang = code
         return [list(x) for x in self.tokenizer(items, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
 
@@ -171,7 +171,7 @@ def response_scores(nll: list, tokens: list) -> dict:
 def _resolve(model: str) -> str:
     if Path(model).expanduser().is_dir():
         return str(Path(model).expanduser())
-    from lna.models import _from_hub_cache  # one way to find a model in the local cache (never downloads)
+    from lna.models.loading import _from_hub_cache  # one way to find a model in the local cache (never downloads)
 
     return str(_from_hub_cache(model)[0])
 

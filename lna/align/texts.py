@@ -15,7 +15,7 @@ Questions pair across languages by their id, as the scripts pair them by English
 import re
 from collections import Counter
 
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 _ANNOTATION = re.compile("<<.*?>>")  # the scripts' pattern: one line, shortest match
 

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 NEEDS = "lna-align's train stage needs TRL and PEFT: pip install 'lna[align]'"
 
@@ -89,8 +89,8 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from lna import models
-    from lna.align.merge import DTYPES, save_merged
+    from lna.models import loading
+    from lna.align.lora_merge import DTYPES, save_merged
 
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,7 +109,7 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     random.Random(settings.seed).shuffle(dev_rows)
     dev_rows = dev_rows[:settings.eval_pairs]
 
-    info = models.resolve(model)
+    info = loading.resolve(model)
     digest = hashlib.sha256(json.dumps(train_rows, ensure_ascii=False).encode()).hexdigest()[:16]
     record = {"model": model, "settings": asdict(settings), "save_dtype": save_dtype, "dtype": dtype,
               "pairs": len(train_rows), "pairs_digest": digest}
@@ -161,7 +161,7 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
 
     class Log(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
-            from lna import jsonl
+            from lna.core import jsonl
 
             jsonl.append(out / "train_log.jsonl", [{"step": state.global_step, **(logs or {})}])
 
@@ -196,7 +196,7 @@ def _last_state(folder: Path) -> Path | None:
 
 def _check_same_run(path: Path, record: dict) -> None:
     """A rerun resumes only the same training; other settings need another folder."""
-    from lna.atomic import atomic_file
+    from lna.core.atomic import atomic_file
 
     if path.exists():
         try:

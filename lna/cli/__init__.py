@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from lna.errors import LnaError
-from lna.interrupts import Terminated, terminate_as_interrupt
+from lna.core.errors import LnaError
+from lna.core.interrupts import Terminated, terminate_as_interrupt
 
 HELP = {"help_option_names": ["-h", "--help"]}
 INTERRUPTED = "interrupted; run the same command again to resume"
@@ -83,7 +83,7 @@ def run(command: click.Command, prog: str, argv=None) -> int:
     except OSError as err:  # a read or write the commands did not wrap: still one line
         if err.errno == errno.EPIPE:  # stdout piped into a reader that stopped (`| head`)
             return 1
-        from lna.atomic import write_error
+        from lna.core.atomic import write_error
 
         msg = write_error(err.filename, err, doing=None) if err.filename else (err.strerror or str(err))
         click.echo(f"{prog}: error: {msg}", err=True)

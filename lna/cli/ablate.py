@@ -27,6 +27,6 @@ def ablate(quiet, **kwargs):
     Writes DIR/ppl.json, ppl-SETTING.csv, change-SETTING.csv, change-SETTING.png (Figure 2
     of the paper) and nll.npz (per-sample NLLs; lets a rerun resume).
     """
-    from lna.ablate import Options, run
+    from lna.interventions.ablate import Options, run
 
     run(Options(progress=not quiet, **kwargs))

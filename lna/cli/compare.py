@@ -30,11 +30,11 @@ def compare(sources, out, names, trained_langs, series, method, top_rate, tau_qu
     """
     from pathlib import Path
 
-    from lna.analysis import write_comparison
-    from lna.errors import LnaError
-    from lna.identify import neuron_sets_from
-    from lna.languages import parse_langs
-    from lna.store import is_store
+    from lna.identification.analysis import write_comparison
+    from lna.core.errors import LnaError
+    from lna.identification.identify import neuron_sets_from
+    from lna.core.languages import parse_langs
+    from lna.storage.store import is_store
 
     if len(sources) < 2:
         raise LnaError("give at least two inputs: BASE and one to compare with it")

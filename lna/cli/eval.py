@@ -54,7 +54,7 @@ def eval_(sources, table_mode, names, quiet, **kwargs):
     accuracy.csv and accuracy.md (rows = models; columns bn th sw ja zh ru de es fr en, Avg.;
     percent) and accuracy.png; with --model also DIR/responses.jsonl.
     """
-    from lna.errors import LnaError
+    from lna.core.errors import LnaError
 
     if kwargs["out"] is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
@@ -62,7 +62,7 @@ def eval_(sources, table_mode, names, quiet, **kwargs):
         given = [k for k in ("model", "dataset", "responses") if kwargs[k]]
         if given:
             raise LnaError(f"--table combines finished results; it takes no --{given[0]}")
-        from lna.eval import tabulate
+        from lna.evaluation.eval import tabulate
 
         files, text = tabulate(list(sources), kwargs["out"], names=names.split(",") if names else None)
         click.echo(text, nl=False)
@@ -73,8 +73,8 @@ def eval_(sources, table_mode, names, quiet, **kwargs):
     for key in ("samples", "max_new_tokens", "limit", "token_budget"):
         if kwargs[key] is not None and kwargs[key] < 1:
             raise click.BadParameter(f"must be at least 1, got {kwargs[key]}", param_hint=f"--{key.replace('_', '-')}")
-    from lna.accuracy import markdown, table
-    from lna.eval import Options, run
+    from lna.evaluation.accuracy import markdown, table
+    from lna.evaluation.eval import Options, run
 
     result = run(Options(progress=not quiet, **kwargs))
     click.echo(markdown(*table({result["name"]: result})), nl=False)

@@ -24,8 +24,8 @@ def identify_options(f):
 
 
 def parse_identify_options(method, top_rate, tau_quantile, lam, langs) -> dict:
-    """Click values -> keyword arguments of lna.identify.identify_store."""
-    from lna.errors import LnaError
+    """Click values -> keyword arguments of lna.identification.identify.identify_store."""
+    from lna.core.errors import LnaError
 
     if lam != "auto":
         try:
@@ -50,11 +50,11 @@ def identify(store, out, export_pt, method, top_rate, tau_quantile, lam, langs, 
     """Identify language neurons in a count STORE and write their sets as JSON."""
     from pathlib import Path
 
-    from lna import neurons
-    from lna.analysis import summary
-    from lna.errors import LnaError
-    from lna.identify import identify_store
-    from lna.store import open_store
+    from lna.identification import neurons
+    from lna.identification.analysis import summary
+    from lna.core.errors import LnaError
+    from lna.identification.identify import identify_store
+    from lna.storage.store import open_store
 
     for path in filter(None, (out, export_pt)):
         if Path(path).is_dir():

@@ -1,7 +1,7 @@
 """`lna import-counts SRC... -o STORE`: the study's released counts into a count store."""
 import click
 
-from lna.importer import DEFAULT_MODEL
+from lna.storage.import_counts import DEFAULT_MODEL
 
 
 @click.command("import-counts")
@@ -18,9 +18,9 @@ def import_counts(sources, out, model, dataset, force):
     """
     from pathlib import Path
 
-    from lna.errors import LnaError
-    from lna.importer import import_counts as read
-    from lna.store import save_store
+    from lna.core.errors import LnaError
+    from lna.storage.import_counts import import_counts as read
+    from lna.storage.store import save_store
 
     if Path(out).exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or import elsewhere "

@@ -32,8 +32,8 @@ def launch(quiet, n_shards, address, gpus_per_shard, cpus_per_shard, shard_dir, 
     cluster's GPUs (or CPUs), retried where they fail, merged into --out: exactly the store
     of one lna-profile run. Takes lna-profile's options; rerun to resume.
     Needs `pip install 'lna[ray]'`, with lna, the model and the data on every node."""
-    from lna.launch import run
-    from lna.profile import Options
+    from lna.profiling.launch import run
+    from lna.profiling.profile import Options
 
     run(Options(progress=not quiet, **kwargs), n_shards, address=address, gpus_per_shard=gpus_per_shard,
         cpus_per_shard=cpus_per_shard, folder=shard_dir, retries=retries)

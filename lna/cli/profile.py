@@ -5,7 +5,7 @@ POSITIVE = click.IntRange(min=1)
 
 
 def _device(ctx, param, value):
-    from lna.errors import LnaError
+    from lna.core.errors import LnaError
     from lna.runners import DEVICES, parse_device
 
     try:
@@ -15,8 +15,8 @@ def _device(ctx, param, value):
 
 
 def _shard(ctx, param, value):
-    from lna.errors import LnaError
-    from lna.shards import parse
+    from lna.core.errors import LnaError
+    from lna.profiling.shards import parse
 
     if value is None:
         return None
@@ -88,6 +88,6 @@ def runner_options(f):
 @runner_options
 def profile(quiet, **kwargs):
     """Force-decode responses through counting MLPs and write a count store."""
-    from lna.profile import Options, run
+    from lna.profiling.profile import Options, run
 
     run(Options(progress=not quiet, **kwargs))

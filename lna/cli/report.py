@@ -18,10 +18,10 @@ def report(source, out, method, top_rate, tau_quantile, lam, langs, allow_partia
     """
     from pathlib import Path
 
-    from lna.analysis import summary, write_report
-    from lna.errors import LnaError
-    from lna.identify import neuron_sets_from
-    from lna.store import is_store
+    from lna.identification.analysis import summary, write_report
+    from lna.core.errors import LnaError
+    from lna.identification.identify import neuron_sets_from
+    from lna.storage.store import is_store
 
     path = Path(source)
     if not path.exists():

@@ -57,8 +57,8 @@ def steer(quiet, **kwargs):
     outputs.jsonl (every answer) and nll.npz (lets a rerun resume). Needs the 'steer' extra
     (pip install 'lna[steer]': the language identifier).
     """
-    from lna.steer_report import markdown
-    from lna.steering import Options, run
+    from lna.interventions.steer_report import markdown
+    from lna.interventions.steering import Options, run
 
     result = run(Options(progress=not quiet, **kwargs))
     click.echo(markdown(result), nl=False)

@@ -2,7 +2,7 @@
 import importlib.util
 import re
 
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 DEVICES = "cpu, cuda or cuda:N"
 
@@ -48,14 +48,14 @@ def make_runner(model: str, *, backend: str = "auto", device: str | None = None,
     where it is installed, a GPU is present and vLLM runs the model's family, else
     transformers.
     """
-    from lna import models
+    from lna.models import loading
 
     device = check_device(device)
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if backend not in ("auto", "hf", "vllm"):
         raise LnaError(f"unknown backend {backend!r}: use auto, hf or vllm")
     vllm_installed = importlib.util.find_spec("vllm") is not None
-    family = models.resolve(model, revision).family
+    family = loading.resolve(model, revision).family
     if backend == "vllm" and not family.vllm:
         raise LnaError(f"--backend vllm: vLLM 0.32 does not run {family.name.split(' (')[0]} models; use --backend hf")
     if backend == "vllm" or (backend == "auto" and vllm_installed and device.startswith("cuda") and family.vllm):

@@ -1,9 +1,9 @@
 """What every runner (transformers, vLLM) takes and gives.
 
 A runner force-decodes `Sample`s through a model whose MLPs count gate > 0 (SiLU(gate) > 0,
-or GELU(gate) > 0 for Gemma: the same rule; lna.families) on response tokens only, per
+or GELU(gate) > 0 for Gemma: the same rule; lna.models.families) on response tokens only, per
 language, and returns the counts of that call. The profile
-driver (lna.profile) owns batching into resumable chunks, the store and progress.
+driver (lna.profiling.profile) owns batching into resumable chunks, the store and progress.
 """
 import hashlib
 from dataclasses import dataclass
@@ -11,13 +11,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 
 @dataclass(frozen=True)
 class Sample:
     key: str  # stable id within its source, e.g. "mgsm/en/17/3"
-    lang: str  # language code (lna.languages)
+    lang: str  # language code (lna.core.languages)
     prompt: tuple  # token ids of the prompt, BOS included; never counted
     response: tuple  # token ids of the response; each one is counted once
     group: str = ""  # samples with the same group share the prompt (processed once)

