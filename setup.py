@@ -62,6 +62,8 @@ setup(
             "lna-align=lna.cli:align_main",
             "lna-launch=lna.cli:launch_main",
             "lna-steer=lna.cli:steer_main",
+            "lna-merge=lna.cli:merge_main",
+            "lna-import-counts=lna.cli:import_counts_main",
         ]
     },
 )

@@ -229,14 +229,45 @@ def test_merge_bad_inputs(lna, tmp_path):
     only(tmp_path, "a.zarr", "o.zarr", "text.txt", "release", "rel")
 
 
+def test_merge_and_import_counts_console_scripts(tmp_path, capsys):
+    """lna-import-counts and lna-merge (the setup.py entries) do what `lna import-counts` and
+    `lna merge` do, and fail the same way, in one line under their own name."""
+    from lna import cli
+
+    def script(entry, *args):
+        with pytest.raises(SystemExit) as done:
+            entry([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return done.value.code, out, err
+
+    release = release_folder(tmp_path)
+    assert script(cli.import_counts_main, release, "-o", tmp_path / "s.zarr", "--model", "x/y")[0] == 0
+    assert script(cli.main, "import-counts", release, "-o", tmp_path / "l.zarr", "--model", "x/y")[0] == 0
+    by_script, by_lna = open_store(tmp_path / "s.zarr"), open_store(tmp_path / "l.zarr")
+    np.testing.assert_array_equal(by_script.counts, by_lna.counts)
+    assert by_script.languages == by_lna.languages == ["en", "zh"]
+
+    a = tiny_store(tmp_path, "a.zarr", langs=("en", "zh"), seed=1)
+    b = tiny_store(tmp_path, "b.zarr", langs=("ja",), seed=2)
+    assert script(cli.merge_main, a, b, "-o", tmp_path / "m.zarr")[0] == 0
+    assert script(cli.main, "merge", a, b, "-o", tmp_path / "n.zarr")[0] == 0
+    np.testing.assert_array_equal(open_store(tmp_path / "m.zarr").counts, open_store(tmp_path / "n.zarr").counts)
+    assert open_store(tmp_path / "m.zarr").languages == ["en", "zh", "ja"]
+    line = fails(script(cli.merge_main, tmp_path / "s.zarr", tmp_path / "s.zarr", "-o", tmp_path / "x.zarr"),
+                 "count them twice")
+    assert line.startswith("lna-merge: error: ")
+    assert not (tmp_path / "x.zarr").exists()
+
+
 # -- help ----------------------------------------------------------------------------------------------
 def test_every_script_and_subcommand_takes_h_and_every_option_has_help(capsys):
     """`-h` works on `lna`, on every `lna-*` console script and every `lna NAME`, and every
     option of every command says what it does."""
     from lna import cli
 
-    scripts = re.findall(r'"(lna(?:-[a-z]+)?)=lna\.cli:(\w+)"', (REPO / "setup.py").read_text())
-    assert len(scripts) >= 6
+    scripts = re.findall(r'"(lna(?:-[a-z-]+)?)=lna\.cli:(\w+)"', (REPO / "setup.py").read_text())
+    # one console script per subcommand, named after it, and `lna` itself
+    assert sorted(s for s, _ in scripts) == sorted(["lna"] + [f"lna-{name}" for name in cli._commands()])
     for script, entry in scripts:
         with pytest.raises(SystemExit) as done:
             getattr(cli, entry)(["-h"])
