@@ -129,7 +129,7 @@ def run(args):
         for v in ("one_pass", "sample"):
             ratios[f"vllm_compiled_speedup_{v}"] = seconds[f"vllm_{v}"] / seconds[f"vllm_compiled_{v}"]
     result = {
-        "bench": "count_while_sampling", "device": common.machine(device, threads=1), "versions": common.versions(),
+        "bench": "count_while_sampling", "machine": common.machine(device, threads=1), "versions": common.versions(),
         "model": {"name": args.model, **bench_profile.CONFIGS[args.model], "dtype": dtype},
         "workload": {"questions": args.questions, "samples_per_question": args.samples,
                      "max_new_tokens": args.max_new_tokens, "temperature": 0.7, "top_p": 0.95,
@@ -138,7 +138,7 @@ def run(args):
         "agreement_one_pass_vs_two_pass": agreement,
         "vllm_startup_s": startup,
     }
-    out = common.write(f"count_while_sampling_{device}", result)
+    out = common.write(common.results_name("count_while_sampling", device), result)
     for key in ("seconds", "response_tokens_per_s", "ratios", "agreement_one_pass_vs_two_pass"):
         print(f"{key}: {result[key]}")
     print(f"wrote {out}")

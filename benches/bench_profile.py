@@ -290,9 +290,9 @@ def main():
     ap.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats, best kept (default: 1 cuda, 3 cpu)")
     opts = defaults(**vars(ap.parse_args()))
-    report = {"bench": "profile", "device": common.machine(opts.device), "versions": common.versions()}
+    report = {"bench": "profile", "machine": common.machine(opts.device), "versions": common.versions()}
     measure(opts, report)
-    path = common.write(f"profile_{'cuda' if opts.device.startswith('cuda') else 'cpu'}", report)
+    path = common.write(common.results_name("profile", opts.device), report)
     for key in ("seconds", "counted_tokens_per_s", "ratio_lna_vs_naive_counted_tokens_per_s",
                 "counting_overhead_vs_no_count", "sums_overhead_vs_lna", "counting_with_sums_overhead_vs_no_count", "overhead_vs_plain_hf_forward", "roofline_fraction",
                 "counts_differing_from_naive_fraction"):

@@ -52,9 +52,9 @@ def main(argv=None):
                                  "ms_lna_row_sampler": round(ms_lna, 4), "ratio": round(ms_lna / ms_hf, 3)})
                 print(f"vocab {vocab:>7,} rows {rows:>4}: transformers {ms_hf:8.3f} ms, lna {ms_lna:8.3f} ms, "
                       f"{ms_lna / ms_hf:.2f}x", flush=True)
-    path = common.write(f"row_sampler_{args.device.split(':')[0]}", {
+    path = common.write(common.results_name("row_sampler", args.device), {
         "bench": "one sampling step: lna.runners.row_sampler vs transformers' warpers + multinomial",
-        "device": info, "versions": common.versions(), "temperature": temperature, "top_p": top_p,
+        "machine": info, "versions": common.versions(), "temperature": temperature, "top_p": top_p,
         "reps_median_of": args.reps, "rows": rows_out})
     print(f"wrote {path}")
 

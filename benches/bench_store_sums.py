@@ -3,7 +3,7 @@ languages x 14336 neurons): size on disk, write (lna-profile's checkpoint: the w
 atomically) and open (with every integrity check). Random counts and sums of a profile's
 magnitudes (sums are float64 and compress little).
 
-  python benches/bench_store_sums.py     # writes benches/results/store_sums.json
+  python benches/bench_store_sums.py     # writes benches/results/store_sums_cpu.json
 """
 import statistics
 import sys
@@ -38,7 +38,7 @@ def du(path: Path) -> int:
 
 
 def main(repeats=5):
-    report = {"bench": "store_sums", "device": common.machine("cpu"), "versions": common.versions(),
+    report = {"bench": "store_sums", "machine": common.machine("cpu"), "versions": common.versions(),
               "shape": {"layers": SHAPE[0], "languages": SHAPE[1], "neurons": SHAPE[2]}, "repeats_median_of": repeats}
     with tempfile.TemporaryDirectory() as tmp:
         for sums in (False, True):
@@ -52,7 +52,7 @@ def main(repeats=5):
     c, w = report["counts_only"], report["with_sums"]
     report["ratios_with_sums"] = {k: w[k] / c[k] for k in ("bytes_on_disk", "write_s", "open_s")}
     print(report["ratios_with_sums"])
-    print("wrote", common.write("store_sums", report))
+    print("wrote", common.write(common.results_name("store_sums", "cpu"), report))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def main():
 
     rate = {k: counted / v for k, v in seconds.items()}
     result = {
-        "bench": "vllm_runner", "device": common.machine("cuda" if cuda else "cpu"), "versions": common.versions(),
+        "bench": "vllm_runner", "machine": common.machine("cuda" if cuda else "cpu"), "versions": common.versions(),
         "model": {"name": args.model, **bench_profile.CONFIGS[args.model], "dtype": dtype},
         "workload": {"languages": languages, "questions_per_language": args.questions,
                      "responses": args.responses, "length_scale": args.scale, "samples": len(samples),
@@ -125,7 +125,7 @@ def main():
         "vllm_vs_hf_speedup": seconds["hf_count"] / seconds["vllm_count"] if "hf_count" in seconds else None,
         "agreement": same,
     }
-    out = common.write(f"vllm_runner_{'cuda' if cuda else 'cpu'}", result)
+    out = common.write(common.results_name("vllm_runner", "cuda" if cuda else "cpu"), result)
     for key in ("seconds", "response_tokens_per_s", "counting_overhead_vs_vllm_plain", "prefix_caching_speedup",
                 "vllm_vs_hf_speedup", "agreement"):
         print(f"{key}: {result[key]}")

@@ -108,13 +108,13 @@ def report(device: str, limit: int, rounds: int, threads: int | None) -> dict:
         },
         "response_tokens_per_s": {"plain": round(response / best["plain"]),
                                   "matrix": round(p.n_forward * response / best["matrix"])},
-        "device": common.machine(device, threads),
+        "machine": common.machine(device, threads),
         "versions": common.versions(),
     }
 
 
 def write(result: dict) -> Path:
-    return common.write("ablate_cuda" if result["device"]["device"].startswith("cuda") else "ablate_cpu", result)
+    return common.write(common.results_name("ablate", result["machine"]["device"]), result)
 
 
 def test_ablation_matrix_costs_its_forward_settings():

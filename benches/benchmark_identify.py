@@ -8,7 +8,7 @@ Target (design.md): < 0.5 s. Side by side in the same run:
   timed on a slice and extrapolated to all neurons and all evaluations of the sweep;
 - floor: one pass over the float64 probabilities (reading them once), the memory ceiling.
 
-Run: pytest benches/benchmark_identify.py   (writes benches/results/identify.json)
+Run: pytest benches/benchmark_identify.py   (writes benches/results/identify_cpu.json)
 """
 import json
 import math
@@ -136,9 +136,9 @@ def test_identify_released_counts(benchmark, store, one_core):
             "lna / floor": round(lna_s / floor_s, 1),
         },
         "meets_target": lna_s < 0.5,
-        "device": common.machine("cpu", threads=1),
+        "machine": common.machine("cpu", threads=1),
         "versions": common.versions(),
     }
-    common.write("identify", result)
+    common.write(common.results_name("identify", "cpu"), result)
     print(json.dumps(result, indent=2))
 

@@ -106,7 +106,7 @@ def _write(times):
                   "sums_tables": "float64 [languages, neurons], sums and active_sums"},
         "timing": f"min and median of {ROUNDS} rounds after one warm-up, seconds",
         "results": {},
-        "device": common.machine("cpu", threads=1),
+        "machine": common.machine("cpu", threads=1),
         "versions": common.versions(),
     }
     for dtype in DTYPES:
@@ -131,6 +131,6 @@ def _write(times):
                 "lna+count GB/s / copy GB/s": round(moved / t["lna+count"] / 1e9 / copy_gbs, 3),
             },
         }
-    common.write("silu_mul_cpu", result)
+    common.write(common.results_name("silu_mul", "cpu"), result)
     print(json.dumps(result, indent=2))
 

@@ -14,7 +14,7 @@ Side by side in the same run, on one core:
   extrapolated to a 7B model's 14.5 GB (on one core; and in its usual 3 shards hashed in
   parallel on 3 free cores); the cached second call (a stat per file).
 
-Run: pytest benches/benchmark_store_integrity.py   (writes benches/results/store_integrity.json)
+Run: pytest benches/benchmark_store_integrity.py   (writes benches/results/store_integrity_cpu.json)
 """
 import os
 import statistics
@@ -130,8 +130,8 @@ def test_store_integrity_cost(stores, tmp_path, monkeypatch):
                             "the Hugging Face cache (blob names)",
             "cached_second_call": cached,
         },
-        "device": device,
+        "machine": device,
         "versions": {**common.versions(), "zarr": __import__("zarr").__version__},
     }
-    print(common.write("store_integrity", result))
+    print(common.write(common.results_name("store_integrity", "cpu"), result))
     assert all(r["open_store"]["median_s"] > 0 for r in rows.values())

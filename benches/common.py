@@ -1,17 +1,35 @@
-"""What every bench records beside its numbers (the machine, the versions) and where it writes them.
+"""What every bench records beside its numbers and where it writes them, in one place.
+
+Every results file is benches/results/<bench>_<device>.json (`results_name`; device cpu, cuda,
+or dryrun for the GPU check's rehearsal) and holds, besides its figures, `machine` (the CPU or
+GPU, threads, cores, load), `versions` and `run` (git commit, date, command line, load average,
+the script that wrote it), which `write` adds. A file whose commit is null predates this record.
 
 Benches import this as `import common` after putting benches/ on sys.path:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import common  # noqa: E402
 """
+import datetime
+import functools
+import inspect
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
+NAME_RULE = re.compile(r"[a-z][a-z0-9_]*_(cpu|cuda|dryrun)")
+
+
+def results_name(bench: str, device: str) -> str:
+    """<bench>_<cpu|cuda>: the one naming rule (a `cuda:1` device is still cuda)."""
+    return f"{bench}_{'cuda' if str(device).startswith('cuda') else 'cpu'}"
 
 
 def cpu_name() -> str:
@@ -69,9 +87,60 @@ def versions() -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple:
+    """(commit, tracked files changed outside benches/results) of this checkout, or (None, None)
+    where it is not a git checkout (the GPU machine gets a copy: LNA_GIT_COMMIT names it there)."""
+    if os.environ.get("LNA_GIT_COMMIT"):
+        return os.environ["LNA_GIT_COMMIT"], None
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                  ".", ":!benches/results"], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, [line[3:] for line in changed]
+
+
+def _caller() -> str:
+    """The bench file that called write (first frame outside this module), relative to the repo."""
+    for frame in inspect.stack()[1:]:
+        path = Path(frame.filename).resolve()
+        if path != Path(__file__).resolve():
+            try:
+                return str(path.relative_to(ROOT))
+            except ValueError:
+                return str(path)
+    return sys.argv[0]
+
+
+def provenance() -> dict:
+    """When, from what code and by which command a result was measured: the `run` record."""
+    commit, changed = git_state()
+    return {
+        "commit": commit,
+        # uncommitted changes the figures may depend on (None: unknown)
+        "uncommitted_changes": changed,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else list(sys.argv),
+        "script": _caller(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
 def write(name: str, payload: dict, directories=None) -> Path:
     """<dir>/<name>.json for each directory (default benches/results), replaced whole (never
-    left half-written if interrupted). Returns the first path."""
+    left half-written if interrupted), with the `run` record first. Returns the first path.
+    `name` follows the naming rule; `payload` carries `machine` and `versions` (machine() must
+    be taken while the bench's thread settings are in force, so the bench passes it)."""
+    if not NAME_RULE.fullmatch(name):
+        raise ValueError(f"results name {name!r} breaks the rule <bench>_<cpu|cuda|dryrun> (use results_name)")
+    missing = [key for key in ("machine", "versions") if key not in payload]
+    if missing:
+        raise ValueError(f"results {name}: the payload lacks {missing} (common.machine(), common.versions())")
+    payload = {"run": provenance(), **{k: v for k, v in payload.items() if k != "run"}}
     paths = []
     for directory in directories or [RESULTS]:
         directory = Path(directory)

@@ -90,7 +90,7 @@ def main():
         "near_zero_gates": {f"{t:g}": int(near[t].sum()) for t in thresholds},
         "machine": common.machine(args.device), "versions": common.versions(),
     }
-    out = common.write(f"count_agreement_{args.device.split(':')[0]}", result)
+    out = common.write(common.results_name("count_agreement", args.device), result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "versions")}, indent=1))
     print(f"wrote {out}")
 

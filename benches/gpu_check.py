@@ -61,7 +61,7 @@ class Stage:
         self.device = "cpu" if dry else "cuda"
         self.reserve = 2 if dry else 8  # seconds kept to write results
         self.file = f"{name}_{'dryrun' if dry else 'cuda'}"
-        self.result = {"stage": name, "dry_run": dry, "complete": False, "device": common.machine(self.device),
+        self.result = {"stage": name, "dry_run": dry, "complete": False, "machine": common.machine(self.device),
                        "versions": common.versions(), "install": os.environ.get("LNA_INSTALL", "as found"),
                        "errors": {}, "section_seconds": {}}
 
@@ -138,6 +138,9 @@ def parent(args) -> int:
         print(f"gpu_check: unknown stage(s) {sorted(unknown)}; stages: {[s for s, _, _ in STAGES]}", file=sys.stderr)
         return 2
     check = {"check": "benches/gpu_check.py", "dry_run": dry, "budget_s": budget, "stages": {},
+             # the host only: querying the GPU here would hold a CUDA context beside the stages'
+             "machine": {**common.machine("cpu"), "device": "cpu" if dry else "cuda (the stage files name the GPU)"},
+             "versions": common.versions(),
              "install": os.environ.get("LNA_INSTALL", "as found"), "results": dirs}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if dry:
@@ -205,7 +208,7 @@ def num(x, fmt=",.0f"):
 def summary(check, results) -> list:
     """One screen: the figures that answer design.md's targets, each next to its target."""
     first = next((r for r in results.values() if r), {})
-    dev, ver = first.get("device", {}), first.get("versions", {})
+    dev, ver = first.get("machine", {}), first.get("versions", {})
     lines = [f"lna GPU check{' (DRY RUN on CPU: no GPU figures)' if check['dry_run'] else ''}: "
              f"{dev.get('gpu', dev.get('cpu', '?'))} (sm {dev.get('gpu_capability', '-')}, {dev.get('gpu_sms', '-')} SMs) "
              f"| torch {ver.get('torch')}, triton {ver.get('triton')}, transformers {ver.get('transformers')} "

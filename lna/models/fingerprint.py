@@ -10,7 +10,7 @@ is free (an LFS blob is named by the sha256 of its content); for a local folder 
 weight file is hashed once - sha256 streams ~1.1 GB/s per core on this project's shared
 CPU machine, so a 7B model's 14.5 GB take ~13 s on one core, ~4.4 s in its usual three
 shards on three free cores (hashed in parallel), plus the disk read where the files are
-not in the page cache (benches/results/store_integrity.json) - and the digest is cached
+not in the page cache (benches/results/store_integrity_cpu.json) - and the digest is cached
 under the lna cache keyed by (path, size, mtime_ns, inode), so later runs cost a stat per
 file. A sample of each tensor would be cheaper but could miss a change; the hub cache
 makes the full hash free where most models live.

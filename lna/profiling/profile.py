@@ -65,7 +65,7 @@ class Options:
     token_budget: int | None = None
     max_row_tokens: int = 2048
     checkpoint_every: float = 60.0
-    sums: bool = True  # activation sums beside the counts (benches/results/profile_sums_cpu.json: their cost)
+    sums: bool = True  # activation sums beside the counts (benches/results/profile_cpu.json: their cost)
     progress: bool = True
     shard: str | None = None  # "K/N": only shard K of N of the questions (lna.profiling.shards)
     report: object = None  # report(done, total): the store's response tokens, after each batch (lna launch)

@@ -17,7 +17,7 @@ one value per language names the language that is damaged; decoded values also c
 chunk swapped in from another store, which a checksum codec inside each chunk (zarr's
 crc32c) would not. zlib's CRC-32 needs nothing beyond the standard library; all checks
 add ~30 ms to the ~75 ms plain open of a 32 x 14336 x 10 store on one core (CRC-32 of the
-counts ~10 ms; benches/results/store_integrity.json). It detects accidental damage
+counts ~10 ms; benches/results/store_integrity_cpu.json). It detects accidental damage
 (a random alteration escapes with probability 2**-32), not deliberate forgery, which a
 store on the user's own disk does not need to resist.
 """

