@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch here (where PyPI works) the wheels the GPU machine lacks, into .whl/ (ignored), for its
 # CPython 3.12 on manylinux x86_64: zarr and what zarr needs beyond that image (which has numpy,
-# packaging, typing-extensions and pyyaml). Carry .whl with the run: README, "Performance".
+# packaging, typing-extensions and pyyaml). Carry .whl with the run: docs/performance.md, "The GPU check".
 # The versions are those the test suite runs with here; --no-deps fetches none of their needs,
 # so the loop below checks each wheel's Requires-Dist against what is carried or in the image.
 set -euo pipefail

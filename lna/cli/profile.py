@@ -84,7 +84,7 @@ def runner_options(f):
                    "instead of while sampling them (the default: one pass).")
 @click.option("--vllm-compiled", is_flag=True,
               help="vLLM backend: run vLLM's torch.compile (and CUDA graphs on a GPU) with lna's counting op "
-                   "instead of eager mode (counting only; see README, backends).")
+                   "instead of eager mode (counting only; see docs/backends.md).")
 @runner_options
 def profile(quiet, **kwargs):
     """Force-decode responses through counting MLPs and write a count store."""

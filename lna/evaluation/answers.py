@@ -1,7 +1,7 @@
 """Answer extraction for math word problems (MGSM, MSVAMP): the last number of a response,
 compared numerically with the reference answer, as MathOctopus/MAPO evaluate.
 
-Two methods (README, "Accuracy"):
+Two methods (docs/eval.md):
 
 ``lna`` (the default) reads every number the way a reader of the response's language would:
   - digits of any script (Unicode decimal digits: ASCII, Bengali, Thai, full-width, ...);

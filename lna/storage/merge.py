@@ -1,6 +1,6 @@
 """`lna merge`: the sum of count stores of one model (shards, extra languages).
 
-Rules (README, "Formats"):
+Rules (docs/formats.md, "Merging"):
 - The stores count the same thing (IDENTITY: counted, activation, layers, neurons) with the
   same model (lna.models.fingerprint.combine: equal weight identities; lna 0.1's weaker fingerprint
   or the model's name where one side has nothing better, with a note).
