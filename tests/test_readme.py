@@ -98,3 +98,38 @@ def test_the_readme_commands_are_the_ones_ci_and_the_timing_bench_run():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.readme_command(README, "tests") == tests and bench.readme_command(README, "quick_start") == quick
+
+
+def test_relative_links_resolve():
+    """Every relative link of README.md, docs/*.md and benches/README.md names a file that exists
+    (and, with #anchor, a heading of that page): the README sends readers to these pages."""
+    def anchors(path):
+        heads = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)
+        return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in heads}
+
+    pages = [REPO / "README.md", REPO / "benches" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # http(s), mailto
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_licence_and_citation_agree_with_the_package():
+    """The licence the README names is LICENSE's and setup.py's; CITATION.cff cites this version."""
+    from lna import __version__
+
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    assert 'license="MIT"' in (REPO / "setup.py").read_text()
+    assert "MIT ([LICENSE](LICENSE))" in README
+    cff = (REPO / "CITATION.cff").read_text()
+    assert f'version: "{__version__}"' in cff and "license: MIT" in cff
+    assert f"version {__version__}" in section("How to cite")
