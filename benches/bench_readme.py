@@ -56,20 +56,23 @@ def time_one(repo: Path, key: str) -> dict:
         load_before = [round(v, 2) for v in os.getloadavg()]
         started = time.perf_counter()
         done = subprocess.run(["bash", "-c", command], cwd=clone, env=clean_env(Path(tmp) / "lna-cache"),
-                              capture_output=True, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seconds = time.perf_counter() - started
         load_after = [round(v, 2) for v in os.getloadavg()]
-    tail = (done.stdout + done.stderr).strip().splitlines()
-    summary = next((line.strip("= ") for line in reversed(tail) if re.search(r"\d+ (passed|failed)", line)), None)
+    log = Path(tempfile.gettempdir()) / f"lna-bench-readme-{key}.log"  # the whole output, for a failure
+    log.write_text(done.stdout)
+    lines = done.stdout.strip().splitlines()
+    summary = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed)", line)), None)
+    failed = [line.split(" - ")[0] for line in lines if line.startswith("FAILED ")]
     result = summary if key == "tests" else None
     if done.returncode:
         result = f"exit {done.returncode}" + (f": {summary}" if summary else "")
     print(f"{key}: {seconds:.0f} s, exit {done.returncode}, load {load_before[0]} -> {load_after[0]}"
-          f"{', ' + summary if summary else ''}")
+          f"{', ' + summary if summary else ''} (output: {log})")
     if done.returncode:
-        print("\n".join(tail[-30:]), file=sys.stderr)
+        print("\n".join(failed or lines[-30:]), file=sys.stderr)
     return {"command": key, "text": command, "seconds": round(seconds, 1), "exit": done.returncode,
-            "result": result, "load_before": load_before, "load_after": load_after, "commit": commit,
+            "result": result, "failed": failed, "load_before": load_before, "load_after": load_after, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "pip_cache": "as found (not cleared)", "lna_cache": "fresh (the tiny model built afresh)"}
 
