@@ -40,8 +40,12 @@ setup(
         # CI machine gets (its index offers 2.14 as a CUDA build only) - and the vllm extra
         # (vLLM 0.32) requires torch 2.13 exactly. Lift with the vllm pin.
         "torch>=2.11,<2.14",
-        # No cap: no known break. CI installs the newest transformers pip gives (.ci/run).
-        "transformers>=5.17",
+        # <5.25: transformers 5.25 depends on Hugging Face's `kernels` and imports from it while
+        # loading a tokenizer; wherever this checkout's root is on sys.path (python -c or a
+        # notebook started there, as tests/test_faults.py's SIGTERM tests do) the top-level
+        # kernels/ shadows it and every model load fails ("cannot import name 'CUDAProperties'
+        # from 'kernels'"). CI tests the newest below the cap (.ci/run).
+        "transformers>=5.17,<5.25",
         "tokenizers>=0.21",
         "safetensors",
         "numpy>=1.26",

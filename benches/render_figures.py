@@ -315,16 +315,19 @@ def readme_timings(r):
     d = r("readme_timings_cpu")
     out = []
     for key, label in (("quick_start", "quick start"), ("tests", "tests")):
-        runs = [run for run in d["runs"] if run["command"] == key]
+        tried = [run for run in d["runs"] if run["command"] == key]
+        runs = [run for run in tried if run["exit"] == 0]  # a failed run is in the file, not in the range
+        failed = f" ({len(tried) - len(runs)} failed run(s) left out: see the file)" if len(tried) > len(runs) else ""
         if not runs:
-            out.append(f"- {label}: not timed yet.")
+            out.append(f"- {label}: no successful timed run yet{failed}.")
             continue
         secs = [run["seconds"] for run in runs]
         loads = [v for run in runs for v in (run["load_before"][0], run["load_after"][0])]
         span = _mmss(min(secs)) if len(runs) == 1 else f"{_mmss(min(secs))} to {_mmss(max(secs))}"
         detail = "; ".join(sorted({run["result"] for run in runs if run.get("result")}))
         out.append(f"- {label}: {span} over {len(runs)} run{'s' if len(runs) > 1 else ''} from a fresh clone, install "
-                   f"included, at 1-minute load {min(loads):.1f}-{max(loads):.1f} (before/after){'; ' + detail if detail else ''}.")
+                   f"included, at 1-minute load {min(loads):.1f}-{max(loads):.1f} (before/after){'; ' + detail if detail else ''}"
+                   f"{failed}.")
     m = d["machine"]
     out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores_used', '?')} cores shared with other jobs "
                f"(`benches/results/readme_timings_cpu.json`; `python benches/bench_readme.py` times it again).")
