@@ -56,7 +56,7 @@ def run(args):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
     from lna.runners.hf import HFRunner
 
     cuda = torch.cuda.is_available()

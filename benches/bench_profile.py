@@ -31,7 +31,7 @@ import common  # noqa: E402
 
 from lna.runners import packing  # noqa: E402
 from lna.models.loading import ModelInfo  # noqa: E402
-from lna.runners.base import Sample  # noqa: E402
+from lna.inputs.samples import Sample  # noqa: E402
 from lna.runners.hf import HFRunner  # noqa: E402
 
 # MGSM response lengths of the study's model (tokens, mean per language), prompts ~105-320.

@@ -48,7 +48,7 @@ def random_samples(seed, languages, questions=9, vocab=259, max_prompt=40, max_r
     """Samples with shared prompts, mixed lengths, several responses per prompt and languages."""
     import numpy as np
 
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
 
     rng = np.random.default_rng(seed)
     out = []

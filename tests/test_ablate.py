@@ -9,7 +9,7 @@ import torch
 
 import naive
 from conftest import random_samples
-from lna.interventions import ablate
+from lna.interventions import ablate, masked_nll
 from lna.identification import neurons
 from lna.inputs import responses
 from lna.cli import run
@@ -139,7 +139,7 @@ def test_batched_settings_equal_one_by_one(runner, model, samples, reference):
     settings' rows beside a sample changes the padded shapes of the attention and matmul
     reductions (fp32 rounding), so the two agree within the dtype rule, not exactly."""
     p = ablate.plan(settings_of(neuron_sets(model)), LAYERS, WIDTH)
-    together = ablate.evaluate(runner, samples, p.masks)
+    together = masked_nll.evaluate(runner, samples, p.masks)
     alone = np.stack([runner.nll(samples, None, [-1] * len(samples))]
                      + [runner.nll(samples, p.masks[m:m + 1], [0] * len(samples)) for m in range(len(p.masks))])
     row_of = {m: key for key in reference[torch.float64] if key != "baseline"

@@ -12,7 +12,7 @@ from lna.inputs import data as data_module, responses
 from lna.cli import run
 from lna.cli.merge import merge as merge_cli
 from lna.cli.profile import profile
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 from lna.runners.decode_count import Tracker
 from lna.storage.store import open_store
 

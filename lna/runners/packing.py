@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 
 
 @dataclass
