@@ -10,8 +10,8 @@ Side by side, interleaved, in the same run:
 Model and data: the built-in lna:tiny-llama on the demo dataset (its given responses),
 the neuron sets identified from that same data (both settings of the paper).
 
-Run: pytest benches/benchmark_ablate.py   (writes benches/results/ablate_<device>.json)
-or:  python benches/benchmark_ablate.py [--device cuda] [--limit N]
+Run: pytest benches/bench_ablate.py   (writes benches/results/ablate_<device>.json)
+or:  python benches/bench_ablate.py [--device cuda] [--limit N]
 """
 import argparse
 import json
