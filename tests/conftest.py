@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-# Must precede the import of any module defining @triton.jit kernels (environment.md).
+# Must precede the import of any module defining @triton.jit kernels (docs/design.md, "Testing").
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

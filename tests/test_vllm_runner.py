@@ -206,7 +206,7 @@ def test_counts_equal_hf_backend(engine):
     samples = _engineered(2)
     counts, tokens = engine.count(samples, LANGS)
     hf_counts, hf_tokens = HFRunner(engine.path, token_budget=256, max_row_tokens=128).count(samples, LANGS)
-    # fp32: the two backends agree exactly (environment.md), not only up to near-zero gates.
+    # fp32: the two backends agree exactly (docs/design.md, "Testing"), not only up to near-zero gates.
     assert np.array_equal(counts, hf_counts) and np.array_equal(tokens, hf_tokens)
 
 

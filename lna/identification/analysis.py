@@ -1,4 +1,4 @@
-"""Analyses of neuron sets (method.md, "Analyses in the paper").
+"""Analyses of neuron sets (docs/method.md, "Analyses in the paper").
 
 Per neuron, N is the number of languages whose set lists it. Among the selected neurons
 N = 1 is language-specific and 1 < N < l language-related; general neurons (above tau for

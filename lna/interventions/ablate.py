@@ -2,7 +2,7 @@
 
 For a baseline (nothing deactivated) and for every (setting, language) neuron set, the
 response tokens of every target language are force-decoded with SiLU(gate) of the set's
-neurons zeroed before the product with up (method.md, "Deactivation ablation"). A cell of
+neurons zeroed before the product with up (docs/method.md, "Masked perplexity"). A cell of
 the matrix is the token-weighted perplexity exp(sum NLL / tokens) of one target language
 with one row's set deactivated; `change` subtracts the baseline row.
 

@@ -1,4 +1,4 @@
-"""The count store: activation counts as an open zarr v3 group (design.md, "Count store").
+"""The count store: activation counts as an open zarr v3 group (docs/design.md, "Count store").
 
 Layout (readable with plain zarr, and with xarray through `dimension_names`):
     counts          int64  [layer, language, neuron]  response tokens on which the neuron fired
