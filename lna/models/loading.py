@@ -1,4 +1,5 @@
-"""Resolve a model argument (Hugging Face id, local folder, built-in tiny model) and load it.
+"""Resolve a model argument (Hugging Face id, local folder, built-in tiny model) and load it
+on a device (parse_device, check_device: below the runners, which choose the device through them).
 
 Hugging Face ids resolve through the local cache only: lna never downloads weights behind
 the user's back, and says how to get them when they are missing.
