@@ -291,9 +291,18 @@ def test_count_forward_with_padding_and_masks_equals_hooks(model, model_path, tm
         want[li, 1] += (last[attn.bool()] > 0).sum(0).numpy()
     assert np.array_equal(counter.counts, want)
     assert counter.tokens.tolist() == [int(valid[0].sum() + valid[2].sum()), int(valid[1].sum() + attn.sum())]
-    # a saved count store is a store like any: it opens, identifies, merges with other languages
+    # a saved count store is a store like any: it opens, and merges with stores of other samples
     counter.save(tmp_path / "f.zarr")
     assert lna.open(tmp_path / "f.zarr").meta["counted_during"] == "force-decoding"
+    with lna.count(model, ["zh", "th"]) as other, torch.no_grad(), other.language(["th", "zh", "th"]):
+        model(input_ids=ids[:, :9])
+    other.save(tmp_path / "g.zarr")
+    run_cli(cli.main, "merge", str(tmp_path / "f.zarr"), str(tmp_path / "g.zarr"), "-o", str(tmp_path / "fg.zarr"))
+    merged = lna.open(tmp_path / "fg.zarr")
+    assert merged.languages == ["en", "zh", "th"]
+    assert np.array_equal(merged.counts[:, :2], counter.counts + np.stack([0 * other.counts[:, 0], other.counts[:, 0]], 1))
+    assert np.array_equal(merged.counts[:, 2], other.counts[:, 1])
+    assert merged.tokens.tolist() == [counter.tokens[0], counter.tokens[1] + other.tokens[0], other.tokens[1]]
 
 
 def fresh_logits(model_path, ids):

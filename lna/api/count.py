@@ -328,8 +328,10 @@ class Counter:
                 "dataset": "lna.count", "template": "verbatim", "template_text": "", "provenance": "profile"}
 
     def __repr__(self) -> str:
+        from lna.models.loading import display_name
+
         state = "counting" if self._active else "finished" if self._done else "not started"
-        text = f"<lna.count {_name(self.model)}: {', '.join(self.languages)}; {state}"
+        text = f"<lna.count {display_name(_name(self.model))}: {', '.join(self.languages)}; {state}"
         if self._active or self._done:
             text += "; tokens " + ", ".join(f"{c} {int(n):,}" for c, n in zip(self.languages, self.tokens))
         return text + (", with sums>" if self.with_sums else ">")
