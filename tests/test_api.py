@@ -373,3 +373,20 @@ def test_count_refuses_unknown_languages(model):
             with counter.language("zh"):
                 pass
     assert "finished" in repr(counter) and counter.tokens.tolist() == [0]
+
+
+def test_missing_xarray_and_unfinished_stores_are_one_line(stores, model_path, data, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    root, api = stores
+    monkeypatch.setitem(sys.modules, "xarray", None)  # as if the extra were not installed
+    with pytest.raises(LnaError, match=r"pip install 'lna\[xarray\]'"):
+        api.to_xarray()
+    with pytest.raises(LnaError, match=r"pip install 'lna\[xarray\]'"):
+        lna.ablate(model_path, str(tmp_path / "none.json"), data, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # said before any work
+    monkeypatch.undo()
+    unfinished = lna.Store.of(replace(api, complete=False), api.path)
+    with pytest.raises(LnaError, match="unfinished profile"):
+        lna.identify(unfinished)
+    assert lna.identify(unfinished, allow_partial=True).to_json() == lna.identify(api).to_json()

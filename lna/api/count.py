@@ -53,7 +53,7 @@ class Counter:
         self._active = self._done = False
         self._tables = None  # counts, tokens[, sums, active_sums]: device tensors while counting
         self._result = None  # the same as numpy arrays, after the block
-        self._samples, self._unrecorded, self._ways = [], set(), set()
+        self._samples, self._pending, self._unrecorded, self._ways = [], [], set(), set()
         self._tracker = None
         self._calls = 0
 
@@ -115,6 +115,7 @@ class Counter:
         try:
             if exc[0] is None:
                 self._finish_generation()
+                self._name_forwards()
         finally:
             self._restore()
             self._active, self._done = False, True
@@ -186,8 +187,9 @@ class Counter:
                 self._finish_generation()
                 self._tracker = Tracker(st, self._tables[0], slots.tolist(), S, NO_LIMIT, self._eos_set,
                                         self._layers, sums)
-                real = attention.bool() if attention is not None else torch.ones(B, S, dtype=torch.bool)
-                self._prompt = [tuple(ids[r][real[r]].tolist()) for r in range(B)], codes
+                host = ids.cpu()
+                real = attention.cpu() != 0 if attention is not None else torch.ones(B, S, dtype=torch.bool)
+                self._prompt = [tuple(host[r][real[r]].tolist()) for r in range(B)], codes
             self._tracker.before(module, args, kwargs)  # sets st.lang_ids, st.counts, st.sums
             lang = st.lang_ids
         else:
@@ -218,27 +220,34 @@ class Counter:
 
     # -- which samples were counted (a store's manifest: lna merge refuses double counting) --
     def _record_forward(self, ids, valid, attention, codes) -> None:
-        from lna.runners.base import Sample
-
+        """Keep the forward's token ids and counted positions (on the device: no sync per
+        forward) to name its samples after the block."""
         if ids is None:  # embeddings only: no token ids to name the samples by
             self._unrecorded.update(codes)
             return
         self._calls += 1
-        ids, valid = ids.cpu(), valid.cpu()
-        real = attention.cpu().bool()[:, -ids.shape[1]:] if attention is not None else torch.ones_like(valid)
-        for r, code in enumerate(codes):
-            counted = torch.nonzero(valid[r]).flatten()
-            if not len(counted):
-                continue
-            first = int(counted[0])
-            tail = real[r].clone()
-            tail[:first] = False
-            # Counted positions that are the whole real tail: prompt + response, as lna-profile names them.
-            before = real[r].clone()
-            before[first:] = False
-            prompt = ids[r][before] if torch.equal(tail, valid[r]) else ids[r][real[r]]
-            self._samples.append(Sample(f"count/{self._calls}/{r}", code, tuple(prompt.tolist()),
-                                        tuple(ids[r][valid[r]].tolist()), group=f"count/{self._calls}"))
+        real = attention[:, -ids.shape[1]:] != 0 if attention is not None else torch.ones_like(valid)
+        self._pending.append((self._calls, ids.detach().clone(), valid.clone(), real.to(valid.device), codes))
+
+    def _name_forwards(self) -> None:
+        """Each counted row of a forward is a sample: the counted tokens are its response, the
+        real tokens before them its prompt where the counted ones are the whole real tail (how
+        lna-profile names a prompt and response), else all its real tokens."""
+        from lna.runners.base import Sample
+
+        pending, self._pending = self._pending, []
+        for call, ids, valid, real, codes in pending:
+            ids, valid, real = ids.cpu(), valid.cpu(), real.cpu()
+            for r, code in enumerate(codes):
+                counted = torch.nonzero(valid[r]).flatten()
+                if not len(counted):
+                    continue
+                first = int(counted[0])
+                tail, before = real[r].clone(), real[r].clone()
+                tail[:first], before[first:] = False, False
+                prompt = ids[r][before] if torch.equal(tail, valid[r]) else ids[r][real[r]]
+                self._samples.append(Sample(f"count/{call}/{r}", code, tuple(prompt.tolist()),
+                                            tuple(ids[r][valid[r]].tolist()), group=f"count/{call}"))
 
     def _finish_generation(self) -> None:
         from lna.runners.base import Sample
