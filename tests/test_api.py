@@ -300,7 +300,8 @@ def test_count_forward_with_padding_and_masks_equals_hooks(model, model_path, tm
     run_cli(cli.main, "merge", str(tmp_path / "f.zarr"), str(tmp_path / "g.zarr"), "-o", str(tmp_path / "fg.zarr"))
     merged = lna.open(tmp_path / "fg.zarr")
     assert merged.languages == ["en", "zh", "th"]
-    assert np.array_equal(merged.counts[:, :2], counter.counts + np.stack([0 * other.counts[:, 0], other.counts[:, 0]], 1))
+    added = np.stack([np.zeros_like(other.counts[:, 0]), other.counts[:, 0]], 1)
+    assert np.array_equal(merged.counts[:, :2], counter.counts + added)
     assert np.array_equal(merged.counts[:, 2], other.counts[:, 1])
     assert merged.tokens.tolist() == [counter.tokens[0], counter.tokens[1] + other.tokens[0], other.tokens[1]]
 
@@ -314,7 +315,7 @@ def assert_restored(model, model_path):
     from transformers.models.llama.modeling_llama import LlamaMLP
 
     assert all(type(layer.mlp) is LlamaMLP for layer in naive.layers(model))
-    assert not model.model._forward_pre_hooks and not model.model._forward_hooks
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in (model, model.model))
     ids = torch.tensor([[1, 40, 50, 60, 70]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, fresh_logits(model_path, ids))

@@ -56,6 +56,7 @@ class Counter:
         self._samples, self._pending, self._unrecorded, self._ways = [], [], set(), set()
         self._tracker = None
         self._calls = 0
+        self._outer = (None, None)  # the outer model's input ids and attention mask, during its call
 
     # -- the block ------------------------------------------------------------------------
     def __enter__(self) -> "Counter":
@@ -90,11 +91,14 @@ class Counter:
         L, K = len(layers), len(self.languages)
         width = _width(layers[0].mlp, family)
         shape = (L, K, width)
-        tables = [torch.zeros(shape, dtype=torch.int64, device=device), torch.zeros(K, dtype=torch.int64, device=device)]
+        tables = [torch.zeros(shape, dtype=torch.int64, device=device),
+                  torch.zeros(K, dtype=torch.int64, device=device)]
         if self.with_sums:  # float64: the kernel's fp32 partials add into it exactly, in any order
             tables += [torch.zeros(shape, dtype=torch.float64, device=device) for _ in range(2)]
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        self._eos_set = set(self._eos) if self._eos is not None else eos_ids(configured, None)
+        eos = self._eos
+        self._eos_set = eos_ids(configured, None) if eos is None else {int(eos)} if isinstance(eos, int) \
+            else {int(t) for t in eos}
         self._tables, self._family, self._layers, self._name = tables, family, L, name
         self._state = _State()
         self._originals = [layer.mlp for layer in layers]
@@ -105,6 +109,9 @@ class Counter:
                 layer.mlp = CountingMLP(layer.mlp, i, self._state, family, act)
             self._hooks = [self._decoder.register_forward_pre_hook(self._before, with_kwargs=True),
                            self._decoder.register_forward_hook(self._after)]
+            if self._decoder is not model:  # the outer model's token ids, for a decoder fed embeddings
+                self._hooks += [model.register_forward_pre_hook(self._outer_before, with_kwargs=True),
+                                model.register_forward_hook(self._outer_after)]
         except BaseException:
             self._restore()
             raise
@@ -171,6 +178,11 @@ class Counter:
         if ids is None and embeds is None:
             raise LnaError("lna.count: the decoder was called without input_ids or inputs_embeds")
         B, S = (ids if ids is not None else embeds).shape[:2]
+        outer_ids, outer_attention = self._outer
+        if ids is None and isinstance(outer_ids, torch.Tensor) and tuple(outer_ids.shape) == (B, S):
+            # a multimodal wrapper embeds the tokens itself: its input ids name them
+            ids = outer_ids
+            kwargs = {**kwargs, "input_ids": ids}
         device = self._tables[0].device
         codes = [langs] * B if isinstance(langs, str) else list(langs)
         if len(codes) != B:
@@ -180,6 +192,9 @@ class Counter:
         sums = self._tables[2:]
         attention = kwargs.get("attention_mask")
         attention = attention if isinstance(attention, torch.Tensor) and attention.dim() == 2 else None
+        if attention is None and isinstance(outer_attention, torch.Tensor) and outer_attention.dim() == 2 \
+                and outer_attention.shape[0] == B:
+            attention = outer_attention  # a wrapper that hands its decoder a 4D mask: the user's own
         if generated:
             if ids is None:
                 raise LnaError("lna.count: generated=True needs the token ids (the model was fed inputs_embeds)")
@@ -190,7 +205,7 @@ class Counter:
                 host = ids.cpu()
                 real = attention.cpu() != 0 if attention is not None else torch.ones(B, S, dtype=torch.bool)
                 self._prompt = [tuple(host[r][real[r]].tolist()) for r in range(B)], codes
-            self._tracker.before(module, args, kwargs)  # sets st.lang_ids, st.counts, st.sums
+            self._tracker.before(module, (), {"input_ids": ids})  # sets st.lang_ids, st.counts, st.sums
             lang = st.lang_ids
         else:
             valid = (attention[:, -S:] != 0) if attention is not None else torch.ones(B, S, dtype=torch.bool,
@@ -208,6 +223,12 @@ class Counter:
         self._tables[1].index_add_(0, lang.clamp(min=0).long(), (lang >= 0).long())
         self._counting = True
         self._ways.add("sampling" if generated else "force-decoding")
+
+    def _outer_before(self, module, args, kwargs):
+        self._outer = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
+
+    def _outer_after(self, module, args, output):
+        self._outer = (None, None)
 
     def _after(self, module, args, output):
         st = self._state
