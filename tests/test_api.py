@@ -391,3 +391,11 @@ def test_missing_xarray_and_unfinished_stores_are_one_line(stores, model_path, d
     with pytest.raises(LnaError, match="unfinished profile"):
         lna.identify(unfinished)
     assert lna.identify(unfinished, allow_partial=True).to_json() == lna.identify(api).to_json()
+
+
+def test_generated_counting_needs_the_cache(model, model_path):
+    with pytest.raises(LnaError, match="use_cache=False"):
+        with lna.count(model, "en") as counter, counter.language("en", generated=True):
+            model.generate(input_ids=torch.tensor([[1, 5, 6]]), max_new_tokens=3, do_sample=False, use_cache=False,
+                           pad_token_id=2)
+    assert_restored(model, model_path)

@@ -12,7 +12,7 @@ from lna.interventions.ablate import SETTINGS
 
 
 def ablate(model: str, neurons, responses=None, *, out=None, dataset=None, langs="all", settings=SETTINGS,
-           limit: int | None = None, progress: bool = True, **options):
+           limit: int | None = None, progress: bool = True, **options) -> "xarray.DataArray":
     """Deactivate each language's neurons and measure the perplexity of every target
     language: the same run as lna-ablate (lna.interventions.ablate.run), into `out` (resumable,
     with its CSVs and heatmaps) or a temporary folder. `neurons`: lna-identify's JSON or a
@@ -39,7 +39,7 @@ def ablate(model: str, neurons, responses=None, *, out=None, dataset=None, langs
     return ppl_array(result, xr)
 
 
-def ppl_array(result: dict, xr=None):
+def ppl_array(result: dict, xr=None) -> "xarray.DataArray":
     """lna-ablate's ppl.json as DataArray ppl[setting, deactivated, target]."""
     xr = xr or _xarray()
     names = list(result["settings"])

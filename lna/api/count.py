@@ -198,6 +198,8 @@ class Counter:
         if generated:
             if ids is None:
                 raise LnaError("lna.count: generated=True needs the token ids (the model was fed inputs_embeds)")
+            if kwargs.get("use_cache") is False:  # every step would look like a new prompt: nothing counted
+                raise LnaError("lna.count: generated=True follows generate's KV cache; do not pass use_cache=False")
             if self._tracker is None or _past(kwargs, attention, S) == 0:  # a new generation: this is its prompt
                 self._finish_generation()
                 self._tracker = Tracker(st, self._tables[0], slots.tolist(), S, NO_LIMIT, self._eos_set,
