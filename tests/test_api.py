@@ -239,7 +239,7 @@ def test_count_around_generate_equals_hooks_and_lna_profile(model, model_path, t
     run_cli(cli.profile_main, "--model", model_path, "--dataset", str(data), "--out", str(tmp_path / "p.zarr"), "-q")
     profiled = lna.open(tmp_path / "p.zarr")
     assert profiled.languages == LANGS and np.array_equal(profiled.tokens, counter.tokens)
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
 
     samples = [Sample(f"s{i}", c, tuple(p), tuple(r)) for i, (c, p, r) in enumerate(zip(codes, prompts, responses))]
     naive_ref, amb = naive.counts(model_path, samples, LANGS)

@@ -256,7 +256,7 @@ class Counter:
         """Each counted row of a forward is a sample: the counted tokens are its response, the
         real tokens before them its prompt where the counted ones are the whole real tail (how
         lna-profile names a prompt and response), else all its real tokens."""
-        from lna.runners.base import Sample
+        from lna.inputs.samples import Sample
 
         pending, self._pending = self._pending, []
         for call, ids, valid, real, codes in pending:
@@ -273,7 +273,7 @@ class Counter:
                                             tuple(ids[r][valid[r]].tolist()), group=f"count/{call}"))
 
     def _finish_generation(self) -> None:
-        from lna.runners.base import Sample
+        from lna.inputs.samples import Sample
 
         tracker, self._tracker = self._tracker, None
         if tracker is None or not tracker.fed:
@@ -321,7 +321,7 @@ class Counter:
         recorded by content, so lna merge refuses a store that counted any of them already."""
         from lna.api.store import Store
         from lna.storage.manifest import Counted, sample_ids
-        from lna.storage.merge import counted_during
+        from lna.storage.store import counted_during
         from lna.storage.store import CountStore
 
         if self._active:
