@@ -34,7 +34,7 @@ setup(
     # the Hugging Face package of that name (transformers probes it).
     packages=find_packages(include=["lna", "lna.*"]) + ["lna.kernels", "lna.configs"],
     package_dir={"lna.kernels": "kernels", "lna.configs": "configs"},
-    package_data={"lna.configs": ["*.yaml"]},
+    package_data={"lna": ["py.typed"], "lna.configs": ["*.yaml"]},  # py.typed: the API has type hints
     install_requires=[
         # Capped: the suite has run on torch 2.13 only - the newest CPU wheel this project's
         # CI machine gets (its index offers 2.14 as a CUDA build only) - and the vllm extra
