@@ -72,6 +72,23 @@ ARCHS = {
     # differential attention: an even number (>= 2) of KV heads
     "diffllama": ("diffllama", {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}),
     "cwm": ("cwm", {"sliding_window": WINDOW, "layer_types": MIXED}),
+    # Mixture of experts (lna.models.moe): 8 experts, 2 or 3 per token; shared experts and
+    # dense layers narrower or wider than the experts, where the family has them.
+    "mixtral": ("mixtral", {"num_local_experts": 8, "num_experts_per_tok": 2}),
+    "qwen2_moe": ("qwen2_moe", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
+                                "shared_expert_intermediate_size": 80}),
+    "qwen3_moe": ("qwen3_moe", {"num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
+                                "mlp_only_layers": [1]}),
+    "olmoe": ("olmoe", {"num_experts": 8, "num_experts_per_tok": 3}),
+    "deepseek_v2": ("deepseek_v2", {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                                    "moe_intermediate_size": 48, "first_k_dense_replace": 1, "q_lora_rank": 32,
+                                    "kv_lora_rank": 16, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
+                                    "v_head_dim": 32, "head_dim": 16, "num_key_value_heads": 2}),  # MLA
+    "deepseek_v3": ("deepseek_v3", {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+                                    "moe_intermediate_size": 48, "first_k_dense_replace": 1, "n_group": 2,
+                                    "topk_group": 1, "q_lora_rank": 32, "kv_lora_rank": 16,
+                                    "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 32,
+                                    "head_dim": 16, "num_key_value_heads": 2}),  # MLA: KV heads = heads
 }
 
 
@@ -132,6 +149,8 @@ def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, 
             if p.ndim == 2:
                 branch = name.endswith(("o_proj.weight", "down_proj.weight"))
                 p.normal_(0.0, p.shape[1] ** -0.5 * (0.1 if branch else 1.0))
+            elif p.ndim == 3:  # MoE experts [E, out, in] (dense models have none)
+                p.normal_(0.0, p.shape[2] ** -0.5 * (0.1 if name.endswith("down_proj") else 1.0))
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

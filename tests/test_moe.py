@@ -1,0 +1,109 @@
+"""The MoE runner (lna.runners.moe) against unmodified transformers models with hooks
+(tests/naive_moe.py), on tiny random models of every supported MoE family: top-k > 1,
+shared experts (Qwen2-MoE, DeepSeek) and dense layers (Qwen3-MoE's mlp_only_layers,
+DeepSeek's first_k_dense_replace)."""
+import numpy as np
+import pytest
+import torch
+
+import naive
+import naive_moe
+from conftest import random_samples
+from lna.core.errors import LnaError
+from lna.models.tiny import build_tiny
+from lna.runners.moe import CountingExperts, MoERunner, _MoEState
+
+LANGS = ["en", "zh", "ja"]
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"]
+
+
+@pytest.fixture(scope="module")
+def moe_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("moe")
+    return {arch: str(build_tiny(root / arch, arch, hidden=64, layers=3, intermediate=96, heads=2, kv_heads=1,
+                                 seed=seed)) for seed, arch in enumerate(ARCHS)}
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def runner(moe_models, arch):
+    # small budgets: several batches, split groups and padding
+    return MoERunner(moe_models[arch], token_budget=160, max_row_tokens=90)
+
+
+def test_counts_equal_naive_hooks(runner, moe_models, arch):
+    samples = random_samples(1, LANGS, questions=6, max_response=30)
+    counts, tokens, experts = runner.count(samples, LANGS)
+    dense, dense_amb, ref, ref_amb, routed = naive_moe.counts(moe_models[arch], samples, LANGS)
+    assert np.array_equal(experts.routed, routed), "routed tokens differ from the router's own choice"
+    naive.assert_counts_equal(experts.counts, ref, ref_amb)
+    assert counts.shape == dense.shape
+    if counts.size:
+        naive.assert_counts_equal(counts, dense, dense_amb)
+    assert tokens.tolist() == [sum(len(s.response) for s in samples if s.lang == lang) for lang in LANGS]
+    lay = runner.layout
+    # every counted token is routed to top_k experts in each MoE layer, to none elsewhere
+    per_layer = experts.routed.sum(axis=1)
+    assert (per_layer[list(lay.moe_layers)] == lay.top_k * tokens).all()
+    assert (experts.routed.sum(axis=(1, 2))[[i for i in range(3) if i not in lay.moe_layers]] == 0).all()
+    assert (experts.counts <= experts.routed[..., None]).all() and experts.counts.sum() > 0
+    if arch in ("mixtral", "olmoe"):
+        assert counts.shape[2] == 0
+    else:  # shared experts or dense layers: counted like a dense MLP, padding never counted
+        assert counts.sum() > 0
+        for i, w in enumerate(lay.always_on):
+            assert (counts[i, :, w:] == 0).all()
+
+
+@pytest.mark.parametrize("implementation", ["eager", "batched_mm", "grouped_mm"])
+def test_counting_experts_compute_transformers_paths(moe_models, implementation):
+    """The counting module's output equals each of transformers' expert paths (per-expert
+    loop, batched and grouped matmuls) on the same routing."""
+    model = naive.load(moe_models["qwen3_moe"])
+    model.config._experts_implementation = implementation
+    experts = model.model.layers[0].mlp.experts
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 64, generator=gen)
+    index = torch.stack([torch.randperm(8, generator=gen)[:3] for _ in range(37)])
+    weights = torch.rand(37, 3, generator=gen)
+    with torch.no_grad():
+        want = experts(x, index, weights)
+        got = CountingExperts(experts, 0, _MoEState())(x, index, weights)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_nll_equals_transformers(runner, moe_models, arch):
+    samples = random_samples(5, LANGS, questions=3, max_response=20)
+    got = runner.nll(samples, None, [-1] * len(samples))
+    ref64 = naive_moe.nll(moe_models[arch], samples)
+    ref32 = naive_moe.nll(moe_models[arch], samples, dtype=torch.float32)
+    assert np.abs(got - ref64).max() <= 2 * np.abs(ref32 - ref64).max() + 1e-6
+
+
+def test_refusals_are_one_line(moe_models, tmp_path):
+    runner = MoERunner(moe_models["olmoe"])
+    samples = random_samples(2, LANGS, questions=1)
+    for call in (lambda: runner.count(samples, LANGS, sums=True),
+                 lambda: runner.nll(samples, np.ones((1, 3, 96), bool), [0] * len(samples)),
+                 lambda: runner.generate_counting([[1, 5]], ["en"], LANGS, n=1, temperature=0, top_p=1,
+                                                  max_new_tokens=2, seed=0)):
+        with pytest.raises(LnaError) as err:
+            call()
+        assert "\n" not in str(err.value)
+    from lna.models import moe
+
+    with pytest.raises(LnaError, match="glu") as err:
+        moe.identify({"model_type": "gpt_oss", "num_hidden_layers": 2, "num_local_experts": 4}, "m")
+    with pytest.raises(LnaError, match="does not count"):
+        moe.identify({"model_type": "jamba", "num_hidden_layers": 2, "num_experts": 4}, "m")
+
+
+def test_dense_path_still_refuses_moe(moe_models):
+    from lna.runners.hf import HFRunner
+
+    with pytest.raises(LnaError, match="mixture-of-experts"):
+        HFRunner(moe_models["mixtral"])
