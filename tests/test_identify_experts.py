@@ -83,3 +83,10 @@ def test_refusals_are_one_line():
         with pytest.raises(LnaError, match=match) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_dense_identify_refuses_a_moe_store():
+    from lna.identification.identify import identify_store
+
+    with pytest.raises(LnaError, match="lna experts"):
+        identify_store(synthetic_store())

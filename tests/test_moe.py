@@ -107,3 +107,64 @@ def test_dense_path_still_refuses_moe(moe_models):
 
     with pytest.raises(LnaError, match="mixture-of-experts"):
         HFRunner(moe_models["mixtral"])
+
+
+def test_profile_and_experts_end_to_end(moe_models, tmp_path, monkeypatch):
+    """lna-profile on a MoE model writes a store with the expert tables of MoERunner.count on
+    the same samples (force-decoded, even without --force-decode; no sums); a run killed
+    after one chunk resumes to the same store; lna experts writes its results."""
+    import json
+
+    from lna.cli import run
+    from lna.cli.experts import experts
+    from lna.cli.profile import profile
+    from lna.inputs import data, responses
+    from lna.storage.store import open_store
+
+    recs = [{"lang": "en", "query": "What is 2+3?", "responses": [" 2+3 = 5. The answer is 5.", " Five."]},
+            {"lang": "zh", "query": "2加3等于多少？", "responses": [" 2加3等于5。答案是5。", " 五"]},
+            {"lang": "en", "query": "Name a colour.", "responses": [" Red is a colour."]}]
+    ds = tmp_path / "d.jsonl"
+    ds.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n", encoding="utf-8")
+    model = moe_models["deepseek_v3"]
+    args = ["-q", "--model", model, "--dataset", str(ds), "--token-budget", "40", "--checkpoint-every", "0"]
+    out = tmp_path / "s.zarr"
+    assert run(profile, "lna-profile", [*args, "--out", str(out)]) == 0
+    store = open_store(out, allow_partial=False)
+    assert store.has_experts and not store.has_sums and store.meta["always_on"] == [96, 96, 96]
+    _, qs = data.load(str(tmp_path / "s.responses.jsonl"))
+    counts, tokens, tables = MoERunner(model).count(responses.samples(qs), store.languages)
+    assert np.array_equal(store.counts, counts) and np.array_equal(store.tokens, tokens)
+    assert np.array_equal(store.expert_counts, tables.counts) and np.array_equal(store.routed, tables.routed)
+
+    real, calls = MoERunner.count, {"n": 0}
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(MoERunner, "count", dying)
+    cut = tmp_path / "cut.zarr"
+    assert run(profile, "lna-profile", [*args, "--out", str(cut)]) == 130
+    monkeypatch.setattr(MoERunner, "count", real)
+    assert run(profile, "lna-profile", [*args, "--out", str(cut)]) == 0
+    again = open_store(cut)
+    assert np.array_equal(again.expert_counts, store.expert_counts) and np.array_equal(again.routed, store.routed)
+
+    res = tmp_path / "res"
+    assert run(experts, "lna experts", [str(out), "-o", str(res), "--min-routed", "1", "--top-rate", "0.05"]) == 0
+    saved = json.loads((res / "expert_neurons.json").read_text())
+    assert saved["languages"] == ["en", "zh"] and saved["min_routed"] == 1
+    assert (res / "routing_entropy.png").is_file() and (res / "language_experts.png").is_file()
+
+
+def test_make_runner_picks_moe_and_refuses_vllm(moe_models):
+    from lna.runners import make_runner
+
+    runner, backend, _ = make_runner(moe_models["olmoe"], backend="auto", device="cpu")
+    assert isinstance(runner, MoERunner) and backend == "hf"
+    with pytest.raises(LnaError, match="vLLM's fused-MoE") as err:
+        make_runner(moe_models["olmoe"], backend="vllm", device="cpu")
+    assert "\n" not in str(err.value)

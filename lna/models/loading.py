@@ -51,10 +51,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LNA_CACHE", Path.home() / ".cache" / "lna"))
 
 
-def resolve(model: str, revision: str | None = None, *, experts: bool = False) -> ModelInfo:
+def resolve(model: str, revision: str | None = None, *, experts: bool | None = False) -> ModelInfo:
     """Find the model's folder and check, from its config alone, that lna can profile it.
     `revision` (a hub model's branch, tag or commit) is looked up in the local cache.
-    experts=True: a mixture-of-experts model, counted per expert (lna.models.moe)."""
+    experts=True: a mixture-of-experts model, counted per expert (lna.models.moe); None:
+    whichever the config describes (dense models as without it)."""
     if revision is not None and (model.startswith("lna:") or Path(model).expanduser().is_dir()):
         raise LnaError(f"--revision {revision}: {model} is not a Hugging Face id; revisions are for hub models")
     if model.startswith("lna:"):
@@ -73,7 +74,7 @@ def resolve(model: str, revision: str | None = None, *, experts: bool = False) -
     if not isinstance(cfg, dict):
         raise LnaError(f"{config_file}: not a model config (a JSON object)")
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
-    if experts:
+    if experts or (experts is None and moe.is_moe(cfg)):
         family = moe.identify(cfg, model)
     else:
         family = families.identify(cfg, model)

@@ -28,6 +28,13 @@ REFUSED = {
 }
 
 
+# Why lna does not count experts inside vLLM (docs/moe.md), one line.
+VLLM_REFUSAL = ("lna counts mixture-of-experts models with transformers only: vLLM's fused-MoE layers run their "
+                "activation inside its own MoE kernels (Triton, CUTLASS, DeepGEMM, per backend and quantisation), "
+                "not through the MLP op lna replaces, and no counting hook there was built and tested (vllm is not "
+                "installed where this lna was developed)")
+
+
 @dataclass(frozen=True)
 class MoEFamily(Family):
     shared: str | None = None  # the block's attribute holding an always-on shared expert MLP
@@ -91,6 +98,10 @@ class Layout:
     def neurons(self) -> int:
         """Width of the store's always-on table (the widest; narrower layers are padded)."""
         return max(self.always_on)
+
+    def meta(self) -> dict:
+        """What a count store records of it (lna.storage.store)."""
+        return {"top_k": self.top_k, "moe_layers": list(self.moe_layers), "always_on": list(self.always_on)}
 
 
 def parts(layer, family: MoEFamily):
