@@ -23,25 +23,43 @@ from .reference import activation_native, check_activation
 from .silu_mul_torch import _accumulate
 
 
-def expert_silu_mul(gate, up, offsets, *, lang_ids=None, counts=None, activation="silu", backend=None):
-    """act(gate) * up in the input dtype over rows grouped by expert, counting gate > 0.
+def expert_silu_mul(gate, up, offsets, *, lang_ids=None, counts=None, masks=None, mask_ids=None, values=None,
+                    activation="silu", backend=None):
+    """act(gate) * up in the input dtype over rows grouped by expert, counting gate > 0, and
+    per-row interventions on expert neurons.
 
     gate, up [S, I] (strided views welcome: halves of a packed gate_up); offsets: E + 1
     non-decreasing ints from 0 to S (a list or a CPU tensor; rows offsets[e]:offsets[e+1]
     are expert e's); lang_ids int [S] (-1: not counted) with counts int32/int64
-    [E, n_langs, I], updated in place. Returns a new contiguous [S, I] tensor.
+    [E, n_langs, I], updated in place. masks bool [n_masks, E, I] with mask_ids int [S]
+    (-1: none), and values float32 [n_masks, E, I] or None: where masks[mask_ids[r], e, j]
+    for row r of expert e, act becomes values[mask_ids[r], e, j] rounded to the dtype (0
+    without values) before the product; counting sees the raw gate. A whole expert is
+    ablated by masking all its neurons (its output is then 0: the families lna counts have
+    no expert biases). Returns a new contiguous [S, I] tensor.
     """
     bounds = _check(gate, up, offsets, lang_ids, counts, activation)
+    _check_masks(gate, len(bounds) - 1, masks, mask_ids, values)
     if _pick_backend(gate, backend) == "triton":
         from .expert_count_triton import expert_silu_mul_triton
 
-        return expert_silu_mul_triton(gate, up, bounds, lang_ids, counts, activation=activation)
+        return expert_silu_mul_triton(gate, up, bounds, lang_ids, counts, masks, mask_ids, values,
+                                      activation=activation)
     act = activation_native(gate, activation)
-    if counts is not None:
-        for e in range(len(bounds) - 1):
-            a, b = bounds[e], bounds[e + 1]
-            if b > a:
-                _accumulate(gate[a:b], act[a:b], lang_ids[a:b], counts[e], None, None)
+    for e in range(len(bounds) - 1):
+        a, b = bounds[e], bounds[e + 1]
+        if b == a:
+            continue
+        if counts is not None:
+            _accumulate(gate[a:b], act[a:b], lang_ids[a:b], counts[e], None, None)
+        if masks is not None:
+            ids = mask_ids[a:b]
+            picked = ids.clamp(min=0)
+            chosen = masks[:, e][picked] & (ids >= 0).unsqueeze(1)
+            if values is None:
+                act[a:b].masked_fill_(chosen, 0)
+            else:
+                act[a:b] = torch.where(chosen, values[:, e].to(act.dtype)[picked], act[a:b])
     return act.mul_(up)
 
 
@@ -61,6 +79,28 @@ def expert_offsets(expert_ids, n_experts: int):
     order = torch.argsort(expert_ids, stable=True)
     sizes = torch.bincount(expert_ids, minlength=n_experts)
     return order, [0] + torch.cumsum(sizes, 0).tolist()
+
+
+def _check_masks(gate, n_experts, masks, mask_ids, values):
+    if (masks is None) != (mask_ids is None) or (values is not None and masks is None):
+        raise ValueError("expert_silu_mul: masks and mask_ids go together (values only with them)")
+    if masks is None:
+        return
+    width = gate.shape[1]
+    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or masks.dim() != 3 \
+            or tuple(masks.shape[1:]) != (n_experts, width):
+        raise ValueError(f"expert_silu_mul: masks must be a bool tensor [n_masks, {n_experts}, {width}], "
+                         f"got {getattr(masks, 'dtype', type(masks).__name__)} {tuple(getattr(masks, 'shape', ()))}")
+    if not isinstance(mask_ids, torch.Tensor) or mask_ids.dtype not in ID_DTYPES \
+            or tuple(mask_ids.shape) != (gate.shape[0],):
+        raise ValueError(f"expert_silu_mul: mask_ids must be a signed integer tensor [{gate.shape[0]}] (one per row)")
+    if values is not None and (not isinstance(values, torch.Tensor) or values.dtype != torch.float32
+                               or values.shape != masks.shape):
+        raise ValueError(f"expert_silu_mul: values must be a float32 tensor shaped like masks {tuple(masks.shape)}")
+    for name, t in (("masks", masks), ("mask_ids", mask_ids), ("values", values)):
+        if t is not None and t.device != gate.device:
+            raise ValueError(f"expert_silu_mul: {name} is on {t.device} but gate is on {gate.device}; "
+                             "move them to one device")
 
 
 def _check(gate, up, offsets, lang_ids, counts, activation):

@@ -11,16 +11,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import INTERPRET, _activation, _add_table, _count_tile, _languages, _round, _to32, gelu_flag, langs_pad
+from .triton_tiles import (INTERPRET, _activation, _add_table, _count_tile, _intervene_mul, _languages, _to32,
+                           gelu_flag, langs_pad)
 
 COUNT_EXACT_LIMIT = 2**24  # fp32 accumulators hold every integer below this exactly
 
 
 @triton.jit
 def _expert_silu_mul_kernel(
-    gate_ptr, up_ptr, out_ptr, lang_ptr, counts_ptr, start_ptr, end_ptr, expert_ptr,
-    n_neurons, n_langs, stride_gt, stride_gi, stride_ut, stride_ui, stride_ot, stride_ce, stride_cl, stride_ci,
-    COUNT: tl.constexpr, GELU: tl.constexpr, LANGS_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+    gate_ptr, up_ptr, out_ptr, lang_ptr, counts_ptr, start_ptr, end_ptr, expert_ptr, mask_id_ptr, masks_ptr,
+    values_ptr, n_neurons, n_langs, n_masks, stride_gt, stride_gi, stride_ut, stride_ui, stride_ot,
+    stride_ce, stride_cl, stride_ci, stride_mm, stride_me, stride_vm, stride_ve,
+    COUNT: tl.constexpr, MASK: tl.constexpr, SET: tl.constexpr, GELU: tl.constexpr, LANGS_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_I: tl.constexpr, PRECISE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_i = tl.program_id(0)
@@ -30,6 +32,10 @@ def _expert_silu_mul_kernel(
     t_begin = tl.load(start_ptr + tile)
     t_end = tl.load(end_ptr + tile)
     acc = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
+    expert = tl.load(expert_ptr + tile).to(tl.int64)
+    # this expert's [n_masks, I] slices of the [n_masks, E, I] mask and value tables
+    masks_e = masks_ptr + expert * stride_me
+    values_e = values_ptr + expert * stride_ve
     for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         row_ok = rows < t_end
@@ -39,13 +45,13 @@ def _expert_silu_mul_kernel(
         up = tl.load(up_ptr + rows64[:, None] * stride_ut + cols[None, :] * stride_ui, mask=ok, other=0.0)
         g32 = _to32(gate, INTERPRET)
         act = _activation(g32, gate.dtype, GELU, PRECISE, INTERPRET)
-        out = _round(_to32(act, INTERPRET) * _to32(up, INTERPRET), gate.dtype, INTERPRET)
+        out = _intervene_mul(_to32(act, INTERPRET), _to32(up, INTERPRET), gate.dtype, rows, row_ok, cols, col_ok,
+                             mask_id_ptr, masks_e, values_e, n_masks, stride_mm, stride_vm, MASK, SET, INTERPRET)
         tl.store(out_ptr + rows64[:, None] * stride_ot + cols[None, :], out, mask=ok)
         if COUNT:
             hit, counted = _languages(lang_ptr, rows, row_ok, n_langs, LANGS_PAD)
             acc = _count_tile(acc, hit, g32 > 0)
     if COUNT:
-        expert = tl.load(expert_ptr + tile).to(tl.int64)
         _add_table(acc, counts_ptr + expert * stride_ce, cols, col_ok, n_langs, stride_cl, stride_ci, LANGS_PAD)
 
 
@@ -61,7 +67,8 @@ def tiles(bounds, rows_per_program):
     return start, end, expert
 
 
-def expert_silu_mul_triton(gate, up, bounds, lang_ids=None, counts=None, *, activation="silu",
+def expert_silu_mul_triton(gate, up, bounds, lang_ids=None, counts=None, masks=None, mask_ids=None, values=None, *,
+                           activation="silu",
                            block_t=32, block_i=128, rows_per_program=None, num_warps=4):
     """Launch on checked inputs (lna.kernels.expert_count.expert_silu_mul); bounds: the E + 1
     segment offsets as ints. rows_per_program: rows per program (a multiple of block_t);
@@ -81,15 +88,21 @@ def expert_silu_mul_triton(gate, up, bounds, lang_ids=None, counts=None, *, acti
         raise ValueError(f"expert_silu_mul: at most {COUNT_EXACT_LIMIT - 1} rows per program, got {rows_per_program}")
     start, end, expert = (torch.tensor(x, dtype=torch.int64, device=gate.device)
                           for x in tiles(bounds, rows_per_program))
-    count = counts is not None
+    count, mask = counts is not None, masks is not None
     lang_ids = lang_ids.contiguous() if count else out
+    # Triton reads bool tensors bytewise through a uint8 view; rows of neurons with unit stride.
+    masks_u8 = masks.contiguous().view(torch.uint8) if mask else out
+    mask_ids = mask_ids.contiguous() if mask else out
+    values = values.contiguous() if values is not None else None
     grid = (triton.cdiv(n_neurons, block_i), start.numel())
     _expert_silu_mul_kernel[grid](
-        gate, up, out, lang_ids, counts if count else out, start, end, expert,
-        n_neurons, counts.shape[1] if count else 0,
+        gate, up, out, lang_ids, counts if count else out, start, end, expert, mask_ids, masks_u8,
+        values if values is not None else out, n_neurons, counts.shape[1] if count else 0,
+        masks.shape[0] if mask else 0,
         gate.stride(0), gate.stride(1), up.stride(0), up.stride(1), out.stride(0),
         *(counts.stride() if count else (0, 0, 0)),
-        COUNT=count, GELU=gelu_flag(activation), LANGS_PAD=langs_pad(counts.shape[1]) if count else 16,
+        *(masks_u8.stride()[:2] if mask else (0, 0)), *(values.stride()[:2] if values is not None else (0, 0)),
+        COUNT=count, MASK=mask, SET=values is not None, GELU=gelu_flag(activation), LANGS_PAD=langs_pad(counts.shape[1]) if count else 16,
         BLOCK_T=block_t, BLOCK_I=block_i, PRECISE=not INTERPRET and gate.dtype == torch.float32,
         INTERPRET=INTERPRET, num_warps=num_warps,
     )

@@ -76,3 +76,59 @@ def nll(path, samples, dtype=torch.float64):
         P = len(s.prompt)
         out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
     return out
+
+
+def intervene(model, masks, values=None):
+    """Hooks that replace act(gate) by 0 (or by values) where masks, in an unmodified model:
+    masks is lna.runners.moe.ExpertMasks for one mask (always_on [layer, neuron], experts
+    [layer, expert, neuron]). transformers' eager experts loop calls act_fn once per hit
+    expert, in increasing expert order, on rows ordered as torch.where((index == e).T)
+    orders them; a pre-hook on the experts module records the index to follow it."""
+    hooks = []
+    for li, layer in enumerate(layers(model)):
+        ex, mlp = parts(layer)
+        if mlp is not None:
+            w = mlp.gate_proj.out_features
+            m = torch.from_numpy(np.asarray(masks.always_on[li, :w], bool))
+            v = torch.zeros(w) if values is None else torch.from_numpy(values.always_on[li, :w])
+            hooks.append(mlp.act_fn.register_forward_hook(lambda mod, i, o, m=m, v=v: torch.where(m, v.to(o.dtype), o)))
+        if ex is None:
+            continue
+        m = torch.from_numpy(np.asarray(masks.experts[li], bool))
+        v = torch.zeros(m.shape) if values is None else torch.from_numpy(values.experts[li])
+        seen = {}
+
+        def before(mod, args, seen=seen):
+            index = args[1]
+            seen["experts"] = iter(sorted(set(index.flatten().tolist())))
+
+        def after(mod, i, o, seen=seen, m=m, v=v):
+            e = next(seen["experts"])
+            return torch.where(m[e], v[e].to(o.dtype), o)
+
+        hooks.append(ex.register_forward_pre_hook(before))
+        hooks.append(ex.act_fn.register_forward_hook(after))
+    return hooks
+
+
+@torch.no_grad()
+def nll_intervened(path, samples, masks, mask_ids, values=None, dtype=torch.float64):
+    """nll with the masks of each sample (ExpertMasks of [n_masks, ...] tables; mask_ids -1:
+    none) applied through `intervene`, experts by the eager loop."""
+    from lna.runners.moe import ExpertMasks
+
+    model = load(path, dtype)
+    model.config._experts_implementation = "eager"
+    out = np.zeros(len(samples))
+    for i, s in enumerate(samples):
+        hooks = []
+        if mask_ids[i] >= 0:
+            pick = lambda t: None if t is None else ExpertMasks(*(p[mask_ids[i]] for p in t))  # noqa: E731
+            hooks = intervene(model, pick(masks), pick(values))
+        ids = torch.tensor([list(s.prompt) + list(s.response)])
+        logits = model(ids).logits[0].to(dtype)
+        P = len(s.prompt)
+        out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
+        for h in hooks:
+            h.remove()
+    return out

@@ -11,7 +11,7 @@ import naive_moe
 from conftest import random_samples
 from lna.core.errors import LnaError
 from lna.models.tiny import build_tiny
-from lna.runners.moe import CountingExperts, MoERunner, _MoEState
+from lna.runners.moe import CountingExperts, ExpertMasks, MoERunner, _MoEState
 
 LANGS = ["en", "zh", "ja"]
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"]
@@ -84,11 +84,59 @@ def test_nll_equals_transformers(runner, moe_models, arch):
     assert np.abs(got - ref64).max() <= 2 * np.abs(ref32 - ref64).max() + 1e-6
 
 
+def random_masks(runner, n, seed, whole=False):
+    """ExpertMasks of n masks: 30% of the expert and always-on neurons, or whole experts."""
+    rng = np.random.default_rng(seed)
+    lay = runner.layout
+    always = rng.random((n, runner.layers, lay.neurons)) < 0.3
+    experts = rng.random((n, runner.layers, lay.experts, lay.expert_neurons)) < 0.3
+    if whole:  # two whole experts per layer, nothing else
+        always[:] = False
+        experts[:] = False
+        experts[:, :, [1, 5]] = True
+    return ExpertMasks(always, experts)
+
+
+@pytest.mark.parametrize("setting", ["zero", "whole experts", "set"])
+def test_interventions_equal_hooked_transformers(runner, moe_models, arch, setting):
+    samples = random_samples(7, LANGS, questions=3, max_response=20)
+    masks = random_masks(runner, 2, seed=3, whole=setting == "whole experts")
+    values = None
+    if setting == "set":
+        rng = np.random.default_rng(4)
+        values = ExpertMasks(*(rng.normal(0, 2, m.shape).astype(np.float32) for m in masks))
+    mask_ids = [i % 3 - 1 for i in range(len(samples))]  # -1, 0, 1, -1, ...
+    got = runner.nll(samples, masks, mask_ids, values)
+    ref64 = naive_moe.nll_intervened(moe_models[arch], samples, masks, mask_ids, values)
+    ref32 = naive_moe.nll_intervened(moe_models[arch], samples, masks, mask_ids, values, dtype=torch.float32)
+    assert np.abs(got - ref64).max() <= 2 * np.abs(ref32 - ref64).max() + 1e-6
+    plain = runner.nll(samples, None, [-1] * len(samples))
+    hit = np.array(mask_ids) >= 0
+    assert np.array_equal(got[~hit], plain[~hit]) and (got[hit] != plain[hit]).all()
+
+
+def test_generate_with_interventions_equals_hooked_transformers(runner, moe_models, arch):
+    masks = random_masks(runner, 1, seed=5)
+    prompts = [[1, 40, 41, 42, 43], [1, 50, 51]]
+    got = runner.generate(prompts, n=1, temperature=0, top_p=1, max_new_tokens=6, seed=0, masks=masks,
+                          mask_ids=[0, 0])
+    model = naive.load(moe_models[arch])
+    model.config._experts_implementation = "eager"
+    hooks = naive_moe.intervene(model, ExpertMasks(*(m[0] for m in masks)))
+    try:
+        want = [naive.greedy(moe_models[arch], [p], 6, model=model)[0] for p in prompts]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [g[0] for g in got] == want
+
+
 def test_refusals_are_one_line(moe_models, tmp_path):
     runner = MoERunner(moe_models["olmoe"])
     samples = random_samples(2, LANGS, questions=1)
     for call in (lambda: runner.count(samples, LANGS, sums=True),
                  lambda: runner.nll(samples, np.ones((1, 3, 96), bool), [0] * len(samples)),
+                 lambda: runner.nll(samples, ExpertMasks(None, np.ones((1, 3, 8, 5), bool)), [0] * len(samples)),
                  lambda: runner.generate_counting([[1, 5]], ["en"], LANGS, n=1, temperature=0, top_p=1,
                                                   max_new_tokens=2, seed=0)):
         with pytest.raises(LnaError) as err:

@@ -72,8 +72,12 @@ ARCHS = {
     # differential attention: an even number (>= 2) of KV heads
     "diffllama": ("diffllama", {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}),
     "cwm": ("cwm", {"sliding_window": WINDOW, "layer_types": MIXED}),
-    # Mixture of experts (lna.models.moe): 8 experts, 2 or 3 per token; shared experts and
-    # dense layers narrower or wider than the experts, where the family has them.
+}
+
+# Mixture of experts (lna.models.moe; apart: tests/test_families.py builds every ARCHS entry as a
+# dense family): 8 experts, 2 or 3 per token; shared experts and dense layers narrower or wider
+# than the experts, where the family has them.
+MOE_ARCHS = {
     "mixtral": ("mixtral", {"num_local_experts": 8, "num_experts_per_tok": 2}),
     "qwen2_moe": ("qwen2_moe", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
                                 "shared_expert_intermediate_size": 80}),
@@ -117,15 +121,16 @@ def byte_tokenizer(chat_template: str | None = None):
 
 def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, intermediate: int = 96,
                heads: int = 2, kv_heads: int = 1, seed: int = 0, chat_template: str | None = None) -> Path:
-    """Save a random-weight causal LM of `arch` (a key of ARCHS) and its tokenizer to `path`."""
+    """Save a random-weight causal LM of `arch` (a key of ARCHS or MOE_ARCHS) and its tokenizer to `path`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if arch not in ARCHS:
-        raise ValueError(f"unknown tiny architecture {arch!r}: one of {', '.join(ARCHS)}")
-    model_type, extra = ARCHS[arch]
+    known = {**ARCHS, **MOE_ARCHS}
+    if arch not in known:
+        raise ValueError(f"unknown tiny architecture {arch!r}: one of {', '.join(known)}")
+    model_type, extra = known[arch]
     tokenizer = byte_tokenizer(chat_template)
     sizes = {
         "vocab_size": len(tokenizer),  # every id the model can sample decodes

@@ -11,7 +11,10 @@ with other counting modules installed:
   computation, exact integers;
 - always-on MLPs (shared experts, and dense layers' MLPs) become the dense runner's
   CountingMLP, counting into their layer's row of the always-on table.
-Counting only: activation sums and interventions on experts are refused in one line.
+Interventions (ExpertMasks: zero or set expert neurons, whole experts, always-on neurons)
+are applied per (token, expert) pair in the same kernel; routing is left as the router chose
+(a whole expert masked contributes 0 to its tokens, the others keep their weights).
+Activation sums are refused in one line.
 """
 from typing import NamedTuple, Sequence
 
@@ -31,11 +34,35 @@ class ExpertTables(NamedTuple):
     routed: np.ndarray  # int64 [layer, expert, language]: tokens routed to the expert
 
 
+class ExpertMasks(NamedTuple):
+    """Interventions on a MoE model, one row per mask (either part may be None: nothing there).
+    As masks: bool; as values: float32 (what the masked activations become)."""
+    always_on: np.ndarray | None  # [n_masks, layer, neuron]: always-on MLPs, the store's padded width
+    experts: np.ndarray | None  # [n_masks, layer, expert, neuron]
+
+
+class _ByLayer:
+    """A padded [layer, rows, widest] table read per layer at that layer's width (always-on
+    MLPs differ in width): what CountingMLP indexes as state.counts[layer], masks, values."""
+
+    def __init__(self, table, widths):
+        self.table, self.widths = table, widths
+
+    def __getitem__(self, layer):
+        return self.table[layer, ..., :self.widths[layer]]
+
+    @property
+    def shape(self):
+        return self.table.shape
+
+
 class _MoEState(_State):
     def clear(self):
         super().clear()
         self.expert_counts = None  # int64 [layer, expert, language, neuron], updated in place
         self.routed = None  # int64 [layer, expert, language], updated in place
+        self.expert_masks = None  # bool [layer, n_masks, expert, neuron]
+        self.expert_values = None  # float32 [layer, n_masks, expert, neuron] (None: zero)
 
 
 class CountingExperts(nn.Module):
@@ -66,7 +93,8 @@ class CountingExperts(nn.Module):
         counting = st.expert_counts is not None
         lang = st.lang_ids.index_select(0, token) if counting else None
         h = expert_silu_mul(gate_up[:, :width], gate_up[:, width:], bounds, lang_ids=lang,
-                            counts=st.expert_counts[self.layer] if counting else None)
+                            counts=st.expert_counts[self.layer] if counting else None,
+                            **self._interventions(x.shape[0], token))
         out = rows.new_empty(rows.shape[0], x.shape[1])
         for e, (a, b) in enumerate(zip(bounds, bounds[1:])):
             if b > a:
@@ -79,6 +107,30 @@ class CountingExperts(nn.Module):
         if st.index is None:
             return final
         return hidden.new_zeros(hidden.shape).index_copy_(0, st.index, final)
+
+    def _interventions(self, n_tokens, token) -> dict:
+        """The kernel's masks, mask_ids (per pair, from its token's) and values, or {}."""
+        st = self.state
+        if st.expert_masks is None:
+            return {}
+        per_token = st.mask_ids
+        if st.row_ids is not None:  # generate: [B * S] tokens, one intervention per row
+            per_token = st.row_ids.repeat_interleave(n_tokens // st.row_ids.shape[0])
+        if per_token is None:
+            return {}
+        values = None if st.expert_values is None else st.expert_values[self.layer]
+        return {"masks": st.expert_masks[self.layer], "mask_ids": per_token.index_select(0, token), "values": values}
+
+
+class _AlwaysOnMLP(CountingMLP):
+    """CountingMLP of a shared expert that sees the flattened [B * S, H] hidden states
+    (Qwen2-MoE): while generating with interventions, viewed as [B, S, H], one row per prompt."""
+
+    def forward(self, x):
+        rows = self.state.row_ids
+        if x.dim() == 2 and rows is not None and x.shape[0] % rows.shape[0] == 0:
+            return super().forward(x.view(rows.shape[0], -1, x.shape[-1])).view(x.shape)
+        return super().forward(x)
 
 
 class MoERunner(HFRunner):
@@ -108,16 +160,43 @@ class MoERunner(HFRunner):
                 layer.mlp.experts = CountingExperts(experts, i, self.state)
                 modules += 1
             if always_on is not None:
-                counting = CountingMLP(always_on, i, self.state, dense, {})
+                counting = _AlwaysOnMLP(always_on, i, self.state, dense, {})
                 setattr(layer if attr == "mlp" else layer.mlp, attr, counting)
                 modules += 1
         return modules
 
     def _interventions(self, masks, values) -> None:
-        self.state.clear()
-        if masks is not None and len(masks):
-            raise LnaError(f"{self.info.name}: interventions (ablation, steering) on mixture-of-experts models are "
-                           "not supported yet (docs/moe.md)")
+        """masks (and values, or None: zero) as ExpertMasks, onto the device per layer."""
+        st = self.state
+        st.clear()
+        if masks is None:
+            return
+        if not isinstance(masks, ExpertMasks) or (values is not None and not isinstance(values, ExpertMasks)):
+            raise LnaError(f"{self.info.name}: a mixture-of-experts model takes its interventions as ExpertMasks "
+                           "(expert neurons and always-on neurons); neuron sets of a dense model do not apply")
+        lay, L = self.layout, self.layers
+        n = next((len(m) for m in masks if m is not None), 0)
+        if not n:
+            return
+        shapes = ((n, L, lay.neurons), (n, L, lay.experts, lay.expert_neurons))
+        parts = []
+        for table, dtype in ((masks, bool), (values, np.float32)):
+            if table is None:
+                parts.append((None, None))
+                continue
+            got = []
+            for part, shape in zip(table, shapes):
+                part = np.zeros(shape, dtype) if part is None else np.asarray(part)
+                if part.shape != shape or part.dtype != dtype:
+                    raise LnaError(f"{self.info.name}: intervention table {part.shape} {part.dtype}, expected "
+                                   f"{shape} {np.dtype(dtype)}")
+                # [layer, mask, ...] on the device, as the counting modules index them
+                got.append(torch.from_numpy(np.ascontiguousarray(np.swapaxes(part, 0, 1))).to(self.device))
+            parts.append(got)
+        (always, experts), (always_v, experts_v) = parts
+        st.masks = _ByLayer(always, lay.always_on)
+        st.values = None if always_v is None else _ByLayer(always_v, lay.always_on)
+        st.expert_masks, st.expert_values = experts, experts_v
 
     @torch.inference_mode()
     def count(self, samples: Sequence, languages: Sequence[str], *, sums: bool = False):
@@ -138,7 +217,7 @@ class MoERunner(HFRunner):
             for rows in self._batches(samples):
                 batch = packing.build_batch(rows, samples, lang_index)
                 # each always-on MLP counts into its own width of its layer's row
-                self.state.counts = [counts[i, :, :w] for i, w in enumerate(lay.always_on)]
+                self.state.counts = _ByLayer(counts, lay.always_on)
                 self.state.expert_counts, self.state.routed = expert_counts, routed
                 self.state.lang_ids = torch.from_numpy(batch.lang_ids).to(dev)
                 self._forward(batch)
