@@ -216,3 +216,28 @@ def test_make_runner_picks_moe_and_refuses_vllm(moe_models):
     with pytest.raises(LnaError, match="vLLM's fused-MoE") as err:
         make_runner(moe_models["olmoe"], backend="vllm", device="cpu")
     assert "\n" not in str(err.value)
+
+
+def test_ablation_masks_from_identification(runner, arch):
+    """identify's (layer, expert, neuron) sets and language experts' (layer, expert) pairs
+    become exactly those ExpertMasks entries; whole experts mask every neuron of theirs."""
+    from lna.identification.experts import ablation_masks
+
+    lay = runner.layout
+    layer = lay.moe_layers[-1]
+    shared_layer = next((i for i, w in enumerate(lay.always_on) if w), None)
+    sets = [np.array([[layer, 3, 7], [layer, 0, 0]] + ([[shared_layer, -1, 2]] if shared_layer is not None else [])),
+            np.zeros((0, 3), np.int64)]
+    masks = ablation_masks(runner, neurons=sets, experts=[np.zeros((0, 2)), np.array([[layer, 6]])])
+    want = np.zeros_like(masks.experts)
+    want[0, layer, 3, 7] = want[0, layer, 0, 0] = True
+    want[1, layer, 6] = True
+    assert np.array_equal(masks.experts, want)
+    assert masks.always_on.sum() == (shared_layer is not None) and masks.always_on[1].sum() == 0
+    samples = random_samples(9, LANGS, questions=2, max_response=15)
+    whole = runner.nll(samples, masks, [1] * len(samples))
+    direct = np.zeros_like(masks.experts[:1])
+    direct[0, layer, 6] = True
+    assert np.array_equal(whole, runner.nll(samples, ExpertMasks(None, direct), [0] * len(samples)))
+    with pytest.raises(LnaError, match="not in this model"):
+        ablation_masks(runner, experts=[np.array([[layer, 99]])])

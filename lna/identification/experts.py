@@ -207,3 +207,36 @@ def plot_language_experts(result: LanguageExperts, path, title: str = "") -> Non
     if title:
         ax.set_title(title)
     plots._save(fig, path)
+
+
+# -- interventions ----------------------------------------------------------------------------
+
+def ablation_masks(runner, neurons=None, experts=None):
+    """lna.runners.moe.ExpertMasks for `runner` (a MoERunner), one mask per entry: neurons, a
+    list of int [n, 3] (layer, expert, neuron; expert -1: the always-on MLP), e.g. the sets
+    of identify_experts; experts, a list of int [n, 2] (layer, expert) whose every neuron is
+    masked, e.g. language_experts' experts. Give one list or both of one length."""
+    from lna.runners.moe import ExpertMasks
+
+    lay, L = runner.layout, runner.layers
+    n = len(neurons if neurons is not None else experts or [])
+    if neurons is not None and experts is not None and len(experts) != n:
+        raise LnaError(f"{len(neurons)} neuron sets but {len(experts)} expert sets: one of each per mask")
+    always = np.zeros((n, L, lay.neurons), bool)
+    routed = np.zeros((n, L, lay.experts, lay.expert_neurons), bool)
+    for m in range(n):
+        for layer, e, j in np.asarray(neurons[m] if neurons is not None else np.zeros((0, 3)), np.int64).reshape(-1, 3):
+            width = lay.always_on[layer] if e == SHARED else lay.expert_neurons
+            if not (0 <= layer < L and -1 <= e < lay.experts and 0 <= j < width):
+                raise LnaError(f"neuron (layer {layer}, expert {e}, neuron {j}) is not in this model "
+                               f"({L} layers, {lay.experts} experts of {lay.expert_neurons} neurons)")
+            if e == SHARED:
+                always[m, layer, j] = True
+            else:
+                routed[m, layer, e, j] = True
+        for layer, e in np.asarray(experts[m] if experts is not None else np.zeros((0, 2)), np.int64).reshape(-1, 2):
+            if not (0 <= layer < L and 0 <= e < lay.experts):
+                raise LnaError(f"expert (layer {layer}, expert {e}) is not in this model ({L} layers, "
+                               f"{lay.experts} experts)")
+            routed[m, layer, e] = True
+    return ExpertMasks(always, routed)
