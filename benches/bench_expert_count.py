@@ -11,6 +11,9 @@ expert (what lna.runners.moe computes between the two grouped projections):
 - routed: routed_counts alone (the routed-token table).
 Counting's cost is lna+count / lna. Routing is random (top-k distinct experts per token),
 10 languages with prompt rows (-1) mixed in.
+And a whole MoE layer's experts (lna.runners.moe.CountingExperts at OLMoE's sizes: the two
+grouped projections around expert_silu_mul, weights and sum), counting vs not: counting's
+cost where it is paid.
 
 Run: python benches/bench_expert_count.py [--device cuda] [--rounds N]
      (writes benches/results/expert_count_<device>.json)
@@ -96,6 +99,48 @@ def run(device, rounds, dtypes):
     return results
 
 
+LAYER = (256, 64, 8, 2048, 1024)  # tokens, experts, top_k, hidden, expert neurons (OLMoE-1B-7B)
+
+
+def layer(device, rounds, dtypes):
+    """ms of CountingExperts' forward with and without counting, random weights and routing."""
+    from lna.runners.moe import CountingExperts, _MoEState
+
+    tokens, experts, top_k, hidden, width = LAYER
+    out = {}
+    for dtype in dtypes:
+        dt = getattr(torch, dtype)
+        gen = torch.Generator().manual_seed(0)
+        module = torch.nn.Module()
+        module.gate_up_proj = torch.nn.Parameter((torch.randn(experts, 2 * width, hidden, generator=gen)
+                                                  * hidden ** -0.5).to(dt).to(device), requires_grad=False)
+        module.down_proj = torch.nn.Parameter((torch.randn(experts, hidden, width, generator=gen)
+                                               * width ** -0.5).to(dt).to(device), requires_grad=False)
+        state = _MoEState()
+        ex = CountingExperts(module, 0, state)
+        x = torch.randn(tokens, hidden, generator=gen).to(dt).to(device)
+        index = torch.rand(tokens, experts, generator=gen).argsort(1)[:, :top_k].to(device)
+        weights = torch.rand(tokens, top_k, generator=gen).to(device)
+        lang = torch.randint(-1, N_LANGS, (tokens,), generator=gen, dtype=torch.int32).to(device)
+        timer = common.Timer(device, reps=rounds, warmup=1)
+
+        def run(counting):
+            state.clear()
+            if counting:
+                state.lang_ids = lang
+                state.expert_counts = torch.zeros(1, experts, N_LANGS, width, dtype=torch.int64, device=device)
+                state.routed = torch.zeros(1, experts, N_LANGS, dtype=torch.int64, device=device)
+            with torch.inference_mode():
+                ex(x, index, weights)
+
+        plain, counting = timer(lambda: run(False)), timer(lambda: run(True))
+        out[dtype] = {"shape": dict(zip(("tokens", "experts", "top_k", "hidden", "expert_neurons"), LAYER)),
+                      "ms_median": {"experts forward": round(plain, 2), "experts forward + count": round(counting, 2)},
+                      "ratio": round(counting / plain, 3)}
+        print("layer", dtype, out[dtype], flush=True)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -107,6 +152,7 @@ def main(argv=None):
         torch.set_num_threads(1)
         threads = 1
     results = run(args.device, args.rounds, args.dtypes.split(","))
+    results["layer (CountingExperts)"] = layer(args.device, max(3, args.rounds // 2), args.dtypes.split(","))
     payload = {"benchmark": "expert_silu_mul: act(gate)*up counting per expert, language and neuron",
                "timing": f"median of {args.rounds} calls after one warm-up, milliseconds",
                "argv": sys.argv, "results": results, "device": common.machine(args.device, threads=threads),

@@ -90,3 +90,24 @@ def test_dense_identify_refuses_a_moe_store():
 
     with pytest.raises(LnaError, match="lna experts"):
         identify_store(synthetic_store())
+
+
+def test_cli_writes_results_and_fails_in_one_line(tmp_path, capsys):
+    import json
+
+    from lna.cli import run
+    from lna.cli.experts import experts
+    from lna.storage.store import save_store
+
+    save_store(synthetic_store(), tmp_path / "moe.zarr")
+    assert run(experts, "lna experts", [str(tmp_path / "moe.zarr"), "-o", str(tmp_path / "r"), "--langs", "en,zh",
+                                        "--top-rate", "0.002"]) == 0
+    got = json.loads((tmp_path / "r" / "expert_neurons.json").read_text())
+    assert got["languages"] == ["en", "zh"] and got["min_routed"] == 100
+    routing = json.loads((tmp_path / "r" / "language_experts.json").read_text())
+    assert routing["experts"]["zh"] == [[1, 2]] and routing["routing_entropy"][0] == [None, None]
+    capsys.readouterr()
+    save_store(CountStore(np.ones((2, 2, 3)), np.array([5, 5]), ["en", "zh"]), tmp_path / "dense.zarr")
+    assert run(experts, "lna experts", [str(tmp_path / "dense.zarr"), "-o", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no experts" in err and not (tmp_path / "d").exists()
