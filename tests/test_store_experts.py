@@ -10,7 +10,7 @@ import pytest
 
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
-from lna.storage.merge import merge
+from lna.profiling.merge import merge
 from lna.storage.store import CountStore, open_store, save_store
 
 

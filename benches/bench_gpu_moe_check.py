@@ -7,7 +7,7 @@
 3. expert_silu_mul timed against the uncounted product (bench_expert_count's variants).
 Writes benches/results/moe_check_<device>.json.
 
-Run: python benches/gpu_moe_check.py [--device cuda]   (about a minute on an H100; --device cpu: a dry run)
+Run: python benches/bench_gpu_moe_check.py [--device cuda]   (about a minute on an H100; --device cpu: a dry run)
 """
 import argparse
 import sys
