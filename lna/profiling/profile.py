@@ -40,7 +40,7 @@ from lna.storage.manifest import Counted, legacy_done, sample_ids
 from lna.storage.merge import check_compatible, counted_during
 from lna.runners.packing import chunks
 from lna.core.progress import Bar, sayer
-from lna.runners.options import RunnerOptions, open_runner
+from lna.runners.options import Opened, RunnerOptions, open_runner
 from lna.storage.store import CountStore, open_store, save_store
 
 
@@ -97,13 +97,7 @@ def run(opts: Options) -> Path:
     part = f" (shard {shard}: {len(questions):,} of {n_questions:,} questions)" if shard else ""
     if existing is not None:
         shards.check_resume(out, existing.meta.get("shard"), shard_record)
-    meta = {
-        "model": opts.model, "model_name": runner.info.display, "model_fingerprint": runner.fingerprint,
-        "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
-        "architecture": runner.info.architecture, "family": runner.info.family.name, "dtype": model.dtype,
-        "backend": backend, "dataset": name, **prompts, "provenance": "profile",
-        **({"shard": shard_record} if shard_record else {}),
-    }
+    meta = _meta(opts, model, name, prompts, shard_record)
     store = _store(existing, CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums), out, opts)
     for lang in langs:
         store = store.with_language(lang)
@@ -232,6 +226,19 @@ class _WhileSampling:
         self.saver.changed()
         self.saver.tick()
         self.report(int(store.tokens.sum()), None)  # the total is known once every batch is sampled
+
+
+def _meta(opts: Options, model: Opened, dataset: str, prompts: dict, shard_record: dict | None) -> dict:
+    """The store's record of what made it."""
+    runner = model.runner
+    info = runner.info  # the runner's own record (a test may hand in another runner)
+    return {
+        "model": opts.model, "model_name": info.display, "model_fingerprint": runner.fingerprint,
+        "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": info.revision,
+        "architecture": info.architecture, "family": info.family.name, "dtype": model.dtype,
+        "backend": model.backend, "dataset": dataset, **prompts, "provenance": "profile",
+        **({"shard": shard_record} if shard_record else {}),
+    }
 
 
 def _check_template(existing: CountStore | None, out: Path, prompts: dict) -> None:
