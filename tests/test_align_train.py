@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 pytest.importorskip("trl", reason="the train stage needs the align extra: pip install 'lna[align]'")
 
 from lna.core import jsonl  # noqa: E402
-from lna.align import merge  # noqa: E402
+from lna.align import lora_merge as merge  # noqa: E402
 from lna.align.train import TrainSettings, checkpoints, train  # noqa: E402
 from lna.core.errors import LnaError  # noqa: E402
 
