@@ -119,6 +119,31 @@ def test_eval_and_align_take_revision(command, made, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--revision main" in err and "revisions are for hub models" in err, err
 
 
+def test_every_command_declares_the_runner_options_alike():
+    """Each RunnerOptions field a command takes on its command line (all but --model's
+    required-ness and help, and profile's --vllm-compiled) has the same type, range, default
+    and check in every command: one declaration, so they cannot drift apart again."""
+    from dataclasses import fields
+
+    from lna.runners.options import RunnerOptions
+
+    def spec(p):
+        return (type(p.type).__name__, repr(p.type), p.default, getattr(p.callback, "__qualname__", None),
+                tuple(p.opts))
+
+    wanted = {f.name for f in fields(RunnerOptions)} - {"model", "max_row_tokens", "vllm_compiled"}
+    wanted |= {"limit", "quiet"}
+    specs = {}
+    for name in ("profile", "ablate", "steer", "eval", "align", "launch"):
+        params = {p.name: p for p in cli._commands()[name].params}
+        assert wanted <= set(params), (name, wanted - set(params))
+        specs[name] = {k: spec(params[k]) for k in sorted(wanted)}
+    first = specs["profile"]
+    for name, s in specs.items():
+        assert s == first, name
+    assert first["device"][3] == "_device" and first["token_budget"][1] == "<IntRange x>=1>"
+
+
 def test_options_extend_runner_options():
     from dataclasses import fields
 

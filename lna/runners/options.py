@@ -6,6 +6,7 @@ click option in lna/cli/options.py; no command module changes.
 """
 from dataclasses import dataclass
 
+from lna import runners
 from lna.core import config
 from lna.models import loading
 
@@ -45,7 +46,7 @@ class Opened:
 
 def resolve(opts: RunnerOptions) -> loading.ModelInfo:
     """The model's folder and shape, from its config alone (before anything loads): pass it to
-    `open_runner` or `template` so the run resolves the model once."""
+    `open_runner` so that the run resolves the model once."""
     return loading.resolve(opts.model, opts.revision)
 
 
@@ -53,16 +54,11 @@ def open_runner(opts: RunnerOptions, info: loading.ModelInfo | None = None) -> O
     """Load the model (resolved by `resolve(opts)` unless `info` is given) on the backend,
     device and dtype of `opts`; then its prompt template, which the tokenizer decides (chat
     where it has a chat template)."""
-    import lna.runners  # looked up when called: tests replace make_runner
-
     info = info or resolve(opts)
-    runner, backend, dtype = lna.runners.make_runner(
+    # runners.make_runner, looked up at each call: tests replace it
+    runner, backend, dtype = runners.make_runner(
         opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype, token_budget=opts.token_budget,
         max_row_tokens=opts.max_row_tokens, revision=opts.revision, compiled=opts.vllm_compiled, info=info)
     name, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     return Opened(runner, backend, dtype, name, template, info)
 
-
-def template(opts: RunnerOptions, info: loading.ModelInfo) -> tuple[str, config.Template]:
-    """(name, template) from the tokenizer alone, for a run that may not load the model."""
-    return config.template_for(opts.model, opts.template, loading.load_tokenizer(info))
