@@ -1,6 +1,6 @@
 """lna: language-neuron activation profiler.
 
-Data flow (design.md): dataset -> prompts -> responses -> force-decoding runner with
+Data flow (docs/design.md, "Data flow"): dataset -> prompts -> responses -> force-decoding runner with
 counting MLPs -> count store -> identify -> neuron sets -> ablate / steer / analyse / report.
 
 `lna.steer(model, ...)` applies a neuron intervention to a loaded transformers model in a

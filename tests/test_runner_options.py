@@ -1,19 +1,11 @@
 """One RunnerOptions, one open_runner: every command that runs a model resolves it once, and
 the runner options are declared once (the same checks and messages in every command)."""
-import json
 from collections import Counter
 
 import pytest
+from conftest import SMALL_DATA, one_line_error, write_jsonl
 
 from lna import cli
-
-DATA = [  # verbatim short prompts with responses, two languages: the forward passes stay small
-    {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5."], "answer": "5"},
-    {"lang": "en", "prompt": "Q: 7-4?\nA:", "responses": [" 7-4 = 3."], "answer": "3"},
-    {"lang": "zh", "prompt": "问：2加3？\n答：", "responses": [" 2加3等于5。"], "answer": "5"},
-    {"lang": "zh", "prompt": "问：7减4？\n答：", "responses": [" 五"], "answer": "3"},
-]
-
 
 def _run(name, *args):
     return cli.run(cli._commands()[name], f"lna-{name}", [str(a) for a in args])
@@ -22,11 +14,9 @@ def _run(name, *args):
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("opts")
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in DATA), encoding="utf-8")
-    questions = root / "q.jsonl"  # no responses: the model answers
-    questions.write_text("".join(json.dumps({"id": i, "lang": x, "query": f"{i} + 1 = ?", "answer": str(i + 1)})
-                                 + "\n" for x in ("de", "en") for i in range(2)), encoding="utf-8")
+    data = write_jsonl(root / "d.jsonl", SMALL_DATA)
+    questions = write_jsonl(root / "q.jsonl", [{"id": i, "lang": x, "query": f"{i} + 1 = ?", "answer": str(i + 1)}
+                                               for x in ("de", "en") for i in range(2)])  # the model answers
     model = tiny_models["llama"]
     assert _run("profile", "-q", "--model", model, "--dataset", data, "--out", root / "s.zarr") == 0
     assert _run("identify", root / "s.zarr", "-o", root / "n.json", "--top-rate", "0.05") == 0
@@ -87,9 +77,7 @@ def test_each_command_resolves_its_model_once(command, made, resolved, tmp_path)
 ])
 def test_runner_options_are_checked_alike_in_every_command(command, option, value, words, made, tmp_path, capsys):
     args = _commands(made, tmp_path)[command]
-    assert _run(*args, option, value) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert all(w in one_line_error(capsys, _run(*args, option, value)) for w in words)
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
@@ -103,9 +91,7 @@ def test_runner_options_are_checked_alike_in_every_command(command, option, valu
 ])
 def test_sampling_options_are_checked_alike(command, option, value, words, made, tmp_path, capsys):
     args = _commands(made, tmp_path)[command]
-    assert _run(*args, option, value) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert all(w in one_line_error(capsys, _run(*args, option, value)) for w in words)
     assert not any(tmp_path.iterdir())
 
 
@@ -114,9 +100,8 @@ def test_eval_and_align_take_revision(command, made, tmp_path, capsys):
     """--revision is for hub models: given with a local folder it is refused in one line, as
     lna-profile refuses it (before, lna-eval and lna-align had no --revision)."""
     args = _commands(made, tmp_path)[command]
-    assert _run(*args, "--revision", "main") == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--revision main" in err and "revisions are for hub models" in err, err
+    err = one_line_error(capsys, _run(*args, "--revision", "main"))
+    assert "--revision main" in err and "revisions are for hub models" in err, err
 
 
 def test_every_command_declares_the_runner_options_alike():

@@ -20,7 +20,7 @@ def _apply(f, options: list):
 
 def _device(ctx, param, value):
     from lna.core.errors import LnaError
-    from lna.runners import DEVICES, parse_device
+    from lna.models.loading import DEVICES, parse_device
 
     try:
         return parse_device(value)
