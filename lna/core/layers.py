@@ -24,6 +24,7 @@ LAYERS = (
     ("lna.interventions",),
     ("lna.evaluation",),
     ("lna.align",),
+    ("lna.api",),  # notebooks: the commands' engines as functions and objects
     ("lna.cli",),
     ("lna",),  # the package itself: `import lna` gives lna.LnaError and lna.steer
 )
