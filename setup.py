@@ -49,7 +49,7 @@ setup(
         "tokenizers>=0.21",
         "safetensors",
         "numpy>=1.26",
-        "zarr>=3.0,<4",
+        "zarr>=3.0",
         "click>=8.1",
         "pyyaml>=6",
         "tqdm>=4.66",
@@ -58,20 +58,22 @@ setup(
         # in the tests); without it lna falls back to the torch implementation.
         "triton>=3.4; platform_system == 'Linux'",
     ],
+    # Upper bounds only where a known break is named beside them (torch, transformers, vllm);
+    # elsewhere CI takes the newest pip gives.
     extras_require={
         # py3langid: lna-steer's tests (4.6 MB, numpy only)
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4,<0.5"],
-        # Reading stores as labelled arrays (README, Formats); zarr alone needs nothing more.
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4"],
+        # Reading stores as labelled arrays (docs/formats.md); zarr alone needs nothing more.
         "xarray": ["xarray>=2024.10"],
         # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).
         "vllm": ["vllm>=0.32,<0.33"],
         # lna-align's DPO with LoRA (TRL's DPOTrainer/DPOConfig of the 1.x line, PEFT's LoRA);
         # datasets is what DPOTrainer takes. NLLB's tokenizer loads from its tokenizer.json.
-        "align": ["trl>=1.0,<2", "peft>=0.18", "datasets>=4"],
+        "align": ["trl>=1.0", "peft>=0.18", "datasets>=4"],
         # lna launch: shards of a profile as Ray tasks over a cluster (tested with 2.60).
-        "ray": ["ray>=2.40,<3"],
+        "ray": ["ray>=2.40"],
         # lna-steer's language identifier: py3langid ships its model in the wheel (4.6 MB, numpy only).
-        "steer": ["py3langid>=0.4,<0.5"],
+        "steer": ["py3langid>=0.4"],
     },
     entry_points={
         "console_scripts": [
@@ -87,6 +89,7 @@ setup(
             "lna-steer=lna.cli:steer_main",
             "lna-merge=lna.cli:merge_main",
             "lna-import-counts=lna.cli:import_counts_main",
+            "lna-experts=lna.cli:experts_main",
         ]
     },
 )
