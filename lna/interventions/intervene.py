@@ -37,9 +37,10 @@ class Intervention:
         return not self.mask.any()
 
 
-def parse_layers(spec: str | None, layers: int) -> list:
+def parse_layers(spec: str | None, layers: int, named: dict | None = None) -> list:
     """`--layers` into named layer groups: "all" (default), or comma-separated groups, each a
-    range "a-b", a layer "a", or ranges joined by "+" ("0-3+12-15"): [(name, sorted layers)]."""
+    range "a-b", a layer "a", ranges joined by "+" ("0-3+12-15"), or a name of `named`
+    ({name: layers}): [(name, sorted layers)]."""
     if spec is None or not spec.strip():
         spec = "all"
     groups = []
@@ -49,6 +50,9 @@ def parse_layers(spec: str | None, layers: int) -> list:
             continue
         if part == "all":
             groups.append(("all", list(range(layers))))
+            continue
+        if named and part in named:
+            groups.append((part, sorted(named[part])))
             continue
         chosen = set()
         for piece in part.split("+"):
@@ -82,9 +86,12 @@ def neuron_mask(ns, lang: str, setting: str = "specific+related") -> np.ndarray:
 
 
 def steering(ns, store, source: str, target: str, strength: float, layers=None, *,
-             setting: str = "specific+related", value: str = "mean", zero_source: bool = True) -> Intervention:
+             setting: str = "specific+related", value: str = "mean", zero_source: bool = True,
+             level: np.ndarray | None = None) -> Intervention:
     """From `source` to `target`: source's neurons zeroed (if zero_source), target's set to
-    strength x their mean activation in target (None: left as they are), in `layers` (None: all)."""
+    strength x their mean activation in target (None: left as they are), in `layers` (None: all).
+    `level` float [layer, neuron]: another per-neuron activation to multiply instead of the
+    mean (lna-steer's quantile method)."""
     if (store.layers, store.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"the store counts {store.layers} x {store.neurons} neurons, the neuron sets "
                        f"{ns.layers} x {ns.neurons}: they come from different models")
@@ -92,7 +99,8 @@ def steering(ns, store, source: str, target: str, strength: float, layers=None, 
     on = neuron_mask(ns, target, setting) if strength is not None else np.zeros_like(off)
     values = np.zeros(off.shape, np.float32)
     if strength is not None:
-        values[on] = (strength * store.mean_activation(target, value))[on]
+        base = store.mean_activation(target, value) if level is None else np.asarray(level, np.float64)
+        values[on] = (strength * base)[on]
     mask = off | on
     if layers is not None:
         keep = np.zeros(ns.layers, bool)

@@ -3,30 +3,34 @@
 Prompts of language X (the dataset's questions, or a file) are answered greedily:
 - baseline: no intervention;
 - off: X's neurons zeroed (act(gate) := 0), Y's left as they are;
-- strength s (for each --strengths): X's neurons zeroed and Y's set to s times their mean
-  activation in Y (lna.interventions.intervene: sums / tokens of the store, or --value active-mean),
-each within every layer group of --layers (default: all layers). Every output is read by
-a language identifier and a script check (lna.interventions.langid): the share of outputs in Y is the
-effect. The cost, as perplexities (exp of the token-weighted mean NLL):
+- strength s (for each --strengths) and method (--methods, lna.interventions.steer.methods):
+  X's neurons zeroed and Y's set to s times a per-neuron level (mean: their mean activation
+  in Y from the store; quantile: a high quantile of their activation in Y),
+each within every layer group of --layers (default: all layers; "dense": where the sets
+concentrate). Every output is judged three ways (lna.interventions.steer.judge): its
+language (identifier label and probability), its degeneracy (repeated 4-grams, distinct
+words) and its perplexity under the unsteered model; the headline is the share of outputs
+fluent in Y (all three pass). The cost, as perplexities (exp of the token-weighted mean NLL):
 - ppl_source / ppl_target: the steered model's perplexity on reference responses in X
   and in Y (each with its own prompt; from --responses, by default the responses file
   beside the store, else the data's own responses): what the intervention does to the
-  model as a model of each language. Steering should leave Y modelled (ideally better)
-  while X degrades as in lna-ablate.
-- ppl_outputs: the unsteered model's perplexity of the steered outputs given their
-  prompts: whether what the steered model wrote is text the model itself finds likely
-  (low for repetitive text too, so it is read beside the shares, not alone).
+  model as a model of each language.
+- ppl_outputs: the unsteered model's perplexity of the steered outputs given their prompts.
 All interventions share batches (per-prompt ids in the runners' generate and nll).
+--search adds, per method and layer group, the smallest strength reaching a share of
+fluent-target outputs (lna.interventions.steer.search).
 
 Resume: outputs go to DIR/outputs.jsonl a fixed batch at a time, and per-sample NLLs to
-DIR/nll.npz (NaN: not yet); a rerun of the same command computes only what is missing;
-DIR/run.json records the run's settings and a rerun with others is refused. The table
-(steer.json, steer.csv, steer.md) and figure (steer.png) are written all or nothing.
+DIR/nll.npz (NaN: not yet; the search's to DIR/search/); a rerun of the same command
+computes only what is missing; DIR/run.json records the run's settings and a rerun with
+others is refused. At the end outputs.jsonl is rewritten whole with each output's text and
+judgements; the table (steer.json, steer.csv, steer.md) and figure (steer.png) are written
+all or nothing.
 """
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,7 @@ from lna.core import config, jsonl, languages, runs
 from lna.inputs import data, responses
 
 from lna.interventions import intervene, langid
+from lna.interventions.steer import judge, methods
 
 from lna.models import loading
 
@@ -49,7 +54,7 @@ from lna.runners import make_runner
 from lna.runners.base import Sample
 
 BATCH = 16  # generations per runner call (fixed: a resumed run regenerates the same batches)
-OUTPUTS, STATE = "outputs.jsonl", "nll.npz"
+OUTPUTS, STATE, SEARCH = "outputs.jsonl", "nll.npz", "search"
 
 
 @dataclass
@@ -64,6 +69,11 @@ class Options:
     layers: str = "all"
     setting: str = "specific+related"
     value: str = "mean"
+    methods: str = "mean"  # comma-separated lna.interventions.steer.methods.METHODS
+    quantile: float = 0.9  # the quantile method's q
+    search: float | None = None  # target share of fluent-target outputs for the strength search
+    max_ppl: float | None = None  # the perplexity judgement's threshold (default: from the references)
+    allow_template_mismatch: bool = False
     dataset: str = "mgsm"
     prompts: str | None = None  # a text file, one question a line (instead of the dataset's)
     responses: str | None = None  # references for ppl_source / ppl_target
@@ -82,22 +92,43 @@ class Options:
 
 @dataclass
 class Row:
-    name: str  # "baseline", "<layers>/off", "<layers>/x<strength>"
+    name: str  # "baseline", "<layers>/off", "<layers>/x<strength>", "<method>:<layers>/x<strength>"
     layers: str
     strength: float | None  # None: off (Y untouched); NaN for the baseline
     intervention: intervene.Intervention | None
+    method: str = "-"
+    layer_list: list = field(default_factory=list)
 
 
-def plan(ns, store, opts: Options) -> list:
-    """The rows: baseline, then per layer group "off" and each strength."""
-    rows = [Row("baseline", "-", float("nan"), None)]
-    for name, layers in intervene.parse_layers(opts.layers, ns.layers):
-        for strength in (None, *opts.strengths):
-            iv = intervene.steering(ns, store, opts.source, opts.target, strength, layers, setting=opts.setting,
-                                    value=opts.value)
-            label = "off" if strength is None else f"x{strength:g}"
-            rows.append(Row(f"{name}/{label}", name, strength, iv))
-    return rows
+def row_name(method: str, group: str, strength) -> str:
+    label = "off" if strength is None else f"x{strength:g}"
+    return f"{group}/{label}" if method == "mean" or strength is None else f"{method}:{group}/{label}"
+
+
+class Planner:
+    """Rows of one run: the method's intervention for a layer group and strength."""
+
+    def __init__(self, ns, store, opts: Options, quantiles=None):
+        self.ns, self.store, self.opts, self.quantiles = ns, store, opts, quantiles
+        named = {}
+        if methods.DENSE in [p.strip() for p in opts.layers.split(",")]:
+            named[methods.DENSE] = methods.dense_layers(ns, (opts.source, opts.target), opts.setting)
+        self.groups = intervene.parse_layers(opts.layers, ns.layers, named)
+
+    def row(self, method: str, group: str, layers: list, strength) -> Row:
+        o = self.opts
+        iv = methods.build(method, self.ns, self.store, o.source, o.target, strength, layers, setting=o.setting,
+                           value=o.value, quantiles=self.quantiles)
+        return Row(row_name(method, group, strength), group, strength, iv, "-" if strength is None else method,
+                   list(layers))
+
+    def grid(self, chosen: tuple) -> list:
+        """The rows: baseline, then per layer group "off" and each method and strength."""
+        rows = [Row("baseline", "-", float("nan"), None)]
+        for name, layers in self.groups:
+            rows.append(self.row("mean", name, layers, None))
+            rows += [self.row(m, name, layers, s) for m in chosen for s in self.opts.strengths]
+        return rows
 
 
 def run(opts: Options) -> dict:
@@ -112,6 +143,11 @@ def run(opts: Options) -> dict:
     opts.source, opts.target = src, tgt
     if not opts.strengths or any(s < 0 for s in opts.strengths):
         raise LnaError(f"--strengths must be non-negative multiples of the mean activation, got {opts.strengths}")
+    chosen = methods.parse(opts.methods)
+    if not 0 < opts.quantile < 1:
+        raise LnaError(f"--quantile {opts.quantile}: give a quantile between 0 and 1, such as 0.9")
+    if opts.search is not None and not 0 < opts.search <= 1:
+        raise LnaError(f"--search {opts.search}: give the share of fluent-target outputs to reach, in (0, 1]")
     ns = neurons.load(opts.neurons)
     from lna.storage.store import open_store
 
@@ -124,7 +160,7 @@ def run(opts: Options) -> dict:
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"{opts.neurons}: neuron sets of {ns.layers} x {ns.neurons} neurons, but {info.name} has "
                        f"{info.layers} x {info.neurons}; steer the model they came from")
-    rows = plan(ns, store, opts)
+    Planner(ns, store, opts)  # --layers checked before the model loads
     questions = _questions(opts)
     references = _references(opts, say)
 
@@ -137,33 +173,129 @@ def run(opts: Options) -> dict:
             except LnaError as err:
                 raise LnaError(f"{err}; pass --allow-other-model to steer anyway") from None
     _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
+    templates = _check_templates(questions, references, template, opts)
     prompts = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
     refs = responses.samples(responses.tokenized(references, runner.tokenizer, template)) if references else []
+    quantiles = None
+    if "quantile" in chosen:
+        quantiles = methods.activation_quantiles(runner, [s for s in refs if s.lang == tgt],
+                                                 intervene.neuron_mask(ns, tgt, opts.setting), opts.quantile)
+    planner = Planner(ns, store, opts, quantiles)
+    rows = planner.grid(chosen)
     masks = np.stack([r.intervention.mask for r in rows[1:]])
     values = np.stack([r.intervention.values for r in rows[1:]])
-    ids = [-1] + [-1 if r.intervention.empty else i for i, r in enumerate(rows[1:])]
     identity = {"model": opts.model, "model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
                 "template": template.applied, "rows": [r.name for r in rows], "interventions": _digest(masks, values),
                 "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:32],
                 "references": [s.key for s in refs], "max_new_tokens": opts.max_new_tokens}
-    runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE])
+    runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE, SEARCH])
     say(f"steering {src} -> {tgt}: {len(rows)} settings x {len(prompts)} prompts, {len(refs)} reference responses, "
         f"with {backend} on {runner.device} -> {out}")
     keys = [q.key for q in questions]
+    session = Session(runner, prompts, keys, refs, out, opts)
     with writing(out):
-        outputs = _generate(runner, prompts, keys, rows, ids, masks, values, out, opts)
-        texts = {key: runner.tokenizer.decode(tokens, skip_special_tokens=True) for key, tokens in outputs.items()}
-        nll = _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs, out, opts)
-    result = table(rows, questions, texts, outputs, nll, refs, src, tgt)
-    result.update({"model": opts.model, "neurons": str(opts.neurons), "store": str(opts.store), "from": src, "to": tgt,
-                   "setting": opts.setting, "value": opts.value, "backend": backend, "dtype": dtype,
-                   "max_new_tokens": opts.max_new_tokens, "prompts": len(prompts), "references": len(refs),
-                   "examples": {r.name: texts[f"{r.name}|{questions[0].key}"] for r in rows}})
-    from lna.interventions import steer_report
+        grid = session.measure(rows, out / STATE)
+        max_ppl, basis = _ppl_threshold(grid, refs, tgt, opts)
+        session.judge(rows, grid, max_ppl)
+        found = None
+        if opts.search is not None:
+            from lna.interventions.steer import search
 
-    files = steer_report.write(result, out, title=f"{info.display}: {src} -> {tgt}")
+            found = search.run(session, planner, chosen, grid, rows, max_ppl, opts.search)
+        session.write_outputs()
+    from lna.interventions.steer import table
+
+    result = table.table(rows, questions, session, grid, refs, src, tgt)
+    result.update({"model": opts.model, "neurons": str(opts.neurons), "store": str(opts.store), "from": src, "to": tgt,
+                   "setting": opts.setting, "value": opts.value, "methods": list(chosen), "backend": backend,
+                   "dtype": dtype, "max_new_tokens": opts.max_new_tokens, "prompts": len(prompts),
+                   "references": len(refs), "templates": templates,
+                   "thresholds": judge.thresholds_record(judge.Thresholds(), max_ppl, basis),
+                   "layer_groups": {name: layers for name, layers in planner.groups},
+                   "examples": {r.name: session.texts[f"{r.name}|{questions[0].key}"] for r in rows}})
+    if quantiles is not None:
+        result["quantile"] = opts.quantile
+    if found is not None:
+        result["search"] = found
+    files = table.write(result, out, title=f"{info.display}: {src} -> {tgt}")
     say(f"wrote {', '.join(files)} to {out}")
     return result
+
+
+def _check_templates(questions, references, template, opts: Options) -> dict:
+    """The prompt templates of the prompts and of the references; one line where they differ."""
+    mine = sorted({responses.template_of(q, template) for q in questions})
+    theirs = sorted({responses.template_of(q, template) for q in references})
+    if references and mine != theirs and not opts.allow_template_mismatch:
+        raise LnaError(f"the prompts use template {'+'.join(mine)} but the reference responses were made with "
+                       f"{'+'.join(theirs)}: their perplexities would compare two formats; pass --template "
+                       f"{theirs[0]} (or other --responses), or --allow-template-mismatch to steer anyway")
+    return {"prompts": "+".join(mine), "references": "+".join(theirs) if references else None}
+
+
+def _ppl_threshold(grid: dict, refs, tgt: str, opts: Options) -> tuple:
+    """(max_ppl, what it is): --max-ppl, else ppl_factor x the unsteered model's perplexity of
+    the target references, else of its own (baseline) outputs."""
+    if opts.max_ppl is not None:
+        return float(opts.max_ppl), "--max-ppl"
+    factor = judge.Thresholds().ppl_factor
+    tokens = np.array([len(s.response) for s in refs], np.float64)
+    pick = np.array([s.lang == tgt for s in refs], bool)
+    if pick.any() and tokens[pick].sum():
+        ppl = float(np.exp(grid["nll"]["refs"][0][pick].sum() / tokens[pick].sum()))
+        return factor * ppl, f"{factor:g} x the unsteered model's perplexity of the {tgt} reference responses"
+    sums, lengths = grid["nll"]["outputs"][0], np.array([len(t) for t in grid["tokens"][0]], np.float64)
+    ppl = float(np.exp(np.nansum(sums) / lengths.sum())) if lengths.sum() else float("inf")
+    return factor * ppl, f"{factor:g} x the unsteered model's perplexity of its own (baseline) outputs"
+
+
+class Session:
+    """What every measured row shares: the runner, prompts, references and output folder;
+    collects each output's tokens, text and judgements for outputs.jsonl."""
+
+    def __init__(self, runner, prompts, keys, refs, out: Path, opts: Options):
+        self.runner, self.prompts, self.keys, self.refs, self.out, self.opts = runner, prompts, keys, refs, out, opts
+        self.tokens, self.texts, self.judged = {}, {}, {}
+
+    def measure(self, rows: list, state: Path) -> dict:
+        """{"tokens": [row][prompt] output ids, "nll": {"refs": [row, ref], "outputs": [row, prompt]}}."""
+        live = [r for r in rows if r.intervention is not None]
+        masks = np.stack([r.intervention.mask for r in live]) if live else np.zeros((0, 1, 1), bool)
+        values = np.stack([r.intervention.values for r in live]) if live else np.zeros((0, 1, 1), np.float32)
+        ids, m = [], 0
+        for r in rows:
+            ids.append(-1 if r.intervention is None or r.intervention.empty else m)
+            m += r.intervention is not None
+        if not live:
+            masks = np.zeros((0, self.runner.layers, self.runner.neurons), bool)
+            values = np.zeros(masks.shape, np.float32)
+        outputs = _generate(self.runner, self.prompts, self.keys, rows, ids, masks, values, self.out, self.opts)
+        for key, tokens in outputs.items():
+            self.tokens[key] = tokens
+            self.texts[key] = self.runner.tokenizer.decode(tokens, skip_special_tokens=True)
+        nll = _perplexities(self.runner, rows, ids, masks, values, self.prompts, self.keys, outputs, self.refs,
+                            self.out, self.opts, state)
+        return {"tokens": [[outputs[_key(rows, self.keys, r, q)] for q in range(len(self.keys))]
+                           for r in range(len(rows))], "nll": nll}
+
+    def judge(self, rows, measured: dict, max_ppl: float) -> None:
+        for r, row in enumerate(rows):
+            for q, key in enumerate(self.keys):
+                k = f"{row.name}|{key}"
+                n = len(measured["tokens"][r][q])
+                ppl = float(np.exp(measured["nll"]["outputs"][r][q] / n)) if n else None
+                self.judged[k] = judge.judge(self.texts[k], ppl, self.opts.target, max_ppl)
+
+    def write_outputs(self) -> None:
+        """outputs.jsonl again, whole: each output's ids, text and judgements (reruns read the ids)."""
+        path = self.out / OUTPUTS
+        with shielded(), atomic_file(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for key, tokens in self.tokens.items():
+                    row, _, question = key.partition("|")
+                    rec = {"key": key, "row": row, "question": question, "tokens": tokens, "text": self.texts[key],
+                           **self.judged.get(key, {})}
+                    fh.write(_one_line(json.dumps(rec, ensure_ascii=False)) + "\n")
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -239,7 +371,8 @@ def _read_outputs(path: Path) -> dict:
 
 
 # -- perplexities ------------------------------------------------------------------------------------
-def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs, out: Path, opts: Options) -> dict:
+def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs, out: Path, opts: Options,
+                  state: Path) -> dict:
     """NLL sums: "refs" float64 [rows, references] (each row's intervention on every
     reference), "outputs" float64 [rows, prompts] (no intervention, on each row's outputs;
     NaN where an output is empty)."""
@@ -250,7 +383,6 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     scored = [s for s in gen if s.response]
     # evaluate's rows: 0 without intervention, m + 1 with masks[m]; rows[i] uses ids[i] + 1.
     order = [m + 1 for m in ids]
-    state = out / STATE
     nll = {"refs": np.full((1 + len(masks), len(refs)), np.nan), "outputs": np.full((1, len(scored)), np.nan)}
     if state.is_file():
         try:
@@ -261,7 +393,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
         if any(kept[k].shape != nll[k].shape for k in nll):
             raise LnaError(f"{state}: from another run; delete it to start over")
         nll = kept
-    unused = sorted(set(range(1, 1 + len(masks))) - set(order))  # empty interventions: the baseline's row
+    unused = sorted(set(range(1 + len(masks))) - set(order))  # not asked for (empty ones use the baseline row)
     nll["refs"][unused] = 0.0
     last = [time.monotonic()]
 
@@ -293,37 +425,13 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
             "outputs": np.array([by_key.get(s.key, np.nan) for s in gen]).reshape(len(rows), len(keys))}
 
 
-# -- the table -----------------------------------------------------------------------------------------
-def table(rows, questions, texts, outputs, nll, refs, src, tgt) -> dict:
-    """Per row: shares of outputs in Y (language identifier, script) and X, perplexities."""
-    ref_lang = np.array([s.lang for s in refs])
-    ref_tokens = np.array([len(s.response) for s in refs], np.float64)
+BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # line breaks to str.splitlines (json.dumps keeps them)
 
-    def ppl(values, tokens):
-        return float(np.exp(values.sum() / tokens.sum())) if tokens.sum() else None
 
-    out = []
-    for r, row in enumerate(rows):
-        keys = [f"{row.name}|{q.key}" for q in questions]
-        found = [langid.identify(texts[k])[0] for k in keys]
-        script = [langid.script_share(texts[k], tgt)[0] for k in keys]
-        lengths = np.array([len(outputs[k]) for k in keys], np.float64)  # each output token is scored
-        iv = row.intervention
-        out.append({
-            "row": row.name, "layers": row.layers,
-            "strength": None if row.strength is None or np.isnan(row.strength) else row.strength,
-            "outputs": len(keys), "share_target": float(np.mean([f == tgt for f in found])),
-            "share_target_script": float(np.mean([s > 0.5 for s in script])),
-            "share_source": float(np.mean([f == src for f in found])),
-            "share_none": float(np.mean([f == langid.NONE for f in found])),
-            "ppl_source": ppl(nll["refs"][r][ref_lang == src], ref_tokens[ref_lang == src]) if refs else None,
-            "ppl_target": ppl(nll["refs"][r][ref_lang == tgt], ref_tokens[ref_lang == tgt]) if refs else None,
-            "ppl_outputs": ppl(np.nan_to_num(nll["outputs"][r]), lengths),
-            "neurons_set": 0 if iv is None else int((iv.mask & (iv.values != 0)).sum()),
-            "neurons_zeroed": 0 if iv is None else int((iv.mask & (iv.values == 0)).sum()),
-            "languages_found": {lang: found.count(lang) for lang in sorted(set(found))},
-        })
-    return {"rows": out}
+def _one_line(line: str) -> str:
+    """A JSON record readable as one line by any line splitter: its line-break characters,
+    which can only occur inside strings, as \\u escapes."""
+    return "".join(f"\\u{ord(c):04x}" if c in BREAKS else c for c in line)
 
 
 def _digest(*arrays) -> str:
