@@ -65,6 +65,44 @@ def test_quantiles_equal_float64_reference(tiny_models):
         methods.activation_quantiles(runner, [], mask, 0.9)
 
 
+def test_difference_of_means_is_an_offset_on_both_languages_neurons():
+    ns, st = sets(), store()  # en: layer 0 {0, 1}, layer 1 {2}; zh: layer 0 {1, 3}
+    iv = methods.build("diffmean", ns, st, "en", "zh", 3.0, [0], setting="specific+related", value="mean")
+    diff = st.sums[:, 1] / 10 - st.sums[:, 0] / 20  # mean in zh - mean in en (sums / tokens)
+    assert not iv.mask.any() and not iv.values.any() and not iv.empty
+    want = np.zeros((2, 6), np.float32)
+    want[0, [0, 1, 3]] = (3.0 * diff[0, [0, 1, 3]]).astype(np.float32)  # layer 1 left out by `layers`
+    assert np.array_equal(iv.offsets, want)
+
+
+def test_runner_offsets_equal_float64_hook_reference(tiny_models):
+    """The transformers runner's additive path (nll and generate) against an unmodified model
+    with a hook adding the offsets to act(gate) (tests/naive.py)."""
+    from lna.runners.hf import HFRunner
+
+    path = tiny_models["llama"]
+    runner = HFRunner(path, token_budget=160, max_row_tokens=90)
+    rng = np.random.default_rng(5)
+    shape = (2, runner.layers, runner.neurons)
+    masks = rng.random(shape) < 0.1
+    values = np.where(masks, rng.normal(0, 2, shape), 0).astype(np.float32)
+    offsets = np.where(rng.random(shape) < 0.3, rng.normal(0, 1, shape), 0).astype(np.float32)
+    samples = random_samples(3, ["en", "zh"], questions=5)
+    mask_ids = [[-1, 0, 1][i % 3] for i in range(len(samples))]
+    got = runner.nll(samples, masks, mask_ids, values, offsets=offsets)
+    ref64 = naive.nll(path, samples, masks, mask_ids, values=values, offsets=offsets)
+    ref32 = naive.nll(path, samples, masks, mask_ids, dtype=torch.float32, values=values, offsets=offsets)
+    # the dtype rule (tests/test_steer_runner.py): at most twice plain transformers' own fp32 error
+    assert np.abs(got - ref64).max() <= 2 * np.abs(ref32 - ref64).max() + 1e-9
+    without = runner.nll(samples, masks, mask_ids, values)  # the offsets matter, and only where asked
+    steered = np.array(mask_ids) >= 0
+    assert (np.abs(without - got)[steered] > 1e-3).all() and np.array_equal(without[~steered], got[~steered])
+    prompts = [[1, 40, 41, 42], [1, 50]]
+    gen = runner.generate(prompts, n=1, temperature=0, top_p=1, max_new_tokens=10, seed=0, masks=masks[:1],
+                          values=values[:1], offsets=offsets[:1], mask_ids=[0, 0])
+    assert [g for (g,) in gen] == naive.greedy(path, prompts, 10, masks[0], values[0], offset=offsets[0])
+
+
 # -- the search --------------------------------------------------------------------------------------------
 class _Row:
     def __init__(self, name, strength):
@@ -123,7 +161,7 @@ def test_methods_dense_layers_and_search_reproduce_bit_for_bit(made, tmp_path):
     from lna.runners.hf import HFRunner
     from lna.storage.store import open_store
 
-    extra = ["--methods", "mean,quantile", "--layers", "dense", "--strengths", "1", "--search", "0.5",
+    extra = ["--methods", "mean,quantile,diffmean", "--layers", "dense", "--strengths", "1", "--search", "0.5",
              "--max-new-tokens", "4"]
     files = ("steer.json", "steer.csv", "steer.md", "outputs.jsonl")
     assert steer_cli(made, tmp_path / "a", *extra) == 0
@@ -137,12 +175,15 @@ def test_methods_dense_layers_and_search_reproduce_bit_for_bit(made, tmp_path):
     ns, st = neuron_file.load(made["neurons"]), open_store(made["store"])
     dense = methods.dense_layers(ns, ("en", "ja"), "specific+related")
     assert res["layer_groups"] == {"dense": dense}
-    assert [r["row"] for r in res["rows"]] == ["baseline", "dense/off", "dense/x1", "quantile:dense/x1"]
-    assert [(s["method"], s["layers"]) for s in res["search"]] == [("mean", "dense"), ("quantile", "dense")]
+    assert [r["row"] for r in res["rows"]] == ["baseline", "dense/off", "dense/x1", "quantile:dense/x1",
+                                               "diffmean:dense/x1"]
+    assert [(s["method"], s["layers"]) for s in res["search"]] == [("mean", "dense"), ("quantile", "dense"),
+                                                                   ("diffmean", "dense")]
+    assert res["rows"][-1]["neurons_shifted"] > 0 == res["rows"][-1]["neurons_set"]
     ladder = [[s, 0.0] for s in search.LADDER]  # a random model writes no Japanese: the ladder is climbed
     assert all(s["tried"] == ladder and s["strength"] is None for s in res["search"])
     records = [json.loads(line) for line in first["outputs.jsonl"].decode().splitlines()]
-    assert len(records) == 3 * (4 + 2 * 8)  # 4 rows + the ladder (x1 shared with the grid) per method
+    assert len(records) == 3 * (5 + 3 * 8)  # 5 rows + the ladder (x1 shared with the grid) per method
     # the quantile rows are the runner's own greedy answers under the intervention from the quantiles
     runner = HFRunner(made["model"])
     _, questions = data.load(str(made["data"]), "en")
@@ -156,6 +197,10 @@ def test_methods_dense_layers_and_search_reproduce_bit_for_bit(made, tmp_path):
                           values=iv.values[None], mask_ids=[0] * len(prompts))
     by_key = {r["key"]: r["tokens"] for r in records}
     assert [by_key[f"quantile:dense/x4|{q.key}"] for q in questions] == [g for (g,) in got]
+    iv = methods.build("diffmean", ns, st, "en", "ja", 2.0, dense, setting="specific+related", value="mean")
+    got = runner.generate(prompts, n=1, temperature=0, top_p=1, max_new_tokens=4, seed=0, masks=iv.mask[None],
+                          values=iv.values[None], offsets=iv.offsets[None], mask_ids=[0] * len(prompts))
+    assert [by_key[f"diffmean:dense/x2|{q.key}"] for q in questions] == [g for (g,) in got]
 
 
 def test_template_mismatch_is_refused_in_one_line(made, tmp_path, capsys):
@@ -171,6 +216,16 @@ def test_template_mismatch_is_refused_in_one_line(made, tmp_path, capsys):
     assert steer_cli(made, tmp_path / "x", *argv, "--allow-template-mismatch") == 0
     res = json.loads((tmp_path / "x" / "steer.json").read_text())
     assert res["templates"]["references"] == "verbatim" and res["templates"]["prompts"] != "verbatim"
+
+
+def test_diffmean_needs_the_transformers_backend(made, tmp_path, capsys, monkeypatch):
+    from lna.interventions.steer import run as steering
+
+    real = steering.make_runner
+    monkeypatch.setattr(steering, "make_runner", lambda *a, **kw: (real(*a, **kw)[0], "vllm", "float32"))
+    assert steer_cli(made, tmp_path / "z", "--methods", "mean,diffmean") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backend hf" in err and not (tmp_path / "z").exists()
 
 
 def test_bad_options_are_one_line(made, tmp_path, capsys):

@@ -2,7 +2,8 @@
 one to a loaded transformers model (`lna.steer`, a context manager for notebooks).
 
 An intervention is, per layer, a mask of neurons and the value each masked neuron's
-activation act(gate) is replaced by before the product with up (0 zeroes it). Steering
+activation act(gate) is replaced by before the product with up (0 zeroes it), and
+optionally offsets added to the activations after that (lna-steer's difference of means). Steering
 from language X to Y zeroes X's neurons and sets Y's to a multiple (the strength) of
 their mean activation in Y, known from the store's activation sums:
     mean         sums / tokens: the expected activation on a token of Y (default), or
@@ -31,10 +32,11 @@ class Intervention:
     """Per layer and neuron: whether the activation is replaced, and by what."""
     mask: np.ndarray  # bool [layer, neuron]
     values: np.ndarray  # float32 [layer, neuron] (0 where only zeroed)
+    offsets: np.ndarray | None = None  # float32 [layer, neuron]: added to act(gate) after (None: none)
 
     @property
     def empty(self) -> bool:
-        return not self.mask.any()
+        return not self.mask.any() and (self.offsets is None or not self.offsets.any())
 
 
 def parse_layers(spec: str | None, layers: int, named: dict | None = None) -> list:
@@ -171,8 +173,9 @@ def steer(model, tokenizer=None, *, neurons=None, store=None, source=None, targe
     act = families.kernel_kwargs(family)
     try:
         for i, layer in enumerate(layer_list):
-            if intervention.mask[i].any():
-                layer.mlp = SteeredMLP(layer.mlp, family, intervention.mask[i], intervention.values[i], act)
+            offsets = None if intervention.offsets is None else intervention.offsets[i]
+            if intervention.mask[i].any() or (offsets is not None and offsets.any()):
+                layer.mlp = SteeredMLP(layer.mlp, family, intervention.mask[i], intervention.values[i], act, offsets)
         yield intervention
     finally:
         for layer, mlp in zip(layer_list, originals):
@@ -196,15 +199,17 @@ def _width(mlp, family) -> int:
 
 
 class SteeredMLP(nn.Module):
-    """down(act(gate) * up) with act replaced by `values` where `mask`, on every token (the
-    fused kernel's set path: a neuron outside the mask is computed bit for bit as before)."""
+    """down(act(gate) * up) with act replaced by `values` where `mask` and `offsets` added, on
+    every token (the fused kernel's set path: a neuron outside the mask and without an offset
+    is computed bit for bit as before)."""
 
-    def __init__(self, mlp, family, mask, values, act):
+    def __init__(self, mlp, family, mask, values, act, offsets=None):
         super().__init__()
         self.inner, self.family, self.act = mlp, family, act
         device = next(mlp.parameters()).device
         self.register_buffer("mask", torch.from_numpy(mask[None]).to(device), persistent=False)
         self.register_buffer("values", torch.from_numpy(values[None]).to(device), persistent=False)
+        self.offsets = None if offsets is None else torch.from_numpy(np.asarray(offsets, np.float32)).to(device)
 
     def forward(self, x):
         from lna.models import families
@@ -214,4 +219,6 @@ class SteeredMLP(nn.Module):
         gate, up = families.gate_up(self.inner, self.family, flat)
         ids = torch.zeros(flat.shape[0], dtype=torch.int32, device=flat.device)
         h = silu_mul(gate, up, masks=self.mask, mask_ids=ids, values=self.values, check_ids=False, **self.act)
+        if self.offsets is not None:  # (act + d) * up = act * up + d * up, as the runner computes it
+            h = h + self.offsets.to(h.dtype) * up
         return self.inner.down_proj(h).view(*x.shape[:-1], -1)

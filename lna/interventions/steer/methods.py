@@ -9,6 +9,11 @@
   neuron's activation on the response tokens of the Y reference responses. The store holds
   sums, not distributions, so the quantiles are computed here, exactly, by one forward over
   those references with the unsteered model (the transformers backend).
+- diffmean (adding the difference of means, as activation addition does, Turner et al.
+  2023, Rimsky et al. 2024, here in the space of MLP neuron activations): nothing zeroed or
+  replaced; strength x (mean activation in Y - mean activation in X), both from the store,
+  added to the activations of X's and Y's neurons (the neurons the other methods touch).
+  The runners' additive path is the transformers backend's.
 
 "dense" in --layers (intervene.parse_layers' named groups) limits either to the layers
 where the two languages' neurons concentrate: the fewest layers that hold at least half of
@@ -19,7 +24,7 @@ import numpy as np
 from lna.core.errors import LnaError
 from lna.interventions import intervene
 
-METHODS = ("mean", "quantile")
+METHODS = ("mean", "quantile", "diffmean")
 DENSE = "dense"
 DENSE_SHARE = 0.5
 
@@ -51,11 +56,27 @@ def dense_layers(ns, langs, setting: str) -> list:
 
 def build(method: str, ns, store, source: str, target: str, strength, layers, *, setting: str, value: str,
           quantiles: np.ndarray | None = None) -> intervene.Intervention:
+    if method == "diffmean" and strength is not None:
+        return difference_of_means(ns, store, source, target, strength, layers, setting=setting, value=value)
     level = None
     if method == "quantile" and strength is not None:
         level = quantiles
     return intervene.steering(ns, store, source, target, strength, layers, setting=setting, value=value,
                               level=level)
+
+
+def difference_of_means(ns, store, source: str, target: str, strength: float, layers=None, *,
+                        setting: str, value: str) -> intervene.Intervention:
+    """strength x (mean_target - mean_source) added to act(gate) of both languages' neurons in `layers`."""
+    both = intervene.neuron_mask(ns, source, setting) | intervene.neuron_mask(ns, target, setting)
+    if layers is not None:
+        keep = np.zeros(ns.layers, bool)
+        keep[list(layers)] = True
+        both &= keep[:, None]
+    diff = store.mean_activation(target, value) - store.mean_activation(source, value)
+    offsets = np.where(both, strength * diff, 0).astype(np.float32)
+    empty = np.zeros(both.shape, bool)
+    return intervene.Intervention(empty, np.zeros(both.shape, np.float32), offsets)
 
 
 def activation_quantiles(runner, samples, mask: np.ndarray, q: float) -> np.ndarray:

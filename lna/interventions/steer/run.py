@@ -156,6 +156,8 @@ def run(opts: Options) -> dict:
         store.index(lang)  # one line if the store lacks it
         intervene.neuron_mask(ns, lang, opts.setting)
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
+    if "diffmean" in chosen:
+        store.mean_activation(src, opts.value)
     info = loading.resolve(opts.model, opts.revision)
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"{opts.neurons}: neuron sets of {ns.layers} x {ns.neurons} neurons, but {info.name} has "
@@ -173,6 +175,9 @@ def run(opts: Options) -> dict:
             except LnaError as err:
                 raise LnaError(f"{err}; pass --allow-other-model to steer anyway") from None
     _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
+    if "diffmean" in chosen and backend != "hf":
+        raise LnaError(f"--methods diffmean adds to activations, which only the transformers backend does; "
+                       f"pass --backend hf, or leave diffmean out (this run would use {backend})")
     templates = _check_templates(questions, references, template, opts)
     prompts = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
     refs = responses.samples(responses.tokenized(references, runner.tokenizer, template)) if references else []
@@ -184,8 +189,10 @@ def run(opts: Options) -> dict:
     rows = planner.grid(chosen)
     masks = np.stack([r.intervention.mask for r in rows[1:]])
     values = np.stack([r.intervention.values for r in rows[1:]])
+    offsets = _offsets(rows[1:])
     identity = {"model": opts.model, "model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
-                "template": template.applied, "rows": [r.name for r in rows], "interventions": _digest(masks, values),
+                "template": template.applied, "rows": [r.name for r in rows],
+                "interventions": _digest(masks, values, *([] if offsets is None else [offsets])),
                 "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:32],
                 "references": [s.key for s in refs], "max_new_tokens": opts.max_new_tokens}
     runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE, SEARCH])
@@ -269,11 +276,14 @@ class Session:
         if not live:
             masks = np.zeros((0, self.runner.layers, self.runner.neurons), bool)
             values = np.zeros(masks.shape, np.float32)
-        outputs = _generate(self.runner, self.prompts, self.keys, rows, ids, masks, values, self.out, self.opts)
+        offsets = _offsets(live)
+        outputs = _generate(self.runner, self.prompts, self.keys, rows, ids, masks, values, self.out, self.opts,
+                            offsets)
         for key, tokens in outputs.items():
             self.tokens[key] = tokens
             self.texts[key] = self.runner.tokenizer.decode(tokens, skip_special_tokens=True)
-        nll = _perplexities(self.runner, rows, ids, masks, values, self.prompts, self.keys, outputs, self.refs,
+        runner = self.runner if offsets is None else _Adding(self.runner, offsets)
+        nll = _perplexities(runner, rows, ids, masks, values, self.prompts, self.keys, outputs, self.refs,
                             self.out, self.opts, state)
         return {"tokens": [[outputs[_key(rows, self.keys, r, q)] for q in range(len(self.keys))]
                            for r in range(len(rows))], "nll": nll}
@@ -338,7 +348,30 @@ def _references(opts: Options, say) -> list:
 
 
 # -- generation --------------------------------------------------------------------------------------
-def _generate(runner, prompts, keys, rows, ids, masks, values, out: Path, opts: Options) -> dict:
+def _offsets(rows):
+    """float32 [rows, layer, neuron] of the rows' offsets (zeros where a row has none), or None."""
+    if not any(r.intervention.offsets is not None for r in rows):
+        return None
+    return np.stack([np.zeros(r.intervention.mask.shape, np.float32) if r.intervention.offsets is None
+                     else r.intervention.offsets for r in rows])
+
+
+class _Adding:
+    """The runner, its nll adding `offsets` (per mask) to the activations: lets the masked-NLL
+    engine score the difference-of-means rows unchanged."""
+
+    def __init__(self, runner, offsets):
+        self._runner, self._offsets = runner, offsets
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def nll(self, samples, masks, mask_ids, values=None):
+        offsets = None if masks is None or not len(masks) else self._offsets
+        return self._runner.nll(samples, masks, mask_ids, values, offsets=offsets)
+
+
+def _generate(runner, prompts, keys, rows, ids, masks, values, out: Path, opts: Options, offsets=None) -> dict:
     """{"row|question key": output tokens}, a fixed batch of (row, prompt) items at a time."""
     path = out / OUTPUTS
     kept = _read_outputs(path)
@@ -347,9 +380,10 @@ def _generate(runner, prompts, keys, rows, ids, masks, values, out: Path, opts: 
     todo = [b for b in batches if not all(_key(rows, keys, r, q) in kept for r, q in b)]
     with Bar(opts.progress, sum(len(b) for b in todo), "steer", "answer") as bar:
         for batch in todo:
+            extra = {} if offsets is None else {"offsets": offsets}
             got = runner.generate([prompts[q] for _, q in batch], n=1, temperature=0.0, top_p=1.0,
                                   max_new_tokens=opts.max_new_tokens, seed=0, masks=masks, values=values,
-                                  mask_ids=[ids[r] for r, _ in batch])
+                                  mask_ids=[ids[r] for r, _ in batch], **extra)
             new = {_key(rows, keys, r, q): [int(t) for t in tokens] for (r, q), (tokens,) in zip(batch, got)}
             jsonl.append(path, [{"key": k, "tokens": v} for k, v in new.items()])  # whole lines or none
             kept.update(new)

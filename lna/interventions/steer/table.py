@@ -19,7 +19,7 @@ COLUMNS = [("row", "setting"), ("share_fluent_target", "fluent in target"), ("sh
            ("share_degenerate", "degenerate"), ("share_implausible", "PPL too high"),
            ("share_target_script", "target script"), ("ppl_source", "PPL source refs"),
            ("ppl_target", "PPL target refs"), ("ppl_outputs", "PPL of outputs"), ("neurons_zeroed", "zeroed"),
-           ("neurons_set", "set")]
+           ("neurons_set", "set"), ("neurons_shifted", "shifted")]
 EXTRA = ["method", "layers", "strength", "outputs", "share_label_target"]
 SEARCH = [("method", "method"), ("layers", "layers"), ("goal", "goal"), ("strength", "smallest strength"),
           ("best_strength", "best strength"), ("best_share", "best fluent in target"),
@@ -58,6 +58,7 @@ def summarize(row, keys: list, session, nll_refs, nll_outputs, refs, src: str, t
         "ppl_outputs": _ppl(np.nan_to_num(nll_outputs), lengths),
         "neurons_set": 0 if iv is None else int((iv.mask & (iv.values != 0)).sum()),
         "neurons_zeroed": 0 if iv is None else int((iv.mask & (iv.values == 0)).sum()),
+        "neurons_shifted": 0 if iv is None or iv.offsets is None else int((iv.offsets != 0).sum()),
         "languages_found": {lang: found.count(lang) for lang in sorted(set(found))},
     }
 
