@@ -34,7 +34,9 @@ def _strengths(ctx, param, value):
 @click.option("--methods", default="mean", show_default=True,
               help="Interventions compared on the same prompts, comma-separated: mean (set --to's neurons to "
                    "strength x their mean activation) and quantile (to strength x a high quantile of their "
-                   "activation in --to, per neuron; needs the transformers backend and --to references).")
+                   "activation in --to, per neuron; needs the transformers backend and --to references) and "
+                   "diffmean (add strength x (mean in --to - mean in --from) to both languages' neurons; "
+                   "transformers backend).")
 @click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
               show_default=True, help="The quantile method's quantile.")
 @click.option("--search", type=click.FloatRange(0, 1, min_open=True), default=None,
