@@ -102,6 +102,15 @@ def test_runner_offsets_equal_float64_hook_reference(tiny_models):
                           values=values[:1], offsets=offsets[:1], mask_ids=[0, 0])
     assert [g for (g,) in gen] == naive.greedy(path, prompts, 10, masks[0], values[0], offset=offsets[0])
 
+    import lna  # the Python API adds them too
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    iv = methods.intervene.Intervention(masks[0], values[0], offsets[0])
+    with lna.steer(model, intervention=iv):
+        api = model.generate(torch.tensor([prompts[0]]), do_sample=False, max_new_tokens=10, pad_token_id=2)
+    assert [t for t in api[0, len(prompts[0]):].tolist()][:len(gen[0][0])] == gen[0][0]
+
 
 # -- the search --------------------------------------------------------------------------------------------
 class _Row:

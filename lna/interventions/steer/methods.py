@@ -19,6 +19,8 @@
 where the two languages' neurons concentrate: the fewest layers that hold at least half of
 X's and Y's neurons, taken by how many they hold (ties: the lower layer first).
 """
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from lna.core.errors import LnaError
@@ -119,3 +121,45 @@ def activation_quantiles(runner, samples, mask: np.ndarray, q: float) -> np.ndar
         if mask[i].any():
             out[i, mask[i]] = np.quantile(np.concatenate(parts), q, axis=0)
     return out
+
+
+# -- the rows of a run ---------------------------------------------------------------------------
+@dataclass
+class Row:
+    name: str  # "baseline", "<layers>/off", "<layers>/x<strength>", "<method>:<layers>/x<strength>"
+    layers: str
+    strength: float | None  # None: off (Y untouched); NaN for the baseline
+    intervention: intervene.Intervention | None
+    method: str = "-"
+    layer_list: list = field(default_factory=list)
+
+
+def row_name(method: str, group: str, strength) -> str:
+    label = "off" if strength is None else f"x{strength:g}"
+    return f"{group}/{label}" if method == "mean" or strength is None else f"{method}:{group}/{label}"
+
+
+class Planner:
+    """Rows of one run: the method's intervention for a layer group and strength."""
+
+    def __init__(self, ns, store, opts, quantiles=None):
+        self.ns, self.store, self.opts, self.quantiles = ns, store, opts, quantiles
+        named = {}
+        if DENSE in [p.strip() for p in opts.layers.split(",")]:
+            named[DENSE] = dense_layers(ns, (opts.source, opts.target), opts.setting)
+        self.groups = intervene.parse_layers(opts.layers, ns.layers, named)
+
+    def row(self, method: str, group: str, layers: list, strength) -> Row:
+        o = self.opts
+        iv = build(method, self.ns, self.store, o.source, o.target, strength, layers, setting=o.setting,
+                           value=o.value, quantiles=self.quantiles)
+        return Row(row_name(method, group, strength), group, strength, iv, "-" if strength is None else method,
+                   list(layers))
+
+    def grid(self, chosen: tuple) -> list:
+        """The rows: baseline, then per layer group "off" and each method and strength."""
+        rows = [Row("baseline", "-", float("nan"), None)]
+        for name, layers in self.groups:
+            rows.append(self.row("mean", name, layers, None))
+            rows += [self.row(m, name, layers, s) for m in chosen for s in self.opts.strengths]
+        return rows

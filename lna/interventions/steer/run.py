@@ -30,23 +30,25 @@ all or nothing.
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lna.core import config, jsonl, languages, runs
 
-from lna.inputs import data, responses
+from lna.inputs import responses
 
 from lna.interventions import intervene, langid
 from lna.interventions.steer import judge, methods
+from lna.interventions.steer.inputs import check_templates, questions_of, references_of
+from lna.interventions.steer.methods import Planner
 
 from lna.models import loading
 
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, writing
-from lna.core.errors import LnaError, note
+from lna.core.errors import LnaError
 from lna.models.fingerprint import check_runner
 from lna.core.interrupts import shielded
 from lna.core.progress import Bar, sayer
@@ -90,47 +92,6 @@ class Options:
     progress: bool = True
 
 
-@dataclass
-class Row:
-    name: str  # "baseline", "<layers>/off", "<layers>/x<strength>", "<method>:<layers>/x<strength>"
-    layers: str
-    strength: float | None  # None: off (Y untouched); NaN for the baseline
-    intervention: intervene.Intervention | None
-    method: str = "-"
-    layer_list: list = field(default_factory=list)
-
-
-def row_name(method: str, group: str, strength) -> str:
-    label = "off" if strength is None else f"x{strength:g}"
-    return f"{group}/{label}" if method == "mean" or strength is None else f"{method}:{group}/{label}"
-
-
-class Planner:
-    """Rows of one run: the method's intervention for a layer group and strength."""
-
-    def __init__(self, ns, store, opts: Options, quantiles=None):
-        self.ns, self.store, self.opts, self.quantiles = ns, store, opts, quantiles
-        named = {}
-        if methods.DENSE in [p.strip() for p in opts.layers.split(",")]:
-            named[methods.DENSE] = methods.dense_layers(ns, (opts.source, opts.target), opts.setting)
-        self.groups = intervene.parse_layers(opts.layers, ns.layers, named)
-
-    def row(self, method: str, group: str, layers: list, strength) -> Row:
-        o = self.opts
-        iv = methods.build(method, self.ns, self.store, o.source, o.target, strength, layers, setting=o.setting,
-                           value=o.value, quantiles=self.quantiles)
-        return Row(row_name(method, group, strength), group, strength, iv, "-" if strength is None else method,
-                   list(layers))
-
-    def grid(self, chosen: tuple) -> list:
-        """The rows: baseline, then per layer group "off" and each method and strength."""
-        rows = [Row("baseline", "-", float("nan"), None)]
-        for name, layers in self.groups:
-            rows.append(self.row("mean", name, layers, None))
-            rows += [self.row(m, name, layers, s) for m in chosen for s in self.opts.strengths]
-        return rows
-
-
 def run(opts: Options) -> dict:
     say = sayer(opts.progress)
     out = Path(opts.out)
@@ -163,8 +124,8 @@ def run(opts: Options) -> dict:
         raise LnaError(f"{opts.neurons}: neuron sets of {ns.layers} x {ns.neurons} neurons, but {info.name} has "
                        f"{info.layers} x {info.neurons}; steer the model they came from")
     Planner(ns, store, opts)  # --layers checked before the model loads
-    questions = _questions(opts)
-    references = _references(opts, say)
+    questions = questions_of(opts)
+    references = references_of(opts, say)
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, revision=opts.revision)
@@ -178,7 +139,7 @@ def run(opts: Options) -> dict:
     if "diffmean" in chosen and backend != "hf":
         raise LnaError(f"--methods diffmean adds to activations, which only the transformers backend does; "
                        f"pass --backend hf, or leave diffmean out (this run would use {backend})")
-    templates = _check_templates(questions, references, template, opts)
+    templates = check_templates(questions, references, template, opts)
     prompts = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
     refs = responses.samples(responses.tokenized(references, runner.tokenizer, template)) if references else []
     quantiles = None
@@ -227,17 +188,6 @@ def run(opts: Options) -> dict:
     files = table.write(result, out, title=f"{info.display}: {src} -> {tgt}")
     say(f"wrote {', '.join(files)} to {out}")
     return result
-
-
-def _check_templates(questions, references, template, opts: Options) -> dict:
-    """The prompt templates of the prompts and of the references; one line where they differ."""
-    mine = sorted({responses.template_of(q, template) for q in questions})
-    theirs = sorted({responses.template_of(q, template) for q in references})
-    if references and mine != theirs and not opts.allow_template_mismatch:
-        raise LnaError(f"the prompts use template {'+'.join(mine)} but the reference responses were made with "
-                       f"{'+'.join(theirs)}: their perplexities would compare two formats; pass --template "
-                       f"{theirs[0]} (or other --responses), or --allow-template-mismatch to steer anyway")
-    return {"prompts": "+".join(mine), "references": "+".join(theirs) if references else None}
 
 
 def _ppl_threshold(grid: dict, refs, tgt: str, opts: Options) -> tuple:
@@ -306,45 +256,6 @@ class Session:
                     rec = {"key": key, "row": row, "question": question, "tokens": tokens, "text": self.texts[key],
                            **self.judged.get(key, {})}
                     fh.write(_one_line(json.dumps(rec, ensure_ascii=False)) + "\n")
-
-
-# -- inputs ----------------------------------------------------------------------------------------
-def _questions(opts: Options) -> list:
-    if opts.prompts:
-        path = Path(opts.prompts)
-        if not path.is_file():
-            raise LnaError(f"--prompts {path}: no such file (one question a line)")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not lines:
-            raise LnaError(f"--prompts {path}: no questions in it (one a line)")
-        return [data.Question(f"prompts/{i}", opts.source, line) for i, line in enumerate(lines[:opts.limit])]
-    return data.load(opts.dataset, opts.source, limit=opts.limit)[1]
-
-
-def _references(opts: Options, say) -> list:
-    """Questions with reference responses in X and Y (for the perplexities), or []."""
-    spec = opts.responses or str(responses.path_beside(opts.store))
-    if opts.responses is None and not Path(spec).is_file():
-        spec = opts.dataset if not opts.prompts else None
-    if spec is None:
-        return []
-    try:
-        _, qs = data.load(spec, f"{opts.source},{opts.target}", limit=opts.limit)
-    except LnaError as err:
-        if opts.responses:
-            raise
-        note(f"no reference responses in {opts.source} and {opts.target} ({err}): ppl_source and ppl_target "
-             "are left out; give --responses")
-        return []
-    qs = [q for q in qs if q.responses]
-    if {q.lang for q in qs} != {opts.source, opts.target}:
-        if opts.responses:
-            raise LnaError(f"{spec}: no responses in {opts.source} or {opts.target}; ppl_source and ppl_target "
-                           "need both")
-        note(f"{spec} has no responses in both {opts.source} and {opts.target}: ppl_source and ppl_target are left out")
-        return []
-    say(f"reference responses: {spec}")
-    return qs
 
 
 # -- generation --------------------------------------------------------------------------------------
