@@ -46,6 +46,7 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+@functools.lru_cache(maxsize=None)  # identify maps all 140 labels a call; the registry's lookup scans
 def code_of(label: str) -> str:
     """lna's code for a py3langid label (the label itself where the registry has none)."""
     from lna.core import languages

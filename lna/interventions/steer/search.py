@@ -9,7 +9,8 @@ assumes the share grows with strength up to that point; where it does not, the r
 still the smallest strength found reaching the goal among those tried, which are all
 listed. The cost is read at the best strength (the highest share, the smaller strength on
 ties): the steered model's perplexity of the source and target reference responses over
-the unsteered model's (x 1.00: no change). Strengths already in the grid reuse its outputs.
+the unsteered model's (x 1.00: no change). Strengths already in the grid reuse its outputs;
+the searches of all methods and layer groups advance together, one batch of rows a round.
 """
 import hashlib
 import math
@@ -24,47 +25,63 @@ def _round(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+class _Series:
+    """One method and layer group's search: which strength to try next, and what was found."""
+
+    def __init__(self, method, group, layers):
+        self.method, self.group, self.layers = method, group, layers
+        self.tried, self.below, self.reached, self.rung, self.steps = {}, None, None, 0, 0
+
+    def next(self):
+        if self.reached is None:  # climbing the ladder
+            return LADDER[self.rung] if self.rung < len(LADDER) else None
+        if self.below is None or self.steps >= STEPS:
+            return None
+        mid = _round(math.sqrt(self.below * self.reached))
+        return None if mid in (self.below, self.reached) else mid
+
+    def record(self, strength, reached: bool) -> None:
+        if self.reached is None:
+            self.rung += 1
+        else:
+            self.steps += 1
+        if reached:
+            self.reached = strength
+        else:
+            self.below = strength
+
+
 def run(session, planner, chosen, grid: dict, rows: list, max_ppl: float, goal: float) -> list:
+    """The searches of every method and layer group, in lockstep: each round measures the
+    next strength of every unfinished search in one batch of rows (fewer, fuller runner
+    calls; which strengths are tried does not depend on it)."""
     from lna.interventions.steer.run import SEARCH
 
     src, tgt, keys, refs = session.opts.source, session.opts.target, session.keys, session.refs
     in_grid = {row.name: r for r, row in enumerate(rows)}
     base = table.summarize(rows[0], keys, session, grid["nll"]["refs"][0], grid["nll"]["outputs"][0], refs, src, tgt)
-    found = []
-    for method in chosen:
-        for group, layers in planner.groups:
-            tried = {}
-
-            def measure(strength):
-                row = planner.row(method, group, layers, strength)
-                if row.name in in_grid:
-                    r = in_grid[row.name]
-                    nll_refs, nll_outputs = grid["nll"]["refs"][r], grid["nll"]["outputs"][r]
-                else:
-                    state = session.out / SEARCH / (hashlib.sha256(row.name.encode()).hexdigest()[:16] + ".npz")
-                    got = session.measure([row], state)
-                    session.judge([row], got, max_ppl)
-                    nll_refs, nll_outputs = got["nll"]["refs"][0], got["nll"]["outputs"][0]
-                tried[strength] = table.summarize(row, keys, session, nll_refs, nll_outputs, refs, src, tgt)
-                return tried[strength]["share_fluent_target"] >= goal
-
-            below = reached = None
-            for strength in LADDER:
-                if measure(strength):
-                    reached = strength
-                    break
-                below = strength
-            if reached is not None and below is not None:
-                for _ in range(STEPS):
-                    mid = _round(math.sqrt(below * reached))
-                    if mid in (below, reached):
-                        break
-                    if measure(mid):
-                        reached = mid
-                    else:
-                        below = mid
-            found.append(_record(method, group, layers, goal, reached, tried, base))
-    return found
+    series = [_Series(method, group, layers) for method in chosen for group, layers in planner.groups]
+    while True:
+        todo = [(one, one.next()) for one in series]
+        todo = [(one, strength) for one, strength in todo if strength is not None]
+        if not todo:
+            break
+        wanted = [(one, strength, planner.row(one.method, one.group, one.layers, strength)) for one, strength in todo]
+        new = [row for _, _, row in wanted if row.name not in in_grid]
+        got = {}
+        if new:
+            names = "\n".join(row.name for row in new)
+            state = session.out / SEARCH / (hashlib.sha256(names.encode()).hexdigest()[:16] + ".npz")
+            measured = session.measure(new, state)
+            session.judge(new, measured, max_ppl)
+            got = {row.name: (measured["nll"]["refs"][r], measured["nll"]["outputs"][r]) for r, row in enumerate(new)}
+        for one, strength, row in wanted:
+            if row.name in in_grid:
+                r = in_grid[row.name]
+                got[row.name] = (grid["nll"]["refs"][r], grid["nll"]["outputs"][r])
+            one.tried[strength] = table.summarize(row, keys, session, *got[row.name], refs, src, tgt)
+            one.record(strength, one.tried[strength]["share_fluent_target"] >= goal)
+    return [_record(one.method, one.group, one.layers, goal, one.reached, one.tried, base) for one in series]
 
 
 def _record(method, group, layers, goal, reached, tried: dict, base: dict) -> dict:
