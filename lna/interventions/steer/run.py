@@ -53,10 +53,10 @@ from lna.models.fingerprint import check_runner
 from lna.core.interrupts import shielded
 from lna.core.progress import Bar, sayer
 from lna.runners import make_runner
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 
 BATCH = 16  # generations per runner call (fixed: a resumed run regenerates the same batches)
-OUTPUTS, STATE, SEARCH = "outputs.jsonl", "nll.npz", "search"
+OUTPUTS, STATE = "outputs.jsonl", "nll.npz"
 
 
 @dataclass
@@ -156,7 +156,9 @@ def run(opts: Options) -> dict:
                 "interventions": _digest(masks, values, *([] if offsets is None else [offsets])),
                 "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:32],
                 "references": [s.key for s in refs], "max_new_tokens": opts.max_new_tokens}
-    runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE, SEARCH])
+    from lna.interventions.steer import search
+
+    runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE, search.FOLDER])
     say(f"steering {src} -> {tgt}: {len(rows)} settings x {len(prompts)} prompts, {len(refs)} reference responses, "
         f"with {backend} on {runner.device} -> {out}")
     keys = [q.key for q in questions]
@@ -167,8 +169,6 @@ def run(opts: Options) -> dict:
         session.judge(rows, grid, max_ppl)
         found = None
         if opts.search is not None:
-            from lna.interventions.steer import search
-
             found = search.run(session, planner, chosen, grid, rows, max_ppl, opts.search)
         session.write_outputs()
     from lna.interventions.steer import table
@@ -321,7 +321,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     """NLL sums: "refs" float64 [rows, references] (each row's intervention on every
     reference), "outputs" float64 [rows, prompts] (no intervention, on each row's outputs;
     NaN where an output is empty)."""
-    from lna.interventions.ablate import evaluate
+    from lna.interventions.masked_nll import evaluate
 
     gen = [Sample(f"{r.name}|{k}", opts.source, tuple(prompts[q]), tuple(outputs[f"{r.name}|{k}"]))
            for r in rows for q, k in enumerate(keys)]

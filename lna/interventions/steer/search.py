@@ -17,6 +17,7 @@ import math
 
 from lna.interventions.steer import table
 
+FOLDER = "search"  # DIR/search/: the NLLs of each round's rows, for resuming
 LADDER = tuple(0.25 * 2 ** k for k in range(9))  # 0.25 .. 64
 STEPS = 3
 
@@ -55,8 +56,6 @@ def run(session, planner, chosen, grid: dict, rows: list, max_ppl: float, goal: 
     """The searches of every method and layer group, in lockstep: each round measures the
     next strength of every unfinished search in one batch of rows (fewer, fuller runner
     calls; which strengths are tried does not depend on it)."""
-    from lna.interventions.steer.run import SEARCH
-
     src, tgt, keys, refs = session.opts.source, session.opts.target, session.keys, session.refs
     in_grid = {row.name: r for r, row in enumerate(rows)}
     base = table.summarize(rows[0], keys, session, grid["nll"]["refs"][0], grid["nll"]["outputs"][0], refs, src, tgt)
@@ -71,7 +70,7 @@ def run(session, planner, chosen, grid: dict, rows: list, max_ppl: float, goal: 
         got = {}
         if new:
             names = "\n".join(row.name for row in new)
-            state = session.out / SEARCH / (hashlib.sha256(names.encode()).hexdigest()[:16] + ".npz")
+            state = session.out / FOLDER / (hashlib.sha256(names.encode()).hexdigest()[:16] + ".npz")
             measured = session.measure(new, state)
             session.judge(new, measured, max_ppl)
             got = {row.name: (measured["nll"]["refs"][r], measured["nll"]["outputs"][r]) for r, row in enumerate(new)}
