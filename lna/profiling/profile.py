@@ -24,7 +24,7 @@ stores is exactly this run's store.
 """
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,10 @@ def run(opts: Options) -> Path:
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
                                          revision=opts.revision, compiled=opts.vllm_compiled)
+    layout = getattr(runner, "layout", None)  # a mixture-of-experts model (lna.runners.moe)
+    if layout is not None and opts.sums:
+        say("activation sums are not kept for mixture-of-experts models: counting only")
+        opts = replace(opts, sums=False)
     # said once the model has loaded: a failure before it is the only line
     if opts.langs is not None and opts.langs.strip().lower() == "all":
         differs = languages.all_note(langs)
@@ -118,9 +122,11 @@ def run(opts: Options) -> Path:
         "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
         "architecture": runner.info.architecture, "family": runner.info.family.name, "dtype": dtype,
         "backend": backend, "dataset": name, **prompts, "provenance": "profile",
+        **(layout.meta() if layout is not None else {}),
         **({"shard": shard_record} if shard_record else {}),
     }
-    store = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums)
+    store = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums,
+                             experts=None if layout is None else (layout.experts, layout.expert_neurons))
     if existing is not None:
         check_compatible(existing, store, what=f"{out} with this run (it was made by another model or setting)",
                          names=(str(out), opts.model))
@@ -137,7 +143,8 @@ def run(opts: Options) -> Path:
     # responses file lacks (it was lost or replaced): then sample first and let the ledger judge.
     saver = _Saver(store, out, opts.checkpoint_every)
     while_sampling = None
-    if plan.todo and not opts.force_decode and _holds_only(store, responses.samples(plan.known())):
+    # (mixture-of-experts models are counted by force-decoding only)
+    if plan.todo and not opts.force_decode and layout is None and _holds_only(store, responses.samples(plan.known())):
         while_sampling = _WhileSampling(store, plan.questions, saver, opts.report)
         say(f"sampling {sum(len(i) for i in plan.todo.values()):,} questions x {opts.samples} responses and "
             f"counting them while sampling with {backend} on {runner.device} -> {out}")
@@ -175,10 +182,11 @@ def _count(runner, store: CountStore, saver: "_Saver", ledger: "_Ledger", todo: 
             chunk = [todo[i] for i in idx]
             langs = list(dict.fromkeys(s.lang for s in chunk))  # only these come back from the device
             counts, tokens, *sums = runner.count(chunk, langs, sums=store.has_sums)
+            experts = sums.pop() if store.has_experts else None  # lna.runners.moe.ExpertTables
             k = [store.index(lang) for lang in langs]
             with shielded():
                 _mark_counted_during(store, "force-decoding")  # before the counts: it reads the tokens
-                store.add(k, counts, tokens, *sums)
+                store.add(k, counts, tokens, *sums, experts=experts)
                 ledger.mark(chunk)
                 saver.changed()
             bar.update(int(tokens.sum()))

@@ -135,9 +135,14 @@ class HFRunner:
                            f"lna supports {loading.SUPPORTED}")
         self.state = _State()
         self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
+        self.counting_modules = self._install(info)
+
+    def _install(self, info) -> int:
+        """Put the counting modules into the model; returns how many run per forward."""
         act = families.kernel_kwargs(info.family)
         for i, layer in enumerate(self.decoder.layers):
             layer.mlp = CountingMLP(layer.mlp, i, self.state, info.family, act)
+        return self.layers
 
     # -- one packed forward -----------------------------------------------------------
     def _forward(self, batch: packing.Batch):
@@ -155,8 +160,9 @@ class HFRunner:
         self.state.calls = 0
         out = self.decoder(input_ids=torch.from_numpy(batch.input_ids).to(dev), attention_mask=mask,
                            position_ids=pos, use_cache=False)
-        if self.state.calls != self.layers:  # a layer bypassed its MLP: counts would be wrong
-            raise LnaError(f"{self.info.name}: {self.state.calls} of {self.layers} MLPs ran; model not supported")
+        if self.state.calls != self.counting_modules:  # a layer bypassed its MLP: counts would be wrong
+            raise LnaError(f"{self.info.name}: {self.state.calls} of {self.counting_modules} MLPs ran; "
+                           "model not supported")
         return out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
 
     def _batches(self, samples, settings=None):
