@@ -228,10 +228,10 @@ def test_template_mismatch_is_refused_in_one_line(made, tmp_path, capsys):
 
 
 def test_diffmean_needs_the_transformers_backend(made, tmp_path, capsys, monkeypatch):
-    from lna.interventions.steer import run as steering
+    from lna import runners
 
-    real = steering.make_runner
-    monkeypatch.setattr(steering, "make_runner", lambda *a, **kw: (real(*a, **kw)[0], "vllm", "float32"))
+    real = runners.make_runner  # open_runner looks it up at each call
+    monkeypatch.setattr(runners, "make_runner", lambda *a, **kw: (real(*a, **kw)[0], "vllm", "float32"))
     assert steer_cli(made, tmp_path / "z", "--methods", "mean,diffmean") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--backend hf" in err and not (tmp_path / "z").exists()

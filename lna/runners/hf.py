@@ -102,8 +102,9 @@ class HFRunner:
     """Force-decoding with transformers: `count`, `generate` and `nll` of the Runner protocol."""
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
-                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
-        info = loading.resolve(model, revision)
+                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None,
+                 info: loading.ModelInfo | None = None):
+        info = info or loading.resolve(model, revision)  # given: resolved once per run (lna.runners.options)
         net, tokenizer = loading.load(info, device=device, dtype=dtype)
         # From the files, not the loaded tensors: the same for every backend and dtype.
         self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens, fingerprint.legacy(info))

@@ -137,10 +137,12 @@ class MoERunner(HFRunner):
     """`count` of the Runner protocol for MoE models, plus the expert tables."""
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
-                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
+                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None,
+                 info=None):
         from lna.models import fingerprint, loading
 
-        info = loading.resolve(model, revision, experts=True)
+        if info is None or not isinstance(info.family, moe.MoEFamily):  # given: resolved once per run
+            info = loading.resolve(model, revision, experts=True)
         net, tokenizer = loading.load(info, device=device, dtype=dtype)
         self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens,
                     fingerprint.legacy(info))
