@@ -81,6 +81,10 @@ def align(quiet, **kw):
     for key in ("limit", "token_budget", "max_pairs"):
         if kw[key] is not None and kw[key] < 1:
             raise click.BadParameter(f"must be at least 1, got {kw[key]}", param_hint=f"--{key.replace('_', '-')}")
+    if kw["temperature"] < 0:  # the same ranges as lna-profile's
+        raise click.BadParameter(f"must be at least 0, got {kw['temperature']:g}", param_hint="--temperature")
+    if not 0 < kw["top_p"] <= 1:
+        raise click.BadParameter(f"must be in (0, 1], got {kw['top_p']:g}", param_hint="--top-p")
     targets = [t.strip() for t in kw.pop("lora_targets").split(",") if t.strip()]
     if not targets:
         raise click.BadParameter("give at least one module name", param_hint="--lora-targets")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lna.core import languages
 from lna.core.errors import LnaError
+from lna.inputs import schema
 
 HF_IDS = {"mgsm": "juletxara/mgsm", "msvamp": "Mathoctopus/MSVAMP"}
 
@@ -39,6 +40,7 @@ class Question:
     response_ids: list | None = None
     tokenizer: str | None = None
     template: str | None = None  # the template that made `prompt`, where lna's responses file says
+    where: str | None = field(default=None, compare=False, repr=False)  # "file:line" it came from (messages)
 
     def render(self, template) -> str:
         """The prompt: the data's own (verbatim), else `template` (lna.core.config.Template) applied."""
@@ -81,7 +83,7 @@ def _load_all(spec: str) -> tuple[str, list[Question]]:
     if not path.exists():
         raise LnaError(f"dataset {spec!r}: no such file or folder (use mgsm, msvamp, demo, a folder or a .jsonl)")
     if path.is_file():
-        return path.stem, _parse_jsonl(_read_lines(path), path.stem)
+        return path.stem, _parse_jsonl(_read_lines(path), path.stem, path)
     if any(path.glob("mgsm_*.tsv")):
         return "mgsm", _load_mgsm(path)
     if any(path.glob("test_*.json")):
@@ -153,28 +155,32 @@ def _json(line: str, where, i: int) -> dict:
     return rec
 
 
-def _parse_jsonl(lines, name: str) -> list[Question]:
+def _parse_jsonl(lines, name: str, where=None) -> list[Question]:
+    """Questions of JSONL lines; `name` makes their keys, `where` (the file) names them in
+    messages. Each record is checked against lna.inputs.schema first."""
+    where = where or name
     out, seen = [], set()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        rec = _json(line, name, i)
+        rec = _json(line, where, i)
         if "lang" not in rec:
-            raise LnaError(f"{name}:{i + 1}: record has no 'lang'")
-        code = languages.code_of(str(rec["lang"]))
+            raise LnaError(f"{where}:{i + 1}: record has no 'lang'")
+        responses = schema.check_dataset_record(rec, where, i + 1)
+        try:
+            code = languages.code_of(rec["lang"])
+        except LnaError as err:
+            raise LnaError(f"{where}:{i + 1}: 'lang': {err}") from None
         prompt = rec.get("instruction", rec.get("prompt"))
         query = rec.get("query", rec.get("question"))
         if prompt is None and query is None:
-            raise LnaError(f"{name}:{i + 1}: record needs 'instruction', 'prompt', 'query' or 'question'")
-        responses = [a["generated"] if isinstance(a, dict) else a for a in rec.get("answers", [])]
-        responses += rec.get("responses", []) + ([rec["response"]] if "response" in rec else [])
-        if not all(isinstance(r, str) for r in responses):
-            raise LnaError(f"{name}:{i + 1}: responses must be strings")
+            raise LnaError(f"{where}:{i + 1}: record needs 'instruction', 'prompt', 'query' or 'question'")
         key = rec.get("key") or f"{name}/{code}/{rec.get('id', i)}"
         if key in seen:
-            raise LnaError(f"{name}:{i + 1}: duplicate id {rec.get('id')!r}")
+            raise LnaError(f"{where}:{i + 1}: duplicate id {rec.get('id', key)!r}")
         seen.add(key)
-        out.append(Question(key, code, query or "", str(rec.get("answer", "")), prompt, responses,
+        answer = rec.get("answer")
+        out.append(Question(key, code, query or "", "" if answer is None else str(answer), prompt, responses,
                             rec.get("prompt_ids"), rec.get("response_ids"), rec.get("tokenizer"),
-                            rec.get("template")))
+                            rec.get("template"), where=f"{where}:{i + 1}"))
     return out

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.core import config, languages
+from lna.core import config, languages, lock
 
 from lna.inputs import data, responses
 
@@ -80,11 +80,19 @@ def default_out(model: str, dataset: str, shard=None) -> Path:
 
 
 def run(opts: Options) -> Path:
+    with lock.scope():  # the store and the responses file are this run's until it ends
+        return _run(opts)
+
+
+def _run(opts: Options) -> Path:
     shard = shards.parse(opts.shard) if opts.shard else None
     name, questions = data.load(opts.dataset, opts.langs, limit=opts.limit)
     langs = list(dict.fromkeys(q.lang for q in questions))
     _check_given_responses(questions)
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset, shard)
+    resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
+    lock.acquire(out, "count store")
+    lock.acquire(resp_path, "responses file")
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     say = sayer(opts.progress)
 
@@ -129,7 +137,6 @@ def run(opts: Options) -> Path:
     for lang in langs:
         store = store.with_language(lang)
 
-    resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
     plan = responses.plan(questions, runner.tokenizer, template, resp_path, n=opts.samples,
                           temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens,
                           seed=opts.seed)

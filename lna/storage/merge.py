@@ -29,6 +29,7 @@ import numpy as np
 from lna.models import fingerprint
 
 from lna.profiling import shards
+from lna.core import lock
 from lna.core.errors import LnaError, note
 from lna.storage.manifest import combine
 from lna.storage.store import IDENTITY, CountStore, open_store, save_store, validate
@@ -123,6 +124,7 @@ def run(inputs, out, *, force: bool = False, partial: bool = False) -> CountStor
     out = Path(out)
     if out.exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or choose another -o")
+    lock.acquire(out, "count store")
     stores = [open_store(path) for path in inputs]
     merged = merge(stores, names=[str(p) for p in inputs], partial=partial)
     save_store(merged, out)

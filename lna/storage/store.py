@@ -35,6 +35,7 @@ import numpy as np
 
 from lna.storage import integrity
 from lna._version import __version__
+from lna.core.atomic import output_path
 from lna.core.errors import LnaError, note
 from lna.storage.manifest import Counted, keys_blob
 
@@ -299,10 +300,11 @@ def _read_samples(reader: integrity.Reader, attrs: dict) -> tuple:
 # -- writing --------------------------------------------------------------------------------
 def save_store(store: CountStore, path) -> Path:
     """Write `store` to `path` atomically; any OSError (a full disk, no permission) becomes
-    one line and leaves the previous store, if any, unchanged and no temporary behind."""
-    path = Path(path)
+    one line and leaves the previous store, if any, unchanged and no temporary behind. A
+    symlink is written through to its target (lna.core.atomic.output_path)."""
+    given, path = Path(path), output_path(path)
     if path.exists() and not is_store(path):
-        raise LnaError(f"{path}: exists and is not an lna count store; choose another output path")
+        raise LnaError(f"{given}: exists and is not an lna count store; choose another output path")
     files = _encode(store)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
@@ -311,11 +313,11 @@ def save_store(store: CountStore, path) -> Path:
         _write_files(tmp, files)
         _swap(tmp, path)
     except OSError as err:
-        raise LnaError(_write_error(path, err)) from None
+        raise LnaError(_write_error(given, err)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale(path)
-    return path
+    return given
 
 
 def _encode(store: CountStore) -> dict:
