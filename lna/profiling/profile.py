@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lna import kernels
 from lna.core import config, languages, lock
 
 from lna.inputs import data, responses
@@ -108,6 +109,9 @@ def _run(opts: Options) -> Path:
     prompts = responses.template_record(questions, template)
     if opts.template is not None and not prompts["template_text"]:
         say(f"the data gives every prompt verbatim: --template {opts.template} is not applied")
+    if existing is not None and existing.meta.get("dtype") not in (None, dtype):
+        raise LnaError(f"{out} holds counts computed in {existing.meta['dtype']}; this run computes in {dtype}: "
+                       f"pass --dtype {existing.meta['dtype']}, or choose another --out")
     if existing is not None and existing.meta.get("template") != prompts["template"]:
         raise LnaError(f"{out} holds counts of prompts made with template {existing.meta.get('template')!r}; "
                        f"this run's are {prompts['template']!r}: pass the store's --template, or choose another --out")
@@ -127,13 +131,19 @@ def _run(opts: Options) -> Path:
         "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
         "architecture": runner.info.architecture, "family": runner.info.family.name, "dtype": dtype,
         "backend": backend, "dataset": name, **prompts, "provenance": "profile",
+        "kernel": f"lna.kernels/{kernels.VERSION}",
         **({"shard": shard_record} if shard_record else {}),
+        # the settings of sampled responses, where any are sampled (given ones have none)
+        **({"sampling": sampling} if any(not q.responses for q in questions) else {}),
     }
     store = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums)
     if existing is not None:
         check_compatible(existing, store, what=f"{out} with this run (it was made by another model or setting)",
                          names=(str(out), opts.model))
         store = _continued(existing, opts.sums, out)
+        for key in ("kernel", "sampling"):  # recorded from now on in a store of an older lna
+            if key in meta:
+                store.meta.setdefault(key, meta[key])
     for lang in langs:
         store = store.with_language(lang)
 

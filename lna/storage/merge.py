@@ -35,12 +35,26 @@ from lna.storage.manifest import combine
 from lna.storage.store import IDENTITY, CountStore, open_store, save_store, validate
 
 
+# Settings that change the counts of the same samples of the same model: stores that record
+# different ones are never summed (one without the record, older or imported, is taken as
+# it is). The backend and the way of counting (counted_during) change only gates within
+# rounding of zero, and join.
+SETTINGS = ("dtype", "template", "template_text", "kernel", "sampling")
+
+
 def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=("the first", "the second")) -> dict:
-    """Refuse stores that count different things or come from different models; return the
-    model identity of both together (lna.models.fingerprint.combine)."""
+    """Refuse stores that count different things, with other settings (SETTINGS) or from
+    different models; return the model identity of both together
+    (lna.models.fingerprint.combine)."""
     for key in IDENTITY:
         if a.meta.get(key) != b.meta.get(key):
             raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
+    for key in SETTINGS:
+        x, y = a.meta.get(key), b.meta.get(key)
+        if x and y and x != y:  # "" template_text: the data gave the prompts verbatim
+            show = (lambda v: "another text" if key == "template_text" else repr(v))  # noqa: E731
+            raise LnaError(f"cannot combine {what}: their {key} differs ({show(x)} in {names[0]}, {show(y)} in "
+                           f"{names[1]}), so their counts are of different computations; profile them alike")
     ident = lambda m: {"model": m.get("model"), **fingerprint.recorded(m)}  # noqa: E731
     return fingerprint.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
 
@@ -87,6 +101,9 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
                 note(f"{without} has no activation sums: the merged store's sums of {', '.join(lost)} are unknown "
                      "(NaN); lna-steer needs the sums of its target language (lna-profile --sums)")
             out, other = out.with_sums(), other.with_sums()
+        for key in SETTINGS:  # equal where both have them (check_compatible): either one's
+            if not out.meta.get(key) and other.meta.get(key):
+                out.meta[key] = other.meta[key]
         for key, value in ident.items():
             if value is None:
                 out.meta.pop(key, None)
@@ -106,7 +123,7 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
         out.complete = out.complete and other.complete
         out.meta["counted_during"] = counted_during(out.meta.get("counted_during", "force-decoding"),
                                                     other.meta.get("counted_during", "force-decoding"))
-        for key in ("dataset", "backend", "dtype"):
+        for key in ("dataset", "backend"):
             values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]
             if values and values[0] != values[-1]:
                 out.meta[key] = f"{values[0]}+{values[-1]}"
