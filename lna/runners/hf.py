@@ -222,9 +222,10 @@ class HFRunner:
                 hidden = self._forward(batch)
                 pred = torch.from_numpy(batch.pred).to(self.device)
                 target = torch.from_numpy(batch.target).to(self.device)
-                for sl in _slices(len(pred), 4096):  # bound the [positions, vocab] logits
+                for sl in _slices(len(pred), 2048):  # bound the [positions, vocab] logits (and their float64 copy)
                     logits = families.logits(self.model, self.family, hidden.index_select(0, pred[sl]))
-                    nll = torch.nn.functional.cross_entropy(logits, target[sl], reduction="none")
+                    # the loss in float64: fp32's log-sum-exp reads 1e-5 relative low over a sum of tokens
+                    nll = torch.nn.functional.cross_entropy(logits.double(), target[sl], reduction="none")
                     np.add.at(out, batch.target_sample[sl], nll.double().cpu().numpy())
         finally:
             self.state.clear()
