@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, note
 from lna.identification.neurons import NeuronSets
 
 LAMBDA_RANGE = (0.0, 0.2)
@@ -165,6 +165,12 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
               "provenance": store.meta.get("provenance", "profile"),
               "tokens": {lang: int(n) for lang, n in zip(store.languages, store.tokens)}}
     source.update(options.pop("source", {}) or {})
+    if store.meta.get("shard"):  # a single shard, or a --partial merge: part of a run's questions
+        from lna.profiling.shards import describe
+
+        where = source.get("store") or "the store"
+        note(f"{where} holds {describe(store.meta['shard'])} of its run only: these neurons come from part of its "
+             "questions; `lna merge` all the shards for the whole run's")
     empty = [lang for lang, n in zip(store.languages, store.tokens) if n <= 0]
     if empty:
         raise LnaError(f"the store counted no response tokens for {', '.join(empty)}; "

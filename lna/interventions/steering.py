@@ -118,7 +118,9 @@ def run(opts: Options) -> dict:
     store = open_store(opts.store)
     for lang in (src, tgt):
         store.index(lang)  # one line if the store lacks it
-        intervene.neuron_mask(ns, lang, opts.setting)
+        if not intervene.neuron_mask(ns, lang, opts.setting).any():
+            note(f"{opts.neurons}: the {opts.setting} set of {lang} is empty, so steering "
+                 f"{'from' if lang == src else 'to'} it changes nothing")
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
     info = loading.resolve(opts.model, opts.revision)
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
