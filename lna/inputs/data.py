@@ -91,33 +91,45 @@ def _load_all(spec: str) -> tuple[str, list[Question]]:
     raise LnaError(f"{path}: not a dataset folder (expected mgsm_<lang>.tsv or test_<Language>.json files)")
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, what: str = "a JSONL file of prompts") -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise LnaError(f"{path}: not UTF-8 text; give a JSONL file of prompts") from None
+        raise LnaError(f"{path}: not UTF-8 text; give {what}") from None
+    except OSError as err:
+        raise LnaError(f"{path}: cannot read it ({err.strerror or err}); give {what}") from None
 
 
 def _load_mgsm(folder: Path) -> list[Question]:
     out = []
     for f in sorted(folder.glob("mgsm_*.tsv")):
-        code = languages.code_of(f.stem.split("_", 1)[1])
-        with f.open(encoding="utf-8", newline="") as fh:
-            for i, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)):
-                if len(row) != 2:
-                    raise LnaError(f"{f}:{i + 1}: expected 2 tab-separated columns (question, answer)")
-                out.append(Question(f"mgsm/{code}/{i}", code, row[0], row[1].replace(",", "")))
+        code = _code_of_file(f)
+        lines = _read_lines(f, "a TSV file of questions and answers")
+        for i, row in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            if len(row) != 2:
+                raise LnaError(f"{f}:{i + 1}: expected 2 tab-separated columns (question, answer)")
+            out.append(Question(f"mgsm/{code}/{i}", code, row[0], row[1].replace(",", "")))
     return out
+
+
+def _code_of_file(f: Path) -> str:
+    try:
+        return languages.code_of(f.stem.split("_", 1)[1])
+    except LnaError as err:
+        raise LnaError(f"{f}: the file name names no language lna knows ({err})") from None
 
 
 def _load_msvamp(folder: Path) -> list[Question]:
     out = []
     for f in sorted(folder.glob("test_*.json")):
-        code = languages.code_of(f.stem.split("_", 1)[1])
-        for i, line in enumerate(_read_lines(f)):
+        code = _code_of_file(f)
+        for i, line in enumerate(_read_lines(f, "a JSONL file of MSVAMP questions")):
             if line.strip():
                 rec = _json(line, f, i)
-                out.append(Question(f"msvamp/{code}/{i}", code, rec["m_query"], str(rec.get("response", ""))))
+                schema.text(rec, "m_query", f, i + 1, required=True)
+                schema.text(rec, "response", f, i + 1, numbers=True)
+                answer = rec.get("response")
+                out.append(Question(f"msvamp/{code}/{i}", code, rec["m_query"], "" if answer is None else str(answer)))
     return out
 
 
