@@ -220,11 +220,6 @@ def run(opts: Options) -> Path:
     settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
     if not rows:
         raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
-    for name, sets in settings.items():
-        empty = [lang for lang, per_layer in sets.items() if not sum(len(a) for a in per_layer)]
-        if empty:
-            note(f"{opts.neurons}: the {name} set of {', '.join(empty)} is empty, so deactivating it changes nothing "
-                 "(its row equals the baseline)")
 
     runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
                                          token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
@@ -258,8 +253,16 @@ def run(opts: Options) -> Path:
                    "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
                                    for name, sets in settings.items()},
                    "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    if not ns.source.get("model"):
+        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
+             "identify them from a store of this model for a checked run")
     files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")
+    for name, sets in settings.items():  # said with the result it weakens (a failed run says only its error)
+        empty = [lang for lang, per_layer in sets.items() if not sum(len(a) for a in per_layer)]
+        if empty:
+            note(f"{opts.neurons}: the {name} set of {', '.join(empty)} is empty, so deactivating it changed "
+                 "nothing (its row equals the baseline)")
     return out
 
 
@@ -294,9 +297,6 @@ def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: d
 def check_source_model(ns: neurons.NeuronSets, info: loading.ModelInfo, opts: Options) -> None:
     """Refuse sets identified on another model (names resolving to the same folder agree)."""
     source = ns.source.get("model")
-    if not source:
-        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
-             "identify them from a store of this model for a checked run")
     if not source or source == info.name or opts.allow_other_model:
         return
     try:

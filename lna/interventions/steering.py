@@ -116,11 +116,11 @@ def run(opts: Options) -> dict:
     from lna.storage.store import open_store
 
     store = open_store(opts.store)
+    empty = []
     for lang in (src, tgt):
         store.index(lang)  # one line if the store lacks it
         if not intervene.neuron_mask(ns, lang, opts.setting).any():
-            note(f"{opts.neurons}: the {opts.setting} set of {lang} is empty, so steering "
-                 f"{'from' if lang == src else 'to'} it changes nothing")
+            empty.append(lang)
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
     info = loading.resolve(opts.model, opts.revision)
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
@@ -165,6 +165,9 @@ def run(opts: Options) -> dict:
 
     files = steer_report.write(result, out, title=f"{info.display}: {src} -> {tgt}")
     say(f"wrote {', '.join(files)} to {out}")
+    for lang in empty:  # said with the result it weakens (a failed run says only its error)
+        note(f"{opts.neurons}: the {opts.setting} set of {lang} is empty, so steering "
+             f"{'from' if lang == src else 'to'} it changed nothing")
     return result
 
 
