@@ -23,11 +23,11 @@ def import_counts(sources, out, model, dataset, force):
     from lna.storage.import_counts import import_counts as read
     from lna.storage.store import save_store
 
+    lock.acquire(out, "count store")  # first: a device, FIFO or socket is refused as such
     if Path(out).exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or import elsewhere "
                        "and combine with lna merge")
     store = read(sources, model=model, dataset=dataset)
-    lock.acquire(out, "count store")
     save_store(store, out)
     click.echo(f"imported {len(store.languages)} languages ({', '.join(store.languages)}), "
                f"{store.layers} layers x {store.neurons} neurons into {out}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.core import config
+from lna.core import config, lock
 
 from lna.inputs import data, responses
 
@@ -203,6 +203,7 @@ def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
     say = sayer(opts.progress)
     out = Path(opts.out)
+    lock.acquire(out, "ablation folder")  # first: a device, FIFO or socket is refused as such
     if out.exists() and not out.is_dir():
         raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
     ns = neurons.load(opts.neurons)

@@ -139,9 +139,9 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
 def run(inputs, out, *, force: bool = False, partial: bool = False) -> CountStore:
     """The command: read, check and sum INPUTS, write OUT (refused if it exists, unless force)."""
     out = Path(out)
+    lock.acquire(out, "count store")  # first: a device, FIFO or socket is refused as such
     if out.exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or choose another -o")
-    lock.acquire(out, "count store")
     stores = [open_store(path) for path in inputs]
     merged = merge(stores, names=[str(p) for p in inputs], partial=partial)
     save_store(merged, out)

@@ -135,9 +135,11 @@ from pathlib import Path
 from lna.runners.hf import HFRunner
 
 real = HFRunner.generate_counting
-def slow(*args, **kwargs):  # a slow machine: time for a second run to start
+def slow(*args, **kwargs):  # sampling waits until the test has run the second profile
     Path("sampling").write_text("1")
-    time.sleep(1.5)
+    deadline = time.monotonic() + 300
+    while not Path("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     return real(*args, **kwargs)
 HFRunner.generate_counting = slow
 from lna.cli import profile_main
@@ -165,6 +167,7 @@ def test_two_profiles_on_one_output(model, tmp_path, lna, monkeypatch):
                                  *map(str, args), "--out", "s.zarr"], cwd=work, env=env, capture_output=True,
                                 text=True, timeout=120)
         assert time.monotonic() - start < 60  # at once: no model loaded, nothing sampled
+        (work / "go").write_text("1")
         one_line((second.returncode, second.stdout, second.stderr), "s.zarr", "in use by another lna run",
                  f"PID {first.pid}")
         _, err = first.communicate(timeout=300)
@@ -177,7 +180,7 @@ def test_two_profiles_on_one_output(model, tmp_path, lna, monkeypatch):
     keys = [json.loads(x)["key"] for x in (work / "s.responses.jsonl").read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 10
     assert (work / "s.responses.jsonl").read_bytes() == (tmp_path / "one" / "s.responses.jsonl").read_bytes()
-    only(work, "s.zarr", "s.responses.jsonl", "sampling")
+    only(work, "s.zarr", "s.responses.jsonl", "sampling", "go")
 
 
 def test_lock_held_by_another_process(made, tmp_path, lna):
