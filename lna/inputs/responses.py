@@ -247,7 +247,7 @@ def check_ids(tokenizer, q: Question) -> None:
     for j, (text, ids) in enumerate(zip(q.responses, q.response_ids or [])):
         if (tokenizer.decode(ids, skip_special_tokens=True) != text
                 and encode_response(tokenizer, q.prompt, q.prompt_ids, text) != list(ids)):
-            raise LnaError(f"{where}: 'response_ids'[{j}] ({len(ids)} tokens) are not the tokens of its response "
+            raise LnaError(f"{where}: 'response_ids[{j}]' ({len(ids)} tokens) are not the tokens of its response "
                            f"{_short(text)}; {fix}")
 
 

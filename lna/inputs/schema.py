@@ -43,9 +43,9 @@ def ids(value, where, line, field: str) -> list:
         _fail(where, line, f"'{field}'", f"must be an array of token ids, got {_kind(value)}")
     for j, t in enumerate(value):
         if not isinstance(t, int) or isinstance(t, bool):
-            _fail(where, line, f"'{field}'[{j}]", f"must be an integer token id, got {_kind(t)} {_short(t)}")
+            _fail(where, line, f"'{field}[{j}]'", f"must be an integer token id, got {_kind(t)} {_short(t)}")
         if t < 0:
-            _fail(where, line, f"'{field}'[{j}]", f"is a negative token id ({t})")
+            _fail(where, line, f"'{field}[{j}]'", f"is a negative token id ({t})")
     return value
 
 
@@ -60,20 +60,20 @@ def responses_of(rec: dict, where, line) -> list[str]:
         for j, a in enumerate(answers):
             if isinstance(a, dict):
                 if not isinstance(a.get("generated"), str):
-                    _fail(where, line, f"'answers'[{j}]", "must hold the response as a string in 'generated' "
+                    _fail(where, line, f"'answers[{j}]'", "must hold the response as a string in 'generated' "
                                                           f"(got keys {sorted(a)})")
                 out.append(a["generated"])
             elif isinstance(a, str):
                 out.append(a)
             else:
-                _fail(where, line, f"'answers'[{j}]", f"must be a string or {{\"generated\": ...}}, got {_kind(a)}")
+                _fail(where, line, f"'answers[{j}]'", f"must be a string or {{\"generated\": ...}}, got {_kind(a)}")
     if "responses" in rec:
         given = rec["responses"]
         if not isinstance(given, list):
             _fail(where, line, "'responses'", f"must be an array of strings, got {_kind(given)} {_short(given)}")
         for j, r in enumerate(given):
             if not isinstance(r, str):
-                _fail(where, line, f"'responses'[{j}]", f"must be a string, got {_kind(r)} {_short(r)}")
+                _fail(where, line, f"'responses[{j}]'", f"must be a string, got {_kind(r)} {_short(r)}")
         out += given
     if "response" in rec:
         text(rec, "response", where, line, required=True)
