@@ -165,17 +165,17 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
               "provenance": store.meta.get("provenance", "profile"),
               "tokens": {lang: int(n) for lang, n in zip(store.languages, store.tokens)}}
     source.update(options.pop("source", {}) or {})
-    if store.meta.get("shard"):  # a single shard, or a --partial merge: part of a run's questions
-        from lna.profiling.shards import describe
-
-        where = source.get("store") or "the store"
-        note(f"{where} holds {describe(store.meta['shard'])} of its run only: these neurons come from part of its "
-             "questions; `lna merge` all the shards for the whole run's")
     empty = [lang for lang, n in zip(store.languages, store.tokens) if n <= 0]
     if empty:
         raise LnaError(f"the store counted no response tokens for {', '.join(empty)}; "
                        "profile them or leave them out with --langs")
-    return identify(store.probabilities(), store.languages, source=source, **options)
+    found = identify(store.probabilities(), store.languages, source=source, **options)
+    if store.meta.get("shard"):  # a single shard, or a --partial merge: part of a run's questions
+        from lna.profiling.shards import describe
+
+        note(f"{source.get('store') or 'the store'} holds {describe(store.meta['shard'])} of its run only: these "
+             "neurons come from part of its questions; `lna merge` all the shards for the whole run's")
+    return found
 
 
 def neuron_sets_from(path, *, allow_partial: bool = False, langs=None, **options) -> NeuronSets:
