@@ -139,13 +139,11 @@ def _load(o: Options, spec: str, langs: list, pivot: str) -> list:
     from lna.inputs import data
     from lna.core.config import template_for
 
-    from transformers import AutoTokenizer
-
     from lna.models import loading
 
     _, questions = data.load(spec, ",".join([*langs, pivot]), limit=o.limit)
     # the tokenizer decides the default template (chat where it has a chat template)
-    tokenizer = AutoTokenizer.from_pretrained(loading.resolve(o.model).path)
+    tokenizer = loading.load_tokenizer(loading.resolve(o.model))  # one line where the folder has none
     _, template = template_for(o.model, o.template, tokenizer)
     from dataclasses import replace
 
@@ -164,8 +162,6 @@ def _given(o: Options, langs: list, pivot: str) -> list:
 def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
     """Stage 1: the dataset's questions with n sampled responses each (lna.inputs.responses.prepare),
     kept in DIR/responses.jsonl; the model loads only if something is left to sample."""
-    from transformers import AutoTokenizer
-
     from lna.models import loading
 
     from lna.inputs import responses
@@ -177,7 +173,7 @@ def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
         if getattr(o, key) < 1:
             raise LnaError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(o, key)}")
     questions = _load(o, o.dataset, langs, pivot)
-    tokenizer = AutoTokenizer.from_pretrained(loading.resolve(o.model).path)
+    tokenizer = loading.load_tokenizer(loading.resolve(o.model))  # one line where the folder has none
     _, template = template_for(o.model, o.template, tokenizer)
     path = out / "responses.jsonl"
     need = sum(1 for q in questions if not q.responses)

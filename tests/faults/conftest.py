@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import DATA, _entry, write_jsonl
+from faults.faultkit import DATA, _entry, write_jsonl
 from lna import cli
 
 

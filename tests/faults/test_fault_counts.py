@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import Unchanged, one_line, only, write_jsonl
+from faults.faultkit import Unchanged, one_line, only, write_jsonl
 from lna.storage import merge as merge_module
 from lna.storage.store import open_store
 
@@ -161,3 +161,13 @@ def test_help_says_what_the_code_does(lna):
     assert rc == 0 and "Force-decode responses through" not in out and "while they are sampled" in out
     rc, out, _ = lna("merge", "--help")
     assert rc == 0 and "counting modes" not in out and "template" in out
+
+
+def test_align_on_a_model_without_tokenizer(model, made, tmp_path, lna):
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(model, broken)
+    for f in broken.glob("tokenizer*"):
+        f.unlink()
+    with Unchanged(tmp_path):
+        one_line(lna("align", "--model", broken, "--langs", "zh", "--dataset", made["data"], "-o",
+                     tmp_path / "al"), str(broken), "no tokenizer")

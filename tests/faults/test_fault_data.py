@@ -17,7 +17,7 @@ import json
 import numpy as np
 import pytest
 
-from faultkit import DATA, Unchanged, one_line, only, write_jsonl
+from faults.faultkit import DATA, Unchanged, one_line, only, write_jsonl
 from lna.inputs import responses
 from lna.storage.store import open_store
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faultkit import REPO, one_line, only, write_jsonl
+from faults.faultkit import REPO, one_line, only, write_jsonl
 from lna.storage.store import open_store
 
 

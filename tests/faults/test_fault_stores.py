@@ -23,7 +23,7 @@ from lna import cli
 from lna.storage import store as store_module
 from lna.storage.store import open_store
 
-from faultkit import REPO, DATA, Unchanged, one_line, only, write_jsonl
+from faults.faultkit import REPO, DATA, Unchanged, one_line, only, write_jsonl
 
 
 # == store faults (trust-store) ===================================================================
