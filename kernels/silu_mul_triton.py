@@ -47,7 +47,9 @@ def _silu_mul_kernel(
     acc_counts = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
     acc_sums = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
     acc_active = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
-    n_bad = tl.sum(tl.zeros((BLOCK_T,), dtype=tl.int32), axis=0)  # non-finite gates of counted tokens
+    # rows with a non-finite gate of a counted token, folded over the tiles: a reduction along
+    # the tile's columns only (within a warp); across rows once, at the end
+    bad_rows = tl.zeros((BLOCK_T,), dtype=tl.int32)
 
     for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
@@ -71,11 +73,16 @@ def _silu_mul_kernel(
                 acc_sums = _sum_tile(acc_sums, hit, counted[:, None], act, act32, INTERPRET)
             if ACTIVE_SUMS:
                 acc_active = _sum_tile(acc_active, hit, counted[:, None] & fired, act, act32, INTERPRET)
-            if NONFINITE:  # on the tile in registers: x - x is 0 for finite x only
+            if NONFINITE and not SUMS:  # on the tile in registers: x - x is 0 for finite x only
                 bad = ((g32 - g32) != 0) & counted[:, None] & col_ok[None, :]
-                n_bad += tl.sum(tl.sum(bad.to(tl.int32), axis=1), axis=0)
+                bad_rows = tl.maximum(bad_rows, tl.max(bad.to(tl.int32), axis=1))
 
     if NONFINITE:
+        if SUMS:  # a non-finite act(gate) of a counted token spoils the fp32 sums: read it there, once
+            spoiled = ((acc_sums - acc_sums) != 0).to(tl.int32)
+            n_bad = tl.sum(tl.sum(spoiled, axis=1), axis=0)
+        else:
+            n_bad = tl.sum(bad_rows, axis=0)
         tl.atomic_add(nonfinite_ptr, n_bad, mask=n_bad > 0)
     if COUNT:
         _add_table(acc_counts, counts_ptr, cols, col_ok, n_langs, stride_cl, stride_ci, LANGS_PAD)
