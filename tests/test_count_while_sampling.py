@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import profile_cli
 import naive
 from lna.inputs import data as data_module, responses
 from lna.cli import run
 from lna.cli.merge import merge as merge_cli
-from lna.cli.profile import profile
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 from lna.runners.decode_count import Tracker
 from lna.storage.store import open_store
 
@@ -130,10 +130,6 @@ def test_no_eos_is_ever_counted_and_padding_rows_never(runner):
 
 
 # -- lna-profile ------------------------------------------------------------------------------
-
-def profile_cli(*args):
-    return run(profile, "lna-profile", ["-q", *args])
-
 
 def questions(path, count=7, first=0):
     recs = [{"lang": ["en", "zh", "sw"][i % 3], "query": f"What is {i} + {i + 2}?"}

@@ -1,6 +1,6 @@
 """Stage 4, train: DPO with LoRA through TRL and PEFT, saving merged checkpoints on the way.
 
-Defaults are the study's (method.md): beta 0.1, lr 1e-6, batch 16, 1000 steps, LoRA r 64 /
+Defaults are the study's (docs/method.md, "Alignment"): beta 0.1, lr 1e-6, batch 16, 1000 steps, LoRA r 64 /
 alpha 128 / dropout 0.05. From the released script (NJUNLP/MAPO Alignment/dpo_lora.py,
 trl 0.7.10 / peft 0.6.2): LoRA on q_proj, v_proj and o_proj; cosine schedule with 100 warmup
 steps, weight decay 0.05, AdamW, gradient clipping at 1, gradient checkpointing, bf16,

@@ -18,7 +18,7 @@ def merge(stores, out, force, partial):
     (identified by its tokens, whatever the dataset's name), and shards of a run given
     twice, unfinished or missing (unless --partial). Stores counted while sampling and by
     force-decoding merge (the same quantity)."""
-    from lna.storage.merge import run, summary
+    from lna.profiling.merge import run, summary
 
     merged = run(stores, out, force=force, partial=partial)
     click.echo(f"merged {len(stores)} store{'s' if len(stores) != 1 else ''} into {out}: {summary(merged)}")

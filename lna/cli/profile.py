@@ -6,7 +6,7 @@ POSITIVE = click.IntRange(min=1)
 
 def _device(ctx, param, value):
     from lna.core.errors import LnaError
-    from lna.runners import DEVICES, parse_device
+    from lna.models.loading import DEVICES, parse_device
 
     try:
         return parse_device(value)

@@ -26,6 +26,7 @@ from lna.inputs import data, responses
 from lna.core.atomic import staged_dir
 from lna.core.errors import LnaError
 from lna.core.progress import Bar, sayer
+from lna.reports.tables import row_names
 
 RESPONSES = "responses.jsonl"
 
@@ -86,14 +87,8 @@ def tabulate(sources, out, names=None, title: str = "") -> tuple[list, str]:
     if not sources:
         raise LnaError("--table needs accuracy.json files or lna-eval output folders")
     results = [accuracy.load(s) for s in sources]
-    labels = list(names) if names else [r.get("name") or r.get("model") or Path(str(s)).stem
-                                        for r, s in zip(results, sources)]
-    if len(labels) != len(results):
-        raise LnaError(f"--names has {len(labels)} names for {len(results)} inputs")
-    if len(set(labels)) != len(labels):
-        if names:
-            raise LnaError(f"--names repeats a name: {','.join(labels)}")
-        labels = [f"{x} ({i})" for i, x in enumerate(labels, 1)]
+    labels = row_names(names, [r.get("name") or r.get("model") or Path(str(s)).stem for r, s in zip(results, sources)],
+                       shown=",".join(names or ()))
     by_name = dict(zip(labels, results))
     with _writing(out), staged_dir(out) as tmp:
         files = accuracy.write_tables(by_name, tmp, title=title)

@@ -1,4 +1,5 @@
-"""Neuron identification: the ternary method of the study and Tang et al.'s LAPE (method.md).
+"""Neuron identification: the ternary method of the study and Tang et al.'s LAPE
+(docs/method.md, "Ternary identification", "Lambda and tau", "LAPE").
 
 Everything is vectorised over probabilities p[layer, language, neuron] (float64):
 the parts of the ternary score that do not depend on lambda (normalised entropy, scaled
@@ -102,7 +103,7 @@ def auto_lambda(t: "Ternary", lo: float = LAMBDA_RANGE[0], hi: float = LAMBDA_RA
 
 def identify(probs: np.ndarray, languages, *, method: str = "ternary", top_rate: float = 0.01,
              tau_quantile: float = 0.95, lam="auto", source: dict | None = None) -> NeuronSets:
-    """Neuron sets from probabilities p[layer, language, neuron] (method.md, steps 1-10)."""
+    """Neuron sets from probabilities p[layer, language, neuron] (docs/method.md, "Ternary identification")."""
     probs = np.asarray(probs, dtype=np.float64)
     languages = list(languages)
     L, K, H = probs.shape

@@ -2,11 +2,11 @@
 
 For a baseline (nothing deactivated) and for every (setting, language) neuron set, the
 response tokens of every target language are force-decoded with SiLU(gate) of the set's
-neurons zeroed before the product with up (method.md, "Deactivation ablation"). A cell of
+neurons zeroed before the product with up (docs/method.md, "Masked perplexity"). A cell of
 the matrix is the token-weighted perplexity exp(sum NLL / tokens) of one target language
 with one row's set deactivated; `change` subtracts the baseline row.
 
-Cost: one forward over all samples per distinct mask. Identical masks are computed once
+Cost: one forward over all samples per distinct mask (lna.interventions.masked_nll). Identical masks are computed once
 (e.g. a language without related neurons has the same set in both settings) and an empty
 set is the baseline itself (nothing to zero, so its row equals the baseline exactly). All
 masks of a chunk of samples go to the runner in one call with per-sample mask ids, so rows
@@ -37,8 +37,8 @@ from lna.core.atomic import atomic_file, staged_dir
 from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
 from lna.core.interrupts import shielded
-from lna.runners.packing import chunks
 from lna.core.progress import Bar, sayer
+from lna.interventions.masked_nll import evaluate, predicted
 from lna.runners import make_runner
 
 SETTINGS = ("specific", "specific+related")
@@ -137,35 +137,6 @@ def plan(settings: dict, layers: int, width: int) -> Plan:
                 masks.append(mask)
             ids[name][lang] = seen[key]
     return Plan(np.stack(masks) if masks else np.zeros((0, layers, width), bool), ids)
-
-
-# -- forward passes ----------------------------------------------------------------------------
-def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = None, token_budget: int | None = None,
-             on_chunk=None, values: np.ndarray | None = None) -> np.ndarray:
-    """Response-token NLL sums, float64 [1 + n_masks, n_samples]: row 0 with nothing
-    deactivated, row m + 1 with masks[m] (zeroed, or set to values[m] where `values` is
-    given: lna-steer). Only the NaN cells of `nll` are computed, about one forward batch
-    per runner call (rows of different settings share batches through the per-token mask
-    ids); `on_chunk(nll, tokens)` follows every call (checkpoints, progress)."""
-    samples = list(samples)
-    n_rows = 1 + len(masks)
-    nll = np.full((n_rows, len(samples)), np.nan) if nll is None else nll
-    rows, cols = np.nonzero(np.isnan(nll))
-    work = [samples[i] for i in cols]
-    budget = getattr(runner, "token_budget", None) or token_budget or 16384  # vLLM: tokens per call
-    for idx in chunks(work, budget, settings=rows - 1):
-        set_to = {} if values is None else {"values": values}
-        got = runner.nll([work[j] for j in idx], masks if len(masks) else None, [int(rows[j]) - 1 for j in idx],
-                         **set_to)
-        nll[rows[idx], cols[idx]] = np.asarray(got, np.float64)  # one assignment: whole or not at all
-        if on_chunk is not None:
-            on_chunk(nll, sum(predicted(work[j]) for j in idx))
-    return nll
-
-
-def predicted(sample) -> int:
-    """Response tokens whose NLL is measured (all of them after a non-empty prompt)."""
-    return len(sample.response) - (0 if len(sample.prompt) else 1)
 
 
 # -- matrices ----------------------------------------------------------------------------------
@@ -383,7 +354,7 @@ def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) 
 def write_outputs(result: dict, out, title: str = "") -> list:
     """ppl.json, ppl-/change-SETTING.csv and change-SETTING.png, all or none (ppl.json last)."""
     from lna.reports import plots
-    from lna.identification.analysis import write_csv
+    from lna.reports.tables import write_csv
 
     targets = result["languages"]
     with staged_dir(out) as tmp:

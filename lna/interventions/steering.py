@@ -46,7 +46,7 @@ from lna.models.fingerprint import check_runner
 from lna.core.interrupts import shielded
 from lna.core.progress import Bar, sayer
 from lna.runners import make_runner
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 
 BATCH = 16  # generations per runner call (fixed: a resumed run regenerates the same batches)
 OUTPUTS, STATE = "outputs.jsonl", "nll.npz"
@@ -248,7 +248,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     """NLL sums: "refs" float64 [rows, references] (each row's intervention on every
     reference), "outputs" float64 [rows, prompts] (no intervention, on each row's outputs;
     NaN where an output is empty)."""
-    from lna.interventions.ablate import evaluate
+    from lna.interventions.masked_nll import evaluate
 
     gen = [Sample(f"{r.name}|{k}", opts.source, tuple(prompts[q]), tuple(outputs[f"{r.name}|{k}"]))
            for r in rows for q, k in enumerate(keys)]

@@ -1,4 +1,5 @@
-"""Resolve a model argument (Hugging Face id, local folder, built-in tiny model) and load it.
+"""Resolve a model argument (Hugging Face id, local folder, built-in tiny model) and load it
+on a device (parse_device, check_device: below the runners, which choose the device through them).
 
 Hugging Face ids resolve through the local cache only: lna never downloads weights behind
 the user's back, and says how to get them when they are missing.
@@ -15,6 +16,7 @@ from lna.core.errors import LnaError
 SUPPORTED = families.supported()
 DTYPES = ("float32", "bfloat16", "float16")
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what transformers and vLLM load
+DEVICES = "cpu, cuda or cuda:N"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,37 @@ def _from_hub_cache(model: str, revision: str | None = None) -> tuple[Path, str]
     return path, path.name
 
 
+def parse_device(device: str | None) -> str | None:
+    """`device` normalised (cpu, cuda, cuda:N) or None; a clear error for anything else.
+    Needs no torch: the CLI checks the spelling before anything loads."""
+    if device is None:
+        return None
+    spelled = device.strip().lower()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", spelled):
+        raise LnaError(f"--device {device!r}: unknown device; use {DEVICES}")
+    return spelled
+
+
+def check_device(device: str | None) -> str:
+    """The device to run on: `device` if torch can use it, else one clear error; None picks
+    the GPU where there is one, else the CPU."""
+    import torch
+
+    device = parse_device(device)
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+            raise LnaError(f"--device {device}: torch sees no CUDA device ({why}); use --device cpu, "
+                           "or run where a GPU and a CUDA build of torch are")
+        n, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise LnaError(f"--device {device}: there {'is' if n == 1 else 'are'} {n} CUDA device"
+                           f"{'' if n == 1 else 's'} (cuda:0..cuda:{n - 1})")
+    return device
+
+
 def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     """(model in eval mode on `device`, tokenizer); its MLPs checked against its family."""
     import torch
@@ -141,8 +174,6 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     hf_logging.disable_progress_bar()  # lna shows its own progress; one bar at a time
     if dtype not in DTYPES:
         raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    from lna.runners import check_device
-
     device = check_device(device)
     tokenizer = load_tokenizer(info)
     try:

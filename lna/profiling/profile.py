@@ -38,11 +38,10 @@ from lna.profiling import shards
 from lna.core.errors import LnaError, note
 from lna.core.interrupts import shielded
 from lna.storage.manifest import Counted, legacy_done, sample_ids
-from lna.storage.merge import check_compatible, counted_during
 from lna.runners.packing import chunks
 from lna.core.progress import Bar, sayer
 from lna.runners import make_runner
-from lna.storage.store import CountStore, open_store, save_store
+from lna.storage.store import CountStore, check_compatible, counted_during, open_store, save_store
 
 
 @dataclass
@@ -244,7 +243,7 @@ class _Saver:
             raise
 
 
-COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.storage.merge.counted_during)
+COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.storage.store.counted_during)
 
 
 def _mark_counted_during(store: CountStore, way: str) -> None:

@@ -1,41 +1,7 @@
 """Force-decoding runners (transformers: hf.py; vLLM: vllm.py) and the backend choice."""
 import importlib.util
-import re
 
 from lna.core.errors import LnaError
-
-DEVICES = "cpu, cuda or cuda:N"
-
-
-def parse_device(device: str | None) -> str | None:
-    """`device` normalised (cpu, cuda, cuda:N) or None; a clear error for anything else.
-    Needs no torch: the CLI checks the spelling before anything loads."""
-    if device is None:
-        return None
-    spelled = device.strip().lower()
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", spelled):
-        raise LnaError(f"--device {device!r}: unknown device; use {DEVICES}")
-    return spelled
-
-
-def check_device(device: str | None) -> str:
-    """The device to run on: `device` if torch can use it, else one clear error; None picks
-    the GPU where there is one, else the CPU."""
-    import torch
-
-    device = parse_device(device)
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
-            raise LnaError(f"--device {device}: torch sees no CUDA device ({why}); use --device cpu, "
-                           "or run where a GPU and a CUDA build of torch are")
-        n, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
-        if index >= n:
-            raise LnaError(f"--device {device}: there {'is' if n == 1 else 'are'} {n} CUDA device"
-                           f"{'' if n == 1 else 's'} (cuda:0..cuda:{n - 1})")
-    return device
 
 
 def make_runner(model: str, *, backend: str = "auto", device: str | None = None, dtype: str | None = None,
@@ -50,7 +16,7 @@ def make_runner(model: str, *, backend: str = "auto", device: str | None = None,
     """
     from lna.models import loading
 
-    device = check_device(device)
+    device = loading.check_device(device)
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if backend not in ("auto", "hf", "vllm"):
         raise LnaError(f"unknown backend {backend!r}: use auto, hf or vllm")

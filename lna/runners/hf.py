@@ -23,7 +23,8 @@ from lna.runners import packing
 from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
-from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
+from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
+from lna.inputs.samples import Sample, sample_seeds
 from lna.runners.row_sampler import RowSampler
 
 MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask

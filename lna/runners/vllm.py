@@ -69,7 +69,8 @@ import numpy as np
 
 from lna.models import fingerprint, loading
 from lna.core.errors import LnaError
-from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
+from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
+from lna.inputs.samples import Sample, sample_seeds
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
@@ -212,7 +213,7 @@ class VllmRunner:
     def _generate(self, prompts, slots, n_slots: int, *, n, temperature, top_p, max_new_tokens, seed,
                   sums=False, masks=None, values=None, mask_ids=None):
         """(responses, merged worker results or None). slots[i]: language slot of prompt i
-        (None: no counting). seed: as generate's (lna.runners.base.sample_seeds).
+        (None: no counting). seed: as generate's (lna.inputs.samples.sample_seeds).
         masks, values, mask_ids: interventions (generate's; not with counting)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

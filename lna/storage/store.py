@@ -1,4 +1,4 @@
-"""The count store: activation counts as an open zarr v3 group (design.md, "Count store").
+"""The count store: activation counts as an open zarr v3 group (docs/design.md, "Count store").
 
 Layout (readable with plain zarr, and with xarray through `dimension_names`):
     counts          int64  [layer, language, neuron]  response tokens on which the neuron fired
@@ -37,6 +37,7 @@ from lna.storage import integrity
 from lna._version import __version__
 from lna.core.atomic import output_path
 from lna.core.errors import LnaError, note
+from lna.models import fingerprint
 from lna.storage.manifest import Counted, keys_blob
 
 FORMAT = "lna-counts/2"
@@ -197,6 +198,50 @@ def validate(store: CountStore) -> None:
         if (a < 0).any() or ((c == 0) & (a != 0) & ~np.isnan(a)).any():
             raise LnaError("count store has active sums that its counts rule out (negative, or nonzero "
                            "where the neuron never fired): it is damaged; recreate it")
+
+
+# -- combining stores (lna merge, and a profile continuing a store) -------------------------
+# Settings that change the counts of the same samples of the same model: stores that record
+# different ones are never summed (one without the record, older or imported, is taken as
+# it is). The backend and the way of counting (counted_during) change only gates within
+# rounding of zero, and join.
+SETTINGS = ("dtype", "template", "template_text", "kernel", "sampling")
+
+
+def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=("the first", "the second")) -> dict:
+    """Refuse stores that count different things, with other settings (SETTINGS) or from
+    different models; return the model identity of both together
+    (lna.models.fingerprint.combine)."""
+    for key in IDENTITY:
+        if a.meta.get(key) != b.meta.get(key):
+            raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
+    for key in SETTINGS:
+        x, y = a.meta.get(key), b.meta.get(key)
+        if x and y and x != y:  # "" template_text: the data gave the prompts verbatim
+            show = (lambda v: "another text" if key == "template_text" else repr(v))  # noqa: E731
+            raise LnaError(f"cannot combine {what}: their {key} differs ({show(x)} in {names[0]}, {show(y)} in "
+                           f"{names[1]}), so their counts are of different computations; profile them alike")
+    ident = lambda m: {"model": m.get("model"), **fingerprint.recorded(m)}  # noqa: E731
+    return fingerprint.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
+
+
+WAYS = ("sampling", "force-decoding")  # how lna-profile counted response tokens (lna.profiling.profile)
+
+
+def counted_during(*ways) -> str | None:
+    """The ways of counting of several stores or runs together: "sampling", "force-decoding"
+    or "sampling+force-decoding" (None and "" add nothing; stores without the record were
+    force-decoded). Stores counted both ways merge: they count the same quantity, the
+    gate of every response token given the same tokens before it, and differ only in the
+    order float sums run in (a KV-cached decoding step against a whole-sequence pass), the
+    difference between batch sizes or backends, which flips only gates within rounding of
+    zero."""
+    parts = {p for w in ways if w for p in w.split("+")}
+    unknown = parts - set(WAYS)
+    if unknown:
+        raise LnaError(f"unknown way of counting {sorted(unknown)[0]!r} in a store's counted_during; "
+                       f"lna knows {', '.join(WAYS)}")
+    return "+".join(w for w in WAYS if w in parts) or None
 
 
 # -- reading --------------------------------------------------------------------------------

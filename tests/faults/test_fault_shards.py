@@ -68,18 +68,10 @@ def test_merge_refuses_missing_repeated_and_foreign_shards(sharded, lna, tmp_pat
 
 
 def test_merge_refuses_an_unfinished_shard(made, model, tmp_path, lna, monkeypatch, sharded):
-    from lna.runners.hf import HFRunner
-
-    real, calls = HFRunner.count, []
-
-    def dying(self, samples, languages, **kw):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real(self, samples, languages, **kw)
+    from conftest import interrupt_counting
 
     big = max((1, 2, 3), key=lambda k: int(open_store(sharded / f"d-{k}of3.zarr").tokens.sum()))
-    monkeypatch.setattr(HFRunner, "count", dying)
+    interrupt_counting(monkeypatch, after=1)
     cut = tmp_path / "cut.zarr"
     assert lna("profile", "-q", "--model", model, "--dataset", made["data"], "--shard", f"{big}/3",
                "--token-budget", "32", "--checkpoint-every", "0", "--out", cut)[0] == 130
