@@ -15,7 +15,7 @@ from pathlib import Path
 from lna.align.train import TrainSettings
 from lna.align import STAGE_FIX
 from lna.core import lock
-from lna.core.atomic import _missing_parents, _remove_empty
+from lna.core.atomic import missing_parents, remove_empty
 from lna.core.errors import LnaError
 
 STAGES = ("sample", "score", "pairs", "train")
@@ -66,14 +66,14 @@ def run(o: Options) -> list[Path]:
     out = Path(o.out)
     if out.exists() and not out.is_dir():
         raise LnaError(f"{out}: exists and is not a folder; give an output folder")
-    made = [] if out.exists() else [out, *_missing_parents(out)]
+    made = [] if out.exists() else [out, *missing_parents(out)]
     with lock.scope():
         lock.acquire(out, "run folder")
         out.mkdir(parents=True, exist_ok=True)
         try:
             return _stages(o, out)
         except BaseException:
-            _remove_empty(made)  # an early error leaves no empty -o folder behind
+            remove_empty(made)  # an early error leaves no empty -o folder behind
             raise
 
 

@@ -77,7 +77,7 @@ def atomic_file(path, kind: str = "file"):
     if path.is_dir():
         raise LnaError(f"{given}: is a folder; give a {kind} name such as {given / ('out.' + kind)}")
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    made = _missing_parents(path)
+    made = missing_parents(path)
     done = False
     try:
         with writing(given):
@@ -89,10 +89,10 @@ def atomic_file(path, kind: str = "file"):
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if not done:
-            _remove_empty(made)
+            remove_empty(made)
 
 
-def _missing_parents(path: Path) -> list:
+def missing_parents(path: Path) -> list:
     """The folders above `path` that do not exist yet, deepest first."""
     out, p = [], path.parent
     while not p.exists():
@@ -101,7 +101,7 @@ def _missing_parents(path: Path) -> list:
     return out
 
 
-def _remove_empty(folders) -> None:
+def remove_empty(folders) -> None:
     """Remove the folders a failed write created (deepest first), where still empty."""
     for folder in folders:
         with contextlib.suppress(OSError):
@@ -118,7 +118,7 @@ def staged_dir(out):
     base = out.parent
     while not base.exists():
         base = base.parent
-    tmp, made, done = None, [out, *_missing_parents(out)] if not out.exists() else [], False
+    tmp, made, done = None, [out, *missing_parents(out)] if not out.exists() else [], False
     try:
         with writing(given):
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=base))
@@ -133,4 +133,4 @@ def staged_dir(out):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if not done:
-            _remove_empty(made)
+            remove_empty(made)

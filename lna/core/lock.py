@@ -17,7 +17,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from lna.core.atomic import _missing_parents, _remove_empty, output_path, write_error
+from lna.core.atomic import missing_parents, remove_empty, output_path, write_error
 from lna.core.errors import LnaError, note
 
 _held: dict = {}  # lock path -> (fd, folders made for it)
@@ -35,15 +35,15 @@ def acquire(output, what: str = "output") -> None:
     lock = lock_path(output)
     if lock in _held:
         return
-    made = _missing_parents(lock)
+    made = missing_parents(lock)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _take(lock, output, what)
     except OSError as err:
-        _remove_empty(made)
+        remove_empty(made)
         raise write_error(output, err, doing="lock") from None
     except BaseException:
-        _remove_empty(made)
+        remove_empty(made)
         raise
     _held[lock] = (fd, made)
     if _scopes:
@@ -100,7 +100,7 @@ def _release(lock: Path) -> None:
     with contextlib.suppress(OSError):
         lock.unlink()  # while still holding it: the next run's _take sees a new file
     os.close(fd)
-    _remove_empty(made)
+    remove_empty(made)
 
 
 @contextlib.contextmanager
