@@ -230,10 +230,10 @@ def _question(rec: dict, path, tokenizer) -> Question:
 
 
 def check_ids(tokenizer, q: Question) -> None:
-    """Token ids given with `q` (trusted over its text, being exactly what lna counted) are in
-    the tokenizer's range and are its text: the prompt's are its encoding, and each
-    response's decode to it, or are its encoding after the prompt (lna wrote one or the
-    other). One line naming the file, line and field otherwise."""
+    """Token ids given with `q` (trusted over its text, being exactly what lna counts) are in
+    the tokenizer's range and are its text: they decode to it (special tokens kept or
+    skipped), or they are its encoding (a prompt's; a response's after its prompt), which is
+    how lna wrote them. One line naming the file, line and field otherwise."""
     where, size = q.where or q.key, len(tokenizer)
     fix = "fix or delete that record (without ids, lna tokenizes the text)"
     for field, lists in (("prompt_ids", [q.prompt_ids]), ("response_ids", q.response_ids or [])):
@@ -242,13 +242,18 @@ def check_ids(tokenizer, q: Question) -> None:
             if over is not None:
                 name = field if field == "prompt_ids" else f"{field}[{j}]"
                 raise LnaError(f"{where}: '{name}' holds token id {over}, outside the tokenizer's {size} ids; {fix}")
-    if list(q.prompt_ids) != encode(tokenizer, q.prompt):
+    if not (_decodes_to(tokenizer, q.prompt_ids, q.prompt) or list(q.prompt_ids) == encode(tokenizer, q.prompt)):
         raise LnaError(f"{where}: 'prompt_ids' are not the tokens of its prompt; {fix}")
     for j, (text, ids) in enumerate(zip(q.responses, q.response_ids or [])):
-        if (tokenizer.decode(ids, skip_special_tokens=True) != text
-                and encode_response(tokenizer, q.prompt, q.prompt_ids, text) != list(ids)):
+        if not (_decodes_to(tokenizer, ids, text)
+                or encode_response(tokenizer, q.prompt, q.prompt_ids, text) == list(ids)):
             raise LnaError(f"{where}: 'response_ids[{j}]' ({len(ids)} tokens) are not the tokens of its response "
                            f"{_short(text)}; {fix}")
+
+
+def _decodes_to(tokenizer, ids, text: str) -> bool:
+    return (tokenizer.decode(ids, skip_special_tokens=True) == text
+            or tokenizer.decode(ids, skip_special_tokens=False) == text)
 
 
 def _short(text: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from faults.faultkit import Unchanged, one_line, only, write_jsonl
-from lna.storage import merge as merge_module
+from lna.storage.store import check_compatible
 from lna.storage.store import open_store
 
 
@@ -54,7 +54,7 @@ def test_merge_across_kernel_versions_is_refused(made):
     assert a.meta["kernel"].startswith("lna.kernels/")
     b.meta["kernel"] = "lna.kernels/0"
     with pytest.raises(LnaError, match="kernel differs"):
-        merge_module.check_compatible(a, b, names=("a", "b"))
+        check_compatible(a, b, names=("a", "b"))
 
 
 # -- non-finite activations ----------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def test_torn_mid_batch_is_sampled_again_never_duplicated(model, tmp_path, lna, 
 @pytest.mark.parametrize("damage, words", [
     (lambda r: r.update(response_ids=[[9999]]), ["'response_ids[0]'", "outside the tokenizer"]),
     (lambda r: r.update(response_ids=[r["response_ids"][0] + [65]]), ["'response_ids[0]'", "not the tokens"]),
-    (lambda r: r.update(prompt_ids=r["prompt_ids"][1:]), ["'prompt_ids'", "not the tokens"]),
+    (lambda r: r["prompt_ids"].__setitem__(3, 100 if r["prompt_ids"][3] != 100 else 101),
+     ["'prompt_ids'", "not the tokens"]),
 ])
 def test_damaged_sampled_responses_are_not_trusted(damage, words, model, tmp_path, lna):
     """Sampled responses are read back with their ids (what was counted): ids the tokenizer
