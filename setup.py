@@ -62,6 +62,7 @@ setup(
             "lna-align=lna.cli:align_main",
             "lna-launch=lna.cli:launch_main",
             "lna-steer=lna.cli:steer_main",
+            "lna-experts=lna.cli:experts_main",
         ]
     },
 )

@@ -216,7 +216,7 @@ def test_interrupted_count_while_sampling_resumes_without_double_counting(model,
 
     # 2. a kill: nothing saved at the stop (as after SIGKILL), the file holds three batches
     monkeypatch.setattr(HFRunner, "generate_counting", dies_after(3))
-    monkeypatch.setattr(profile_module._Saver, "save", lambda self, complete: None)
+    monkeypatch.setattr(profile_module, "_save", lambda store, out, complete=False: None)
     killed = tmp_path / "killed.zarr"
     assert profile_cli(*args, "--out", str(killed)) == 130
     assert not killed.exists() and len(read_responses(tmp_path / "killed.responses.jsonl")) == 6

@@ -73,14 +73,16 @@ def _imports():
 
 def train(model: str, pairs: list[dict], out, settings: TrainSettings, **kw) -> list[Path]:
     """DPO on the train pairs; returns the merged checkpoints (all steps saved so far).
-    Keywords: device, save_dtype, progress, say."""
+    Keywords: device, save_dtype, progress, say; revision (a hub model's), info (the model
+    already resolved: lna.models.loading.resolve)."""
     with warnings.catch_warnings():  # transformers' renames of TRL's own arguments: nothing a user can act on
         warnings.simplefilter("ignore", FutureWarning)
         return _train(model, pairs, out, settings, **kw)
 
 
 def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device: str | None = None,
-           save_dtype: str | None = None, progress: bool = True, say=print) -> list[Path]:
+           save_dtype: str | None = None, progress: bool = True, say=print, revision: str | None = None,
+           info=None) -> list[Path]:
     settings.check()
     _imports()
     import torch
@@ -109,10 +111,11 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     random.Random(settings.seed).shuffle(dev_rows)
     dev_rows = dev_rows[:settings.eval_pairs]
 
-    info = loading.resolve(model)
+    info = info or loading.resolve(model, revision)
     digest = hashlib.sha256(json.dumps(train_rows, ensure_ascii=False).encode()).hexdigest()[:16]
     record = {"model": model, "settings": asdict(settings), "save_dtype": save_dtype, "dtype": dtype,
-              "pairs": len(train_rows), "pairs_digest": digest}
+              "pairs": len(train_rows), "pairs_digest": digest,
+              **({"revision": revision} if revision else {})}  # absent without one: earlier records resume
     _check_same_run(out / "train.json", record)
     final = out / "checkpoints" / f"step-{settings.steps}"
     if final.is_dir():

@@ -2,7 +2,7 @@
 datasets, or along checkpoints): the paper's Figures 4, 5, 10 and Tables 2-4."""
 import click
 
-from lna.cli.identify import identify_options, parse_identify_options
+from lna.cli.options import identify_options, parse_identify_options
 
 
 @click.command("compare")

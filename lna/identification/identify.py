@@ -157,6 +157,9 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
         from lna.core.languages import parse_langs
 
         langs = parse_langs(langs, store.languages)
+    if store.has_experts:  # its counts table is padded per layer, its experts are elsewhere
+        raise LnaError("a mixture-of-experts count store: identify its expert neurons and language experts with "
+                       "`lna experts STORE -o DIR` (docs/moe.md)")
     if langs is not None:
         store = store.select(langs)
     source = {"model": store.meta.get("model"), "model_name": store.meta.get("model_name"),

@@ -20,13 +20,12 @@ sums in sample order, so its result equals an uninterrupted run's.
 """
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lna.core import config, lock
+from lna.core import lock, runs
 
 from lna.inputs import data, responses
 
@@ -36,32 +35,24 @@ from lna.identification import neurons
 from lna.core.atomic import atomic_file, staged_dir
 from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
-from lna.core.interrupts import shielded
+from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
 from lna.interventions.masked_nll import evaluate, predicted
-from lna.runners import make_runner
+from lna.runners.options import RunnerOptions, open_runner, resolve
 
 SETTINGS = ("specific", "specific+related")
 STATE = "nll.npz"
 
 
-@dataclass
-class Options:
-    model: str
+@dataclass(kw_only=True)
+class Options(RunnerOptions):
     neurons: str
     out: str
     responses: str | None = None  # lna-profile's responses JSONL (default: beside the neurons' store)
     dataset: str | None = None  # or a dataset that carries responses
     langs: str | None = None  # targets (and deactivated rows) to keep; default all
     settings: tuple = SETTINGS  # "specific", "specific+related" or a neuron-set JSON file
-    backend: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    template: str | None = None
-    revision: str | None = None  # a hub model's branch, tag or commit (from the local cache)
     limit: int | None = None  # questions per language (quick runs)
-    token_budget: int | None = None
-    max_row_tokens: int = 2048
     checkpoint_every: float = 60.0
     allow_other_model: bool = False
     progress: bool = True
@@ -173,12 +164,10 @@ def ablate(runner, samples, settings: dict, targets: list | None = None) -> dict
 def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
     say = sayer(opts.progress)
-    out = Path(opts.out)
-    lock.acquire(out, "ablation folder")  # first: a device, FIFO or socket is refused as such
-    if out.exists() and not out.is_dir():
-        raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
+    lock.acquire(opts.out, "ablation folder")  # first: a device, FIFO or socket is refused as such
+    out = runs.out_folder(opts.out)
     ns = neurons.load(opts.neurons)
-    info = loading.resolve(opts.model, opts.revision)
+    info = resolve(opts)
     check_shape(ns, info.layers, info.neurons, opts.neurons, info.name)
     check_source_model(ns, info, opts)
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
@@ -193,23 +182,20 @@ def run(opts: Options) -> Path:
     if not rows:
         raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
 
-    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
-                                         revision=opts.revision)
+    model = open_runner(opts, info)
+    runner, backend, dtype = model.runner, model.backend, model.dtype
     if not opts.allow_other_model:
         try:
             check_runner(ns.source, runner, f"{opts.neurons} and --model {opts.model}")
         except LnaError as err:
             raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
-    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
-    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, template))
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
     empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
     if empty:
         raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
 
     p = plan(settings, runner.layers, runner.neurons)
-    identity = {"model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
-                "masks": _digest(p.masks), "samples": _samples_digest(samples)}
+    identity = {**model.identity, "masks": _digest(p.masks), "samples": _samples_digest(samples)}
     state = out / STATE
     nll = _resume(state, identity, p.n_forward, len(samples))
     todo = [s for i, s in enumerate(samples) if np.isnan(nll[:, i]).any()]
@@ -242,27 +228,18 @@ def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: d
     """Fill the NaN cells of `nll` batch by batch; save the state by time and on any stop
     (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
     tokens = np.array([predicted(s) for s in samples])
-    saved = [np.count_nonzero(~np.isnan(nll)), time.monotonic()]  # cells on disk, time of the save
-
-    def save():
-        done = np.count_nonzero(~np.isnan(nll))
-        if done > saved[0]:
-            saved[:] = [done, time.monotonic()]  # set first: a save that fails is not retried
-            with shielded():
-                _save_state(state, nll, samples, identity, p)
+    # evaluate fills nll in place: each save writes every cell finished so far
+    saver = Checkpointer(lambda: _save_state(state, nll, samples, identity, p), every=opts.checkpoint_every)
 
     with Bar(opts.progress, int((np.isnan(nll) * tokens).sum()), "ablate", "tok") as bar:
-        def on_chunk(nll, n_tokens):
+        def on_chunk(_, n_tokens):
+            saver.changed()
             bar.update(n_tokens)
-            if time.monotonic() - saved[1] >= opts.checkpoint_every:
-                save()
+            saver.tick()
 
-        try:
+        with saver.on_stop():
             nll = evaluate(runner, samples, p.masks, nll=nll, token_budget=opts.token_budget, on_chunk=on_chunk)
-        except BaseException:  # keep every finished batch (evaluate fills nll in place)
-            save()
-            raise
-        save()
+        saver.flush()
     return nll
 
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lna.models import families
+from lna.models import families, moe
 from lna.core.errors import LnaError
 
 SUPPORTED = families.supported()
@@ -53,9 +53,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LNA_CACHE", Path.home() / ".cache" / "lna"))
 
 
-def resolve(model: str, revision: str | None = None) -> ModelInfo:
+def resolve(model: str, revision: str | None = None, *, experts: bool | None = False) -> ModelInfo:
     """Find the model's folder and check, from its config alone, that lna can profile it.
-    `revision` (a hub model's branch, tag or commit) is looked up in the local cache."""
+    `revision` (a hub model's branch, tag or commit) is looked up in the local cache.
+    experts=True: a mixture-of-experts model, counted per expert (lna.models.moe); None:
+    whichever the config describes (dense models as without it)."""
     if revision is not None and (model.startswith("lna:") or Path(model).expanduser().is_dir()):
         raise LnaError(f"--revision {revision}: {model} is not a Hugging Face id; revisions are for hub models")
     if model.startswith("lna:"):
@@ -74,12 +76,16 @@ def resolve(model: str, revision: str | None = None) -> ModelInfo:
     if not isinstance(cfg, dict):
         raise LnaError(f"{config_file}: not a model config (a JSON object)")
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
-    family = families.identify(cfg, model)
+    if experts or (experts is None and moe.is_moe(cfg)):
+        family = moe.identify(cfg, model)
+    else:
+        family = families.identify(cfg, model)
     text = families.text_config(cfg)
     if not any(next(path.glob(pattern), None) for pattern in WEIGHTS):
         raise LnaError(f"{path}: has config.json but no weights ({' or '.join(WEIGHTS)}); "
                        + _complete_it(model, revision))
-    return ModelInfo(model, path, arch, text["num_hidden_layers"], text["intermediate_size"], revision, family)
+    # A MoE model's widths come from its loaded layers (lna.models.moe.layout).
+    return ModelInfo(model, path, arch, text["num_hidden_layers"], text.get("intermediate_size", 0), revision, family)
 
 
 def _complete_it(model: str, revision: str) -> str:
@@ -185,7 +191,8 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
         raise LnaError(f"{info.path}: could not load the weights ({_first_line(err)}); "
                        + _complete_it(info.name, info.revision)) from None
     model = model.to(device).eval()
-    families.check(model, info.family, info.name)
+    if not isinstance(info.family, moe.MoEFamily):  # MoE models: checked by lna.runners.moe
+        families.check(model, info.family, info.name)
     return model, tokenizer
 
 

@@ -46,7 +46,7 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
     copy = (lambda a: None if a is None else a.copy())
     out = replace(out, counts=out.counts.copy(), tokens=out.tokens.copy(), meta=json.loads(json.dumps(out.meta)),
                   samples={lang: c.copy() for lang, c in out.samples.items()}, sums=copy(out.sums),
-                  active_sums=copy(out.active_sums))
+                  active_sums=copy(out.active_sums), expert_counts=copy(out.expert_counts), routed=copy(out.routed))
     so_far = names[0]
     for other, name in zip(stores[1:], names[1:]):
         ident = check_compatible(out, other, names=(so_far, name))
@@ -75,7 +75,8 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
                                         (int(out.tokens[k]), int(other.tokens[j])))
             # NaN sums (unknown) stay unknown
             out.add(k, other.counts[:, j], other.tokens[j],
-                    *((other.sums[:, j], other.active_sums[:, j]) if out.has_sums else ()))
+                    *((other.sums[:, j], other.active_sums[:, j]) if out.has_sums else ()),
+                    experts=(other.expert_counts[:, :, j], other.routed[:, :, j]) if other.has_experts else None)
         out.complete = out.complete and other.complete
         out.meta["counted_during"] = counted_during(out.meta.get("counted_during", "force-decoding"),
                                                     other.meta.get("counted_during", "force-decoding"))

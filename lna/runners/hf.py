@@ -97,8 +97,9 @@ class HFRunner:
     """Force-decoding with transformers: `count`, `generate` and `nll` of the Runner protocol."""
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
-                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
-        info = loading.resolve(model, revision)
+                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None,
+                 info: loading.ModelInfo | None = None):
+        info = info or loading.resolve(model, revision)  # given: resolved once per run (lna.runners.options)
         net, tokenizer = loading.load(info, device=device, dtype=dtype)
         # From the files, not the loaded tensors: the same for every backend and dtype.
         self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens, fingerprint.legacy(info))
@@ -130,9 +131,14 @@ class HFRunner:
                            f"lna supports {loading.SUPPORTED}")
         self.state = _State()
         self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
+        self.counting_modules = self._install(info)
+
+    def _install(self, info) -> int:
+        """Put the counting modules into the model; returns how many run per forward."""
         act = families.kernel_kwargs(info.family)
         for i, layer in enumerate(self.decoder.layers):
             layer.mlp = CountingMLP(layer.mlp, i, self.state, info.family, act)
+        return self.layers
 
     # -- one packed forward -----------------------------------------------------------
     def _forward(self, batch: packing.Batch):
@@ -150,8 +156,9 @@ class HFRunner:
         self.state.calls = 0
         out = self.decoder(input_ids=torch.from_numpy(batch.input_ids).to(dev), attention_mask=mask,
                            position_ids=pos, use_cache=False)
-        if self.state.calls != self.layers:  # a layer bypassed its MLP: counts would be wrong
-            raise LnaError(f"{self.info.name}: {self.state.calls} of {self.layers} MLPs ran; model not supported")
+        if self.state.calls != self.counting_modules:  # a layer bypassed its MLP: counts would be wrong
+            raise LnaError(f"{self.info.name}: {self.state.calls} of {self.counting_modules} MLPs ran; "
+                           "model not supported")
         return out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
 
     def _batches(self, samples, settings=None):

