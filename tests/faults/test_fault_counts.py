@@ -147,8 +147,8 @@ def test_compare_says_n_a_not_a_blank(made, tmp_path, lna):
 
 @pytest.mark.parametrize("args, words", [
     (["--langs", "en", "--pivot", "en"], ["names only the pivot"]),
-    (["--langs", "zh", "--temperature", "-1"], ["--temperature", "at least 0"]),
-    (["--langs", "zh", "--top-p", "0"], ["--top-p", "(0, 1]"]),
+    (["--langs", "zh", "--temperature", "-1"], ["--temperature", "x>=0"]),
+    (["--langs", "zh", "--top-p", "0"], ["--top-p", "0<x<=1"]),
 ])
 def test_align_early_errors_leave_no_folder(args, words, model, tmp_path, lna):
     with Unchanged(tmp_path):
