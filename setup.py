@@ -42,9 +42,9 @@ setup(
         "torch>=2.11,<2.14",
         # <5.25: transformers 5.25 depends on Hugging Face's `kernels` and imports from it while
         # loading a tokenizer; wherever this checkout's root is on sys.path (python -c or a
-        # notebook started there, as tests/test_faults.py's SIGTERM tests do) the top-level
-        # kernels/ shadows it and every model load fails ("cannot import name 'CUDAProperties'
-        # from 'kernels'"). CI tests the newest below the cap (.ci/run).
+        # notebook started there, as tests/faults/test_fault_interrupts.py's SIGTERM tests do)
+        # the top-level kernels/ shadows it and every model load fails ("cannot import name
+        # 'CUDAProperties' from 'kernels'"). CI tests the newest below the cap (.ci/run).
         "transformers>=5.17,<5.25",
         "tokenizers>=0.21",
         "safetensors",
@@ -61,8 +61,8 @@ setup(
     # Upper bounds only where a known break is named beside them (torch, transformers, vllm);
     # elsewhere CI takes the newest pip gives.
     extras_require={
-        # py3langid: lna-steer's tests (4.6 MB, numpy only)
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4"],
+        # py3langid: lna-steer's tests (4.6 MB, numpy only); hypothesis: the readers' fuzz tests
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4", "hypothesis>=6.100"],
         # Reading stores as labelled arrays (docs/formats.md); zarr alone needs nothing more.
         "xarray": ["xarray>=2024.10"],
         # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).
