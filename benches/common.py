@@ -116,17 +116,25 @@ def _caller() -> str:
     return sys.argv[0]
 
 
-def provenance() -> dict:
-    """When, from what code and by which command a result was measured: the `run` record."""
+def load_average() -> list | None:
+    """The 1, 5 and 15 minute load averages (how busy the shared machine was)."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def provenance(argv=None) -> dict:
+    """When, from what code and by which command a result was measured: the `run` record
+    (`argv`: the command line, if not this process's)."""
     commit, changed = git_state()
+    if argv is None:
+        argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else list(sys.argv)
     return {
         "commit": commit,
         # uncommitted changes the figures may depend on (None: unknown)
         "uncommitted_changes": changed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else list(sys.argv),
+        "argv": list(argv),
         "script": _caller(),
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
     }
 
 
