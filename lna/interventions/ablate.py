@@ -37,6 +37,7 @@ from lna.core.errors import LnaError
 from lna.models.fingerprint import check_runner
 from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
+from lna.interventions import expert_ablate
 from lna.interventions.masked_nll import evaluate, predicted
 from lna.runners.options import RunnerOptions, open_runner, resolve
 
@@ -165,8 +166,11 @@ def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
     say = sayer(opts.progress)
     out = runs.out_folder(opts.out)
+    if expert_ablate.is_expert_sets(opts.neurons):  # `lna experts` sets: a mixture-of-experts model
+        return expert_ablate.run(opts, out)
     ns = neurons.load(opts.neurons)
     info = resolve(opts)
+    expert_ablate.refuse_dense_sets(info, opts.neurons)
     check_shape(ns, info.layers, info.neurons, opts.neurons, info.name)
     check_source_model(ns, info, opts)
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
@@ -306,7 +310,7 @@ def _resume(state: Path, identity: dict, n_rows: int, n_samples: int) -> np.ndar
 
 def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) -> None:
     """Per-sample NLLs, written atomically (a kill leaves the previous state intact)."""
-    names = [[] for _ in range(len(p.masks))]
+    names = [[] for _ in range(p.n_forward - 1)]  # p.masks may be ExpertMasks (expert_ablate)
     for name, ids in p.ids.items():
         for lang, m in ids.items():
             if m >= 0:
