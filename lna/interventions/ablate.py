@@ -167,7 +167,7 @@ def run(opts: Options) -> Path:
     say = sayer(opts.progress)
     out = runs.out_folder(opts.out)
     if expert_ablate.is_expert_sets(opts.neurons):  # `lna experts` sets: a mixture-of-experts model
-        return expert_ablate.run(opts, out)
+        return _run_experts(opts, out)
     ns = neurons.load(opts.neurons)
     info = resolve(opts)
     expert_ablate.refuse_dense_sets(info, opts.neurons)
@@ -213,6 +213,50 @@ def run(opts: Options) -> Path:
                    "backend": backend, "forward_settings": p.n_forward,
                    "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
                                    for name, sets in settings.items()},
+                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    files = write_outputs(result, out, title=info.display)
+    say(f"wrote {', '.join(files)} to {out}")
+    return out
+
+
+def _run_experts(opts: Options, out: Path) -> Path:
+    """run() for the sets of `lna experts` on a mixture-of-experts model (expert_ablate):
+    rows deactivate expert neurons, always-on neurons or whole experts."""
+    say = sayer(opts.progress)
+    info = resolve(opts)
+    es, settings, checks = expert_ablate.prepare(opts, info)
+    check_source_model(es, info, opts)
+    source, questions = _questions(opts, es, say)
+    targets = list(dict.fromkeys(q.lang for q in questions))
+    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
+    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
+    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
+    rows = [lang for lang in rows if wanted is None or lang in wanted]
+    settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
+    if not rows:
+        raise LnaError(f"{opts.neurons}: no expert set for any of {', '.join(targets)}; check --langs")
+
+    model = open_runner(opts, info)
+    runner, backend, dtype = model.runner, model.backend, model.dtype
+    expert_ablate.check_loaded(checks, runner, opts)
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
+    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
+    if empty:
+        raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
+
+    p = expert_ablate.plan(settings, runner, str(opts.neurons))
+    identity = {**model.identity, "masks": expert_ablate.digest(p.masks), "samples": _samples_digest(samples)}
+    state = out / STATE
+    nll = _resume(state, identity, p.n_forward, len(samples))
+    say(f"ablating expert sets of {len(rows)} languages x {len(settings)} settings = {p.n_forward} forward "
+        f"settings over {sum(map(predicted, samples)):,} response tokens of {len(samples):,} samples "
+        f"with {backend} on {runner.device} -> {out}")
+    nll = _measure(runner, samples, p, nll, state, identity, opts)
+    result = matrices(nll, samples, targets, rows, p)
+    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
+                   "backend": backend, "forward_settings": p.n_forward, "deactivated": p.sizes,
+                   "deactivated_experts": {name: {lang: len(sets[lang][1]) for lang in sets}
+                                           for name, sets in settings.items()},
                    "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
     files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")

@@ -12,7 +12,8 @@ neurons zeroed on every token routed to their expert (always-on: every token). S
   the router keeps its choices and the other experts their weights (nothing is re-routed);
 - a JSON file: another expert_neurons.json (every listed neuron) or language_experts.json
   (whole experts), named by its stem.
-The resume digest covers both mask tables, so other sets or settings are refused.
+The run itself is lna-ablate's (ablate._run_experts); the resume digest covers both mask
+tables, so other sets or settings are refused.
 """
 import hashlib
 import json
@@ -22,14 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from lna.core.errors import LnaError
-from lna.core.progress import sayer
 from lna.models import moe
 from lna.models.fingerprint import check_runner
-from lna.runners.options import open_runner, resolve
 
 NEURONS_FILE, EXPERTS_FILE = "expert_neurons.json", "language_experts.json"
 NEURONS_FORMAT, EXPERTS_FORMAT = "lna-expert-neurons/1", "lna-language-experts/1"
-SETTINGS = ("specific", "specific+related", "experts")
 
 
 @dataclass
@@ -207,75 +205,40 @@ def digest(masks) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-# -- the command -------------------------------------------------------------------------------
+# -- the command's checks (its run: lna.interventions.ablate._run_experts) ----------------------
+def is_moe(info) -> bool:
+    return isinstance(info.family, moe.MoEFamily)
+
+
 def refuse_dense_sets(info, spec: str) -> None:
     """A dense model's neuron sets given for a mixture-of-experts model: one line."""
-    if isinstance(info.family, moe.MoEFamily):
+    if is_moe(info):
         raise LnaError(f"{spec}: neuron sets of a dense model, but {info.name} is a mixture-of-experts model; "
                        f"identify its expert neurons with `lna experts STORE -o DIR` and pass DIR/{NEURONS_FILE}")
 
 
-def run(opts, out: Path) -> Path:
-    """lna-ablate's run (lna.interventions.ablate.run) for expert sets."""
-    from lna.inputs import responses
-    from lna.interventions import ablate
-    from lna.interventions.masked_nll import predicted
-
-    say = sayer(opts.progress)
+def prepare(opts, info) -> tuple:
+    """(ExpertSets of --neurons, {setting: {lang: (neurons, experts)}}, [(file, source)] to
+    check once the model is loaded), checked against the model's config."""
     es = load(opts.neurons)
-    info = resolve(opts)
-    if not isinstance(info.family, moe.MoEFamily):
+    if not is_moe(info):
         origin = es.source.get("model")
         raise LnaError(f"{opts.neurons}: expert neuron sets (lna experts), but {info.name} is a dense model; "
-                       f"ablate them on the mixture-of-experts model they came from"
+                       "ablate them on the mixture-of-experts model they came from"
                        + (f" ({origin})" if origin else "") + ", or give lna-identify's neuron sets")
-    check_shape(es.source, opts.neurons, info.name, info.layers)
-    ablate.check_source_model(es, info, opts)
     given = [setting_sets(es, s) for s in dict.fromkeys(opts.settings)]
     checks = [(str(opts.neurons), es.source)] + [g[2] for g in given if g[2]]
-    for where, source in checks[1:]:
-        check_shape(source, where, info.name, info.layers)
-    settings = {name: sets for name, sets, _ in given}
-
-    data, questions = ablate._questions(opts, es, say)
-    targets = list(dict.fromkeys(q.lang for q in questions))
-    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
-    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
-    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
-    rows = [lang for lang in rows if wanted is None or lang in wanted]
-    settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
-    if not rows:
-        raise LnaError(f"{opts.neurons}: no expert set for any of {', '.join(targets)}; check --langs")
-
-    model = open_runner(opts, info)
-    runner, backend, dtype = model.runner, model.backend, model.dtype
     for where, source in checks:
-        check_shape(source, where, info.name, runner.layers, runner.layout)
+        check_shape(source, where, info.name, info.layers)
+    return es, {name: sets for name, sets, _ in given}, checks
+
+
+def check_loaded(checks: list, runner, opts) -> None:
+    """Every file's recorded shape and model against the loaded model."""
+    for where, source in checks:
+        check_shape(source, where, runner.info.name, runner.layers, runner.layout)
         if not opts.allow_other_model:
             try:
                 check_runner(source, runner, f"{where} and --model {opts.model}")
             except LnaError as err:
                 raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
-    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
-    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
-    if empty:
-        raise LnaError(f"{data}: no response tokens for {', '.join(empty)}; leave them out with --langs")
-
-    p = plan(settings, runner, str(opts.neurons))
-    identity = {**model.identity, "masks": digest(p.masks), "samples": ablate._samples_digest(samples)}
-    state = out / ablate.STATE
-    nll = ablate._resume(state, identity, p.n_forward, len(samples))
-    done = int((~np.isnan(nll).any(axis=0)).sum())
-    say(f"ablating expert sets of {len(rows)} languages x {len(settings)} settings = {p.n_forward} forward settings "
-        f"(baseline included) over {sum(map(predicted, samples)):,} response tokens of {len(samples):,} samples "
-        f"({done:,} done) with {backend} on {runner.device} -> {out}")
-    nll = ablate._measure(runner, samples, p, nll, state, identity, opts)
-    result = ablate.matrices(nll, samples, targets, rows, p)
-    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(data), "dtype": dtype,
-                   "backend": backend, "forward_settings": p.n_forward, "deactivated": p.sizes,
-                   "deactivated_experts": {name: {lang: len(sets[lang][1]) for lang in sets}
-                                           for name, sets in settings.items()},
-                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
-    files = ablate.write_outputs(result, out, title=info.display)
-    say(f"wrote {', '.join(files)} to {out}")
-    return out
