@@ -310,3 +310,29 @@ def test_refusals_are_one_line_and_write_nothing(cases, tmp_path, capsys, tiny_m
     code = ablate_cli(*argv, "-o", tmp_path / "out")
     assert expect in one_line_error(capsys, code)
     assert not (tmp_path / "out").exists()
+
+
+def test_steer_refuses_moe_in_one_line(cases, tmp_path, capsys, tiny_models):
+    """lna-steer does not take expert sets, MoE stores or MoE models yet (docs/moe.md): one
+    line each, nothing written."""
+    from conftest import profile_cli
+    from test_ablate import neuron_sets
+    from lna.cli.steer import steer
+    from lna.identification import neurons as dense
+
+    case = cases("mixtral")
+    ds = write_jsonl(tmp_path / "d.jsonl", DATA)
+    moe_store, dense_store = tmp_path / "moe.zarr", tmp_path / "dense.zarr"
+    assert profile_cli("--model", case["model"], "--dataset", ds, "--out", moe_store) == 0
+    assert profile_cli("--model", tiny_models["llama"], "--dataset", ds, "--out", dense_store) == 0
+    dense.save(neuron_sets(tiny_models["llama"]), tmp_path / "dense.json")
+    for model, sets, store, words in (
+            (case["model"], case["sets"], dense_store, "expert neuron sets (lna experts)"),
+            (case["model"], tmp_path / "dense.json", moe_store, "a mixture-of-experts count store"),
+            (case["model"], tmp_path / "dense.json", dense_store, f"{case['model']}: a mixture-of-experts model")):
+        code = run(steer, "lna-steer", ["-q", "--model", model, "--neurons", str(sets), "--store", str(store),
+                                        "--from", "en", "--to", "zh", "--dataset", str(ds),
+                                        "--allow-other-model", "-o", str(tmp_path / "out")])
+        err = one_line_error(capsys, code)
+        assert words in err and "does not steer mixture-of-experts models yet" in err
+        assert not (tmp_path / "out").exists()

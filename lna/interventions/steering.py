@@ -34,7 +34,7 @@ from lna.core import jsonl, languages, runs
 
 from lna.inputs import data, responses
 
-from lna.interventions import intervene, langid
+from lna.interventions import expert_ablate, intervene, langid
 
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, writing
@@ -100,15 +100,21 @@ def run(opts: Options) -> dict:
     opts.source, opts.target = src, tgt
     if not opts.strengths or any(s < 0 for s in opts.strengths):
         raise LnaError(f"--strengths must be non-negative multiples of the mean activation, got {opts.strengths}")
+    if expert_ablate.is_expert_sets(opts.neurons):
+        _refuse_moe(f"{opts.neurons}: expert neuron sets (lna experts)")
     ns = neurons.load(opts.neurons)
     from lna.storage.store import open_store
 
     store = open_store(opts.store)
+    if store.has_experts:
+        _refuse_moe(f"{opts.store}: a mixture-of-experts count store")
     for lang in (src, tgt):
         store.index(lang)  # one line if the store lacks it
         intervene.neuron_mask(ns, lang, opts.setting)
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
     info = resolve(opts)
+    if expert_ablate.is_moe(info):
+        _refuse_moe(f"{info.name}: a mixture-of-experts model")
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"{opts.neurons}: neuron sets of {ns.layers} x {ns.neurons} neurons, but {info.name} has "
                        f"{info.layers} x {info.neurons}; steer the model they came from")
@@ -150,6 +156,12 @@ def run(opts: Options) -> dict:
     files = steer_report.write(result, out, title=f"{info.display}: {src} -> {tgt}")
     say(f"wrote {', '.join(files)} to {out}")
     return result
+
+
+def _refuse_moe(what: str):
+    raise LnaError(f"{what}: lna-steer does not steer mixture-of-experts models yet (their stores keep no "
+                   "activation sums, the steering values, and it reads dense neuron sets); ablate expert neurons "
+                   "with lna-ablate, or set them from Python with MoERunner.generate(masks=, values=) (docs/moe.md)")
 
 
 # -- inputs ----------------------------------------------------------------------------------------
