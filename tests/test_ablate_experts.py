@@ -312,9 +312,9 @@ def test_refusals_are_one_line_and_write_nothing(cases, tmp_path, capsys, tiny_m
     assert not (tmp_path / "out").exists()
 
 
-def test_steer_refuses_moe_in_one_line(cases, tmp_path, capsys, tiny_models):
-    """lna-steer does not take expert sets, MoE stores or MoE models yet (docs/moe.md): one
-    line each, nothing written."""
+def test_steer_refuses_mismatches_in_one_line(cases, tmp_path, capsys, tiny_models):
+    """lna-steer: expert sets on a dense model, dense sets with a MoE store or model, and
+    --value constant on a dense model: one line each, nothing written."""
     from conftest import profile_cli
     from test_ablate import neuron_sets
     from lna.cli.steer import steer
@@ -327,12 +327,130 @@ def test_steer_refuses_moe_in_one_line(cases, tmp_path, capsys, tiny_models):
     assert profile_cli("--model", tiny_models["llama"], "--dataset", ds, "--out", dense_store) == 0
     dense.save(neuron_sets(tiny_models["llama"]), tmp_path / "dense.json")
     for model, sets, store, words in (
-            (case["model"], case["sets"], dense_store, "expert neuron sets (lna experts)"),
-            (case["model"], tmp_path / "dense.json", moe_store, "a mixture-of-experts count store"),
-            (case["model"], tmp_path / "dense.json", dense_store, f"{case['model']}: a mixture-of-experts model")):
+            (tiny_models["llama"], case["sets"], dense_store, "is a dense model"),
+            (case["model"], tmp_path / "dense.json", moe_store, "a mixture-of-experts count store, but --neurons"),
+            (case["model"], tmp_path / "dense.json", dense_store, f"{case['model']}: a mixture-of-experts model, but"),
+            (tiny_models["llama"], tmp_path / "dense.json", dense_store, "--value constant is for mixture-of-experts")):
+        value = ["--value", "constant"] if "constant" in words or sets == case["sets"] else []
         code = run(steer, "lna-steer", ["-q", "--model", model, "--neurons", str(sets), "--store", str(store),
-                                        "--from", "en", "--to", "zh", "--dataset", str(ds),
+                                        "--from", "en", "--to", "zh", "--dataset", str(ds), *value,
                                         "--allow-other-model", "-o", str(tmp_path / "out")])
-        err = one_line_error(capsys, code)
-        assert words in err and "does not steer mixture-of-experts models yet" in err
+        assert words in one_line_error(capsys, code)
         assert not (tmp_path / "out").exists()
+
+
+# -- lna-steer on expert neurons ---------------------------------------------------------------
+def reference_row(runner, neurons, source, target, strength, layers):
+    """(masks, values) as single-row ExpertMasks, straight from the lists: source's neurons
+    zeroed, then target's set to `strength` (a neuron of both is set), in `layers`."""
+    lay, L = runner.layout, runner.layers
+    masks = [np.zeros((L, lay.neurons), bool), np.zeros((L, lay.experts, lay.expert_neurons), bool)]
+    values = [np.zeros(m.shape, np.float32) for m in masks]
+    for lang, value in ((source, 0.0), (target, strength)):
+        if value is None:
+            continue
+        for layer, e, j in neurons[lang]:
+            if layer not in layers:
+                continue
+            where = (layer, j) if e == -1 else (layer, e, j)
+            part = 0 if e == -1 else 1
+            masks[part][where] = True
+            values[part][where] = value
+    return ExpertMasks(*masks), ExpertMasks(*values)
+
+
+def test_steer_expert_neurons_equals_hooked_reference(cases, tmp_path):
+    """lna-steer --value constant on Qwen2-MoE (expert and shared-expert neurons): every row's
+    greedy outputs equal an unmodified model's with hooks setting the same activations, its
+    perplexities the hooked float64 reference's; a rerun recomputes nothing."""
+    import naive
+    from lna.cli.steer import steer
+    from lna.core import config
+
+    case = cases("qwen2_moe")
+    runner, model = case["runner"], case["model"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Q: 2+3?\nQ: 7-4?\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["-q", "--model", model, "--neurons", str(case["sets"]), "--store", moe_store(case),
+            "--from", "en", "--to", "zh", "--value", "constant", "--strengths", "0.5,3", "--layers", "all,1-2",
+            "--prompts", str(prompts), "--responses", case["responses"], "--max-new-tokens", "6",
+            "--token-budget", "64", "-o", str(out)]
+    assert run(steer, "lna-steer", args) == 0
+    got = json.loads((out / "steer.json").read_text())
+    names = [r["row"] for r in got["rows"]]
+    assert names == ["baseline", "all/off", "all/x0.5", "all/x3", "1-2/off", "1-2/x0.5", "1-2/x3"]
+    outputs = {}
+    for line in (out / "outputs.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        outputs[rec["key"]] = rec["tokens"]
+    template = config.template_for(model, None, runner.tokenizer)[1]
+    questions = [data.Question(f"prompts/{i}", "en", q) for i, q in enumerate(["Q: 2+3?", "Q: 7-4?"])]
+    ids = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
+    refs = responses.samples(data.load(case["responses"], "en,zh")[1])
+    ref_lang = np.array([s.lang for s in refs])
+    tokens = np.array([len(s.response) for s in refs], np.float64)
+    net = naive.load(model)
+    net.config._experts_implementation = "eager"
+    row_masks = [None]
+    for name in names[1:]:
+        group, label = name.split("/")
+        layers = range(3) if group == "all" else range(1, 3)
+        row_masks.append(reference_row(runner, case["neurons"], "en", "zh",
+                                       None if label == "off" else float(label[1:]), layers))
+    table_m = ExpertMasks(*(np.stack([m[0][k] for m in row_masks[1:]]) for k in range(2)))
+    table_v = ExpertMasks(*(np.stack([m[1][k] for m in row_masks[1:]]) for k in range(2)))
+    nll64 = naive_moe.nll_intervened(model, refs * len(names), table_m,
+                                     [r - 1 for r in range(len(names)) for _ in refs], table_v)
+    nll32 = naive_moe.nll_intervened(model, refs * len(names), table_m,
+                                     [r - 1 for r in range(len(names)) for _ in refs], table_v, dtype=torch.float32)
+    nll64, nll32 = nll64.reshape(len(names), -1), nll32.reshape(len(names), -1)
+    for r, (name, row) in enumerate(zip(names, got["rows"])):
+        hooks = [] if row_masks[r] is None else naive_moe.intervene(net, *row_masks[r])
+        try:
+            want = [naive.greedy(model, [p], 6, model=net)[0] for p in ids]
+        finally:
+            for h in hooks:
+                h.remove()
+        assert [outputs[f"{name}|prompts/{i}"] for i in range(2)] == want, name
+        for lang, key in (("en", "ppl_source"), ("zh", "ppl_target")):
+            sel = ref_lang == lang
+            log64 = nll64[r][sel].sum() / tokens[sel].sum()
+            bound = 2 * abs(nll32[r][sel].sum() - nll64[r][sel].sum()) / tokens[sel].sum() + 1e-9
+            assert abs(np.log(row[key]) - log64) <= bound, (name, key)
+    assert got["rows"][2]["neurons_set"] == int((row_masks[2][1].experts != 0).sum() + (row_masks[2][1].always_on != 0).sum())
+    # the interventions do something: some rows write other tokens than the baseline
+    assert any(outputs[f"{n}|prompts/0"] != outputs["baseline|prompts/0"] for n in names[1:])
+    before = (out / "outputs.jsonl").read_text()
+    assert run(steer, "lna-steer", args) == 0 and (out / "outputs.jsonl").read_text() == before
+    assert json.loads((out / "steer.json").read_text())["rows"] == got["rows"]
+
+
+def test_steer_expert_refusals(cases, tmp_path, capsys):
+    from lna.cli.steer import steer
+
+    case = cases("qwen2_moe")
+    base = ["-q", "--model", case["model"], "--neurons", str(case["sets"]), "--store", moe_store(case),
+            "--from", "en", "--to", "zh", "--prompts", str(write_prompts(tmp_path)), "-o", str(tmp_path / "out")]
+    for extra, words in (([], "no mean activation to steer to"),
+                         (["--value", "constant", "--to", "th"], "no expert neuron set for 'th'")):
+        code = run(steer, "lna-steer", base + extra)
+        assert words in one_line_error(capsys, code)
+        assert not (tmp_path / "out").exists()
+
+
+def moe_store(case) -> str:
+    """A count store of the case's model (lna-steer checks its identity), made once."""
+    from conftest import profile_cli
+
+    store = case["root"] / "moe.zarr"
+    if not store.exists():
+        ds = write_jsonl(case["root"] / "d.jsonl", DATA)
+        assert profile_cli("--model", case["model"], "--dataset", ds, "--out", store) == 0
+    return str(store)
+
+
+def write_prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("Q: 2+3?\n", encoding="utf-8")
+    return path

@@ -34,7 +34,7 @@ from lna.core import jsonl, languages, runs
 
 from lna.inputs import data, responses
 
-from lna.interventions import expert_ablate, intervene, langid
+from lna.interventions import expert_ablate, expert_steer, intervene, langid
 
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, writing
@@ -100,8 +100,11 @@ def run(opts: Options) -> dict:
     opts.source, opts.target = src, tgt
     if not opts.strengths or any(s < 0 for s in opts.strengths):
         raise LnaError(f"--strengths must be non-negative multiples of the mean activation, got {opts.strengths}")
-    if expert_ablate.is_expert_sets(opts.neurons):
-        _refuse_moe(f"{opts.neurons}: expert neuron sets (lna experts)")
+    if expert_ablate.is_expert_sets(opts.neurons):  # `lna experts` sets: a mixture-of-experts model
+        return _run_experts(opts, out, say)
+    if opts.value == expert_steer.VALUE:
+        raise LnaError(f"--value {opts.value} is for mixture-of-experts models (their stores keep no activation "
+                       "sums); a dense model is steered to mean activations: --value mean or active-mean")
     ns = neurons.load(opts.neurons)
     from lna.storage.store import open_store
 
@@ -159,9 +162,74 @@ def run(opts: Options) -> dict:
 
 
 def _refuse_moe(what: str):
-    raise LnaError(f"{what}: lna-steer does not steer mixture-of-experts models yet (their stores keep no "
-                   "activation sums, the steering values, and it reads dense neuron sets); ablate expert neurons "
-                   "with lna-ablate, or set them from Python with MoERunner.generate(masks=, values=) (docs/moe.md)")
+    raise LnaError(f"{what}, but --neurons holds a dense model's neuron sets; steer a mixture-of-experts model with "
+                   "the sets of `lna experts STORE -o DIR` (--neurons DIR --value constant; docs/moe.md)")
+
+
+def _run_experts(opts: Options, out: Path, say) -> dict:
+    """run() for the sets of `lna experts` on a mixture-of-experts model (expert_steer):
+    expert and always-on neurons zeroed and set to constants."""
+    from lna.storage.store import open_store
+
+    src, tgt = opts.source, opts.target
+    expert_steer.check_value(opts.value)
+    es = expert_ablate.load(opts.neurons)
+    sets = expert_ablate.setting_sets(es, opts.setting)[1]
+    for lang in (src, tgt):
+        if lang not in sets:
+            raise LnaError(f"{opts.neurons}: no expert neuron set for {lang!r}: it has {', '.join(sets)}")
+    store = open_store(opts.store)  # its identity is checked, and its responses are the default references
+    info = resolve(opts)
+    if not expert_ablate.is_moe(info):
+        raise LnaError(f"{opts.neurons}: expert neuron sets (lna experts), but {info.name} is a dense model; "
+                       "steer it with lna-identify's neuron sets")
+    expert_ablate.check_shape(es.source, opts.neurons, info.name, info.layers)
+    groups = intervene.parse_layers(opts.layers, info.layers)
+    questions = _questions(opts)
+    references = _references(opts, say)
+
+    model = open_runner(opts, info)
+    runner, backend, dtype, template = model.runner, model.backend, model.dtype, model.template
+    expert_ablate.check_shape(es.source, opts.neurons, info.name, runner.layers, runner.layout)
+    if not opts.allow_other_model:
+        for what, source in ((opts.neurons, es.source), (opts.store, store.meta)):
+            try:
+                check_runner(source, runner, f"{what} and --model {opts.model}")
+            except LnaError as err:
+                raise LnaError(f"{err}; pass --allow-other-model to steer anyway") from None
+    try:
+        rows = [Row("baseline", "-", float("nan"), None)] + [
+            Row(f"{name}/{'off' if s is None else f'x{s:g}'}", name, s,
+                expert_steer.intervention(runner, sets, src, tgt, s, layers))
+            for name, layers in groups for s in (None, *opts.strengths)]
+    except LnaError as err:
+        raise LnaError(f"{opts.neurons}: {err}; steer the model they came from") from None
+    prompts = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
+    refs = responses.samples(responses.tokenized(references, runner.tokenizer, template)) if references else []
+    masks, values = expert_steer.stack([r.intervention for r in rows[1:]])
+    ids = [-1] + [-1 if r.intervention.empty else i for i, r in enumerate(rows[1:])]
+    identity = {"model": opts.model, **model.identity, "template": template.applied, "rows": [r.name for r in rows],
+                "interventions": _digest(*masks, *values),
+                "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:32],
+                "references": [s.key for s in refs], "max_new_tokens": opts.max_new_tokens}
+    runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE])
+    say(f"steering {src} -> {tgt} through expert neurons: {len(rows)} settings x {len(prompts)} prompts, "
+        f"{len(refs)} reference responses, with {backend} on {runner.device} -> {out}")
+    keys = [q.key for q in questions]
+    with writing(out):
+        outputs = _generate(runner, prompts, keys, rows, ids, masks, values, out, opts)
+        texts = {key: runner.tokenizer.decode(tokens, skip_special_tokens=True) for key, tokens in outputs.items()}
+        nll = _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs, out, opts)
+    result = table(rows, questions, texts, outputs, nll, refs, src, tgt)
+    result.update({"model": opts.model, "neurons": str(opts.neurons), "store": str(opts.store), "from": src, "to": tgt,
+                   "setting": opts.setting, "value": opts.value, "backend": backend, "dtype": dtype,
+                   "max_new_tokens": opts.max_new_tokens, "prompts": len(prompts), "references": len(refs),
+                   "examples": {r.name: texts[f"{r.name}|{questions[0].key}"] for r in rows}})
+    from lna.interventions import steer_report
+
+    files = steer_report.write(result, out, title=f"{info.display}: {src} -> {tgt} (expert neurons)")
+    say(f"wrote {', '.join(files)} to {out}")
+    return result
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -241,7 +309,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     """NLL sums: "refs" float64 [rows, references] (each row's intervention on every
     reference), "outputs" float64 [rows, prompts] (no intervention, on each row's outputs;
     NaN where an output is empty)."""
-    from lna.interventions.masked_nll import evaluate
+    from lna.interventions.masked_nll import evaluate, mask_rows
 
     gen = [Sample(f"{r.name}|{k}", opts.source, tuple(prompts[q]), tuple(outputs[f"{r.name}|{k}"]))
            for r in rows for q, k in enumerate(keys)]
@@ -249,7 +317,8 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     # evaluate's rows: 0 without intervention, m + 1 with masks[m]; rows[i] uses ids[i] + 1.
     order = [m + 1 for m in ids]
     state = out / STATE
-    nll = {"refs": np.full((1 + len(masks), len(refs)), np.nan), "outputs": np.full((1, len(scored)), np.nan)}
+    n_masks = mask_rows(masks)  # masks may be ExpertMasks (a mixture-of-experts model)
+    nll = {"refs": np.full((1 + n_masks, len(refs)), np.nan), "outputs": np.full((1, len(scored)), np.nan)}
     if state.is_file():
         try:
             with np.load(state) as z:
@@ -259,7 +328,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
         if any(kept[k].shape != nll[k].shape for k in nll):
             raise LnaError(f"{state}: from another run; delete it to start over")
         nll = kept
-    unused = sorted(set(range(1, 1 + len(masks))) - set(order))  # empty interventions: the baseline's row
+    unused = sorted(set(range(1, 1 + n_masks)) - set(order))  # empty interventions: the baseline's row
     nll["refs"][unused] = 0.0
 
     def write():
@@ -282,7 +351,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
                 nll["refs"] = evaluate(runner, refs, masks, values=values, nll=nll["refs"],
                                        token_budget=opts.token_budget, on_chunk=on_chunk)
             if scored:
-                nll["outputs"] = evaluate(runner, scored, masks[:0], nll=nll["outputs"],
+                nll["outputs"] = evaluate(runner, scored, np.zeros((0,), bool), nll=nll["outputs"],
                                           token_budget=opts.token_budget, on_chunk=on_chunk)
         saver.save()
     by_key = dict(zip((s.key for s in scored), nll["outputs"][0]))
