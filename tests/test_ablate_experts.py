@@ -375,7 +375,7 @@ def test_steer_expert_neurons_equals_hooked_reference(cases, tmp_path):
     args = ["-q", "--model", model, "--neurons", str(case["sets"]), "--store", moe_store(case),
             "--from", "en", "--to", "zh", "--value", "constant", "--strengths", "0.5,3", "--layers", "all,1-2",
             "--prompts", str(prompts), "--responses", case["responses"], "--max-new-tokens", "6",
-            "--token-budget", "64", "-o", str(out)]
+            "--token-budget", "64", "--allow-template-mismatch", "-o", str(out)]
     assert run(steer, "lna-steer", args) == 0
     got = json.loads((out / "steer.json").read_text())
     names = [r["row"] for r in got["rows"]]
@@ -433,7 +433,8 @@ def test_steer_expert_refusals(cases, tmp_path, capsys):
     base = ["-q", "--model", case["model"], "--neurons", str(case["sets"]), "--store", moe_store(case),
             "--from", "en", "--to", "zh", "--prompts", str(write_prompts(tmp_path)), "-o", str(tmp_path / "out")]
     for extra, words in (([], "no mean activation to steer to"),
-                         (["--value", "constant", "--to", "th"], "no expert neuron set for 'th'")):
+                         (["--value", "constant", "--to", "th"], "no expert neuron set for 'th'"),
+                         (["--value", "constant", "--methods", "diffmean"], "are for dense models")):
         code = run(steer, "lna-steer", base + extra)
         assert words in one_line_error(capsys, code)
         assert not (tmp_path / "out").exists()

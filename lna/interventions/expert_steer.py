@@ -1,6 +1,6 @@
 """lna-steer on a mixture-of-experts model, with the sets `lna experts` writes (docs/moe.md).
 
-The command and its files are lna-steer's (lna.interventions.steering); what differs is a
+The command and its files are lna-steer's (lna.interventions.steer); what differs is a
 row's intervention: source's expert neurons (and always-on neurons) zeroed, target's set to
 a constant. MoE stores keep no activation sums, so no "strength x mean activation" exists
 for expert neurons: with --value constant each strength is the value act(gate) is set to
@@ -32,6 +32,8 @@ class ExpertIntervention:
     @property
     def values(self) -> np.ndarray:
         return np.concatenate([p.ravel() for p in self.set_to])
+
+    offsets = None  # lna-steer's additive path (diffmean) is for dense models
 
     @property
     def empty(self) -> bool:

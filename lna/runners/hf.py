@@ -43,6 +43,7 @@ class _State:
         self.sums = self.active_sums = None  # float64 [layer, language, neuron], updated in place
         self.masks = None  # bool [layer, n_masks, neuron]
         self.values = None  # float32 [layer, n_masks, neuron]: set masked neurons to these (None: zero)
+        self.offsets = None  # float32 [layer, n_masks, neuron]: then add these to act(gate) (None: nothing)
         self.mask_ids = None  # int32 [N] mask per real token (-1: none)
         self.row_ids = None  # int [B] mask per batch row, for every token of the row (generate)
         self.calls = 0
@@ -81,9 +82,15 @@ class CountingMLP(nn.Module):
                   check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
                   **self.act)
         if self.packed:  # gate and up are views of the one [T, 2I] output
-            h = silu_mul_packed(self.gate_up_proj(flat), **kw)
+            gate_up = self.gate_up_proj(flat)
+            h = silu_mul_packed(gate_up, **kw)
+            up = gate_up[..., gate_up.shape[-1] // 2:]
         else:
-            h = silu_mul(self.gate_proj(flat), self.up_proj(flat), **kw)
+            up = self.up_proj(flat)
+            h = silu_mul(self.gate_proj(flat), up, **kw)
+        if st.offsets is not None and mask_ids is not None:  # (act + d) * up = act * up + d * up
+            d = st.offsets[layer].index_select(0, mask_ids.clamp(min=0).long())
+            h = h + torch.where((mask_ids >= 0)[:, None], d, torch.zeros_like(d)).to(h.dtype) * up
         out = self.down_proj(h)
         if st.index is not None:
             full = out.new_zeros(x.numel() // x.shape[-1], out.shape[-1])
@@ -191,23 +198,29 @@ class HFRunner:
             return (counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return counts.cpu().numpy(), tokens
 
-    def _interventions(self, masks, values) -> None:
+    def _interventions(self, masks, values, offsets=None) -> None:
         """Put masks bool [n_masks, layer, neuron] (and values float32, same shape, or None:
-        zero) on the device, per layer, for the MLPs."""
+        zero; offsets float32, same shape, added to act(gate) after, or None) on the device,
+        per layer, for the MLPs."""
         self.state.clear()
         if masks is None or not len(masks):
             return
         masks, values = check_interventions(masks, values, self.layers, self.neurons)
+        if offsets is not None:
+            offsets = np.ascontiguousarray(offsets, dtype=np.float32)
+            if offsets.shape != masks.shape:
+                raise LnaError(f"offsets must be shaped like masks {masks.shape}, got {offsets.shape}")
         by_layer = (lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2))).to(self.device))
         self.state.masks = by_layer(masks)
         self.state.values = None if values is None else by_layer(values)
+        self.state.offsets = None if offsets is None else by_layer(offsets)
 
     @torch.inference_mode()
     def nll(self, samples: Sequence[Sample], masks: np.ndarray | None, mask_ids: Sequence[int],
-            values: np.ndarray | None = None) -> np.ndarray:
+            values: np.ndarray | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
         samples = list(samples)
         out = np.zeros(len(samples), np.float64)
-        self._interventions(masks, values)
+        self._interventions(masks, values, offsets)
         try:
             for rows in self._batches(samples, mask_ids):
                 batch = packing.build_batch(rows, samples, {s.lang: 0 for s in samples})
@@ -226,14 +239,15 @@ class HFRunner:
 
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int | Sequence[int], masks: np.ndarray | None = None, values: np.ndarray | None = None,
-                 mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
+                 mask_ids: Sequence[int] | None = None, offsets: np.ndarray | None = None) -> list[list[list[int]]]:
         """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0.
         Interventions: prompt i is generated (every token, its own included) with
-        masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none); prompts with
-        different interventions share batches."""
+        masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none), and then
+        offsets[mask_ids[i]] added to every activation (transformers backend only); prompts
+        with different interventions share batches."""
         return self._generate(prompts, None, None, n=n, temperature=temperature, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed, masks=masks, values=values,
-                              mask_ids=mask_ids)[0]
+                              mask_ids=mask_ids, offsets=offsets)[0]
 
     def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
                           max_new_tokens: int, seed: int | Sequence[int], sums: bool = False):
@@ -244,7 +258,7 @@ class HFRunner:
 
     @torch.inference_mode()
     def _generate(self, prompts, langs, languages, *, n, temperature, top_p, max_new_tokens, seed, masks=None,
-                  values=None, mask_ids=None, sums=False):
+                  values=None, mask_ids=None, sums=False, offsets=None):
         """transformers' generate with static left-padded batches of whole prompts. Counting
         (langs given): a pre-hook on the model sees the tokens of every forward and gives each
         fed response token its language (lna.runners.decode_count); one step more than
@@ -275,7 +289,7 @@ class HFRunner:
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
         if mask_ids is not None and len(mask_ids) != len(prompts):
             raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
-        self._interventions(masks, values)
+        self._interventions(masks, values, offsets)
         ids_of = None
         if self.state.masks is not None and mask_ids is not None:
             ids_of = np.asarray(mask_ids, np.int64)
