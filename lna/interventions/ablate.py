@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.core import runs
+from lna.core import lock, runs
 
 from lna.inputs import data, responses
 
@@ -33,7 +33,7 @@ from lna.models import loading
 
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, staged_dir
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
 from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
@@ -165,6 +165,7 @@ def ablate(runner, samples, settings: dict, targets: list | None = None) -> dict
 def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
     say = sayer(opts.progress)
+    lock.acquire(opts.out, "ablation folder")  # first: a device, FIFO or socket is refused as such
     out = runs.out_folder(opts.out)
     if expert_ablate.is_expert_sets(opts.neurons):  # `lna experts` sets: a mixture-of-experts model
         return _run_experts(opts, out)
@@ -176,14 +177,7 @@ def run(opts: Options) -> Path:
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
 
     source, questions = _questions(opts, ns, say)
-    targets = list(dict.fromkeys(q.lang for q in questions))
-    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
-    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
-    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
-    rows = [lang for lang in rows if wanted is None or lang in wanted]
-    settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
-    if not rows:
-        raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
+    targets, rows, settings = _rows(opts, questions, settings, "neuron set")
 
     model = open_runner(opts, info)
     runner, backend, dtype = model.runner, model.backend, model.dtype
@@ -214,8 +208,16 @@ def run(opts: Options) -> Path:
                    "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
                                    for name, sets in settings.items()},
                    "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    if not ns.source.get("model"):
+        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
+             "identify them from a store of this model for a checked run")
     files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")
+    for name, sets in settings.items():  # said with the result it weakens (a failed run says only its error)
+        empty = [lang for lang, per_layer in sets.items() if not sum(len(a) for a in per_layer)]
+        if empty:
+            note(f"{opts.neurons}: the {name} set of {', '.join(empty)} is empty, so deactivating it changed "
+                 "nothing (its row equals the baseline)")
     return out
 
 
@@ -227,14 +229,7 @@ def _run_experts(opts: Options, out: Path) -> Path:
     es, settings, checks = expert_ablate.prepare(opts, info)
     check_source_model(es, info, opts)
     source, questions = _questions(opts, es, say)
-    targets = list(dict.fromkeys(q.lang for q in questions))
-    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
-    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
-    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
-    rows = [lang for lang in rows if wanted is None or lang in wanted]
-    settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
-    if not rows:
-        raise LnaError(f"{opts.neurons}: no expert set for any of {', '.join(targets)}; check --langs")
+    targets, rows, settings = _rows(opts, questions, settings, "expert set")
 
     model = open_runner(opts, info)
     runner, backend, dtype = model.runner, model.backend, model.dtype
@@ -258,9 +253,29 @@ def _run_experts(opts: Options, out: Path) -> Path:
                    "deactivated_experts": {name: {lang: len(sets[lang][1]) for lang in sets}
                                            for name, sets in settings.items()},
                    "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    if not es.source.get("model"):
+        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
+             "identify them from a store of this model for a checked run")
     files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")
+    empty = [f"{name} {lang}" for name, sizes in p.sizes.items() for lang, n in sizes.items() if not n]
+    if empty:  # said with the result it weakens, as for dense sets
+        note(f"{opts.neurons}: the sets {', '.join(empty)} are empty, so deactivating them changed nothing "
+             "(their rows equal the baseline)")
     return out
+
+
+def _rows(opts: Options, questions, settings: dict, what: str) -> tuple:
+    """(targets, deactivated rows, settings kept to those rows): the data's languages first,
+    then the sets' others, as --langs keeps them."""
+    targets = list(dict.fromkeys(q.lang for q in questions))
+    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
+    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
+    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
+    rows = [lang for lang in rows if wanted is None or lang in wanted]
+    if not rows:
+        raise LnaError(f"{opts.neurons}: no {what} for any of {', '.join(targets)}; check --langs")
+    return targets, rows, {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
 
 
 def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: dict, opts: Options) -> np.ndarray:

@@ -63,6 +63,9 @@ def parse_layers(spec: str | None, layers: int, named: dict | None = None) -> li
                 a, b = int(lo), int(hi or lo)
             except ValueError:
                 raise LnaError(f"--layers {spec!r}: {piece!r} is not a layer or range such as 0-7") from None
+            if a > b:
+                raise LnaError(f"--layers {spec!r}: {piece!r} runs backwards; write the range low to high "
+                               f"({b}-{a})")
             if not 0 <= a <= b < layers:
                 raise LnaError(f"--layers {spec!r}: {piece!r} is outside the model's layers 0-{layers - 1}")
             chosen.update(range(a, b + 1))

@@ -46,6 +46,7 @@ class _State:
         self.offsets = None  # float32 [layer, n_masks, neuron]: then add these to act(gate) (None: nothing)
         self.mask_ids = None  # int32 [N] mask per real token (-1: none)
         self.row_ids = None  # int [B] mask per batch row, for every token of the row (generate)
+        self.nonfinite = None  # int32 [layer]: nonzero where a counted gate was NaN or Inf (the kernel's flag)
         self.calls = 0
 
 
@@ -80,6 +81,7 @@ class CountingMLP(nn.Module):
                   masks=None if mask_ids is None else st.masks[layer], mask_ids=mask_ids,
                   values=None if mask_ids is None or st.values is None else st.values[layer],
                   check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
+                  nonfinite=None if st.nonfinite is None or st.lang_ids is None else st.nonfinite[layer:layer + 1],
                   **self.act)
         if self.packed:  # gate and up are views of the one [T, 2I] output
             gate_up = self.gate_up_proj(flat)
@@ -179,8 +181,10 @@ class HFRunner:
         # float64: the kernel's fp32 partial sums add into it exactly, in any order.
         tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else None
         tokens = np.zeros(len(languages), np.int64)
+        nonfinite = torch.zeros(self.layers, dtype=torch.int32, device=self.device)
         try:
             for rows in self._batches(samples):
+                self.state.nonfinite = nonfinite
                 batch = packing.build_batch(rows, samples, lang_index)
                 self.state.counts = counts
                 if tables:
@@ -190,6 +194,7 @@ class HFRunner:
                 tokens += np.bincount(batch.lang_ids[batch.lang_ids >= 0], minlength=len(languages))
         finally:
             self.state.clear()
+        self._check_finite(nonfinite)
         expected = np.zeros(len(languages), np.int64)
         np.add.at(expected, [lang_index[s.lang] for s in samples], [len(s.response) for s in samples])
         if not np.array_equal(tokens, expected):
@@ -197,6 +202,16 @@ class HFRunner:
         if tables:
             return (counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return counts.cpu().numpy(), tokens
+
+    def _check_finite(self, nonfinite) -> None:
+        """Stop where a layer met NaN or Inf gates (the kernels' flag, read with the counts):
+        every later layer's counts and sums would be wrong, silently."""
+        bad = torch.nonzero(nonfinite).flatten().tolist()
+        if bad:
+            dtype = str(self.dtype).removeprefix("torch.")
+            raise LnaError(f"{self.info.name}: NaN or Inf gate activations in layer {bad[0]} (the first; "
+                           f"{len(bad)} layers have them) while counting, so the counts would be wrong; check the "
+                           f"model's weights for NaN/Inf, or compute in another --dtype (now {dtype})")
 
     def _interventions(self, masks, values, offsets=None) -> None:
         """Put masks bool [n_masks, layer, neuron] (and values float32, same shape, or None:
@@ -229,9 +244,10 @@ class HFRunner:
                 hidden = self._forward(batch)
                 pred = torch.from_numpy(batch.pred).to(self.device)
                 target = torch.from_numpy(batch.target).to(self.device)
-                for sl in _slices(len(pred), 4096):  # bound the [positions, vocab] logits
+                for sl in _slices(len(pred), 2048):  # bound the [positions, vocab] logits (and their float64 copy)
                     logits = families.logits(self.model, self.family, hidden.index_select(0, pred[sl]))
-                    nll = torch.nn.functional.cross_entropy(logits, target[sl], reduction="none")
+                    # the loss in float64: fp32's log-sum-exp reads 1e-5 relative low over a sum of tokens
+                    nll = torch.nn.functional.cross_entropy(logits.double(), target[sl], reduction="none")
                     np.add.at(out, batch.target_sample[sl], nll.double().cpu().numpy())
         finally:
             self.state.clear()
@@ -285,11 +301,14 @@ class HFRunner:
             # float64: the kernel's fp32 partial sums add into it exactly, in any order.
             tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else []
             tokens = np.zeros(len(languages), np.int64)
+            nonfinite = torch.zeros(self.layers, dtype=torch.int32, device=self.device)
         seeds = sample_seeds(seed, len(prompts), n)
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
         if mask_ids is not None and len(mask_ids) != len(prompts):
             raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
         self._interventions(masks, values, offsets)
+        if counting:
+            self.state.nonfinite = nonfinite  # after _interventions, which clears the state
         ids_of = None
         if self.state.masks is not None and mask_ids is not None:
             ids_of = np.asarray(mask_ids, np.int64)
@@ -338,6 +357,7 @@ class HFRunner:
             self.model.generation_config = saved
             self.state.clear()
         if counting:
+            self._check_finite(nonfinite)
             return (out, counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return out, None, None
 

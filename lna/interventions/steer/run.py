@@ -45,7 +45,7 @@ from lna.interventions.steer.methods import Planner
 
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, writing
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
 from lna.core.checkpoint import Checkpointer
 from lna.core.interrupts import shielded
@@ -110,9 +110,11 @@ def run(opts: Options) -> dict:
     store = open_store(opts.store)
     if store.has_experts:
         _refuse_moe(f"{opts.store}: a mixture-of-experts count store")
+    empty = []
     for lang in (src, tgt):
         store.index(lang)  # one line if the store lacks it
-        intervene.neuron_mask(ns, lang, opts.setting)
+        if not intervene.neuron_mask(ns, lang, opts.setting).any():
+            empty.append(lang)
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
     if "diffmean" in chosen:
         store.mean_activation(src, opts.value)
@@ -184,6 +186,9 @@ def run(opts: Options) -> dict:
         result["search"] = found
     files = table.write(result, out, title=f"{info.display}: {src} -> {tgt}")
     say(f"wrote {', '.join(files)} to {out}")
+    for lang in empty:  # said with the result it weakens (a failed run says only its error)
+        note(f"{opts.neurons}: the {opts.setting} set of {lang} is empty, so steering "
+             f"{'from' if lang == src else 'to'} it changed nothing")
     return result
 
 
