@@ -325,13 +325,17 @@ def readme_timings(r):
         secs = [run["seconds"] for run in runs]
         loads = [v for run in runs for v in (run["load_before"][0], run["load_after"][0])]
         span = _mmss(min(secs)) if len(runs) == 1 else f"{_mmss(min(secs))} to {_mmss(max(secs))}"
-        detail = "; ".join(sorted({run["result"] for run in runs if run.get("result")}))
+        latest = runs[-1]
+        detail = f"the latest at commit {latest['commit'][:7]}"
+        if latest.get("result"):  # pytest's counts, without its warnings and time
+            detail += ": " + re.sub(r",? \d+ warnings?| in [\d.]+s.*", "", latest["result"])
         out.append(f"- {label}: {span} over {len(runs)} run{'s' if len(runs) > 1 else ''} from a fresh clone, install "
                    f"included, at 1-minute load {min(loads):.1f}-{max(loads):.1f} (before/after){'; ' + detail if detail else ''}"
                    f"{failed}.")
     m = d["machine"]
-    out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores_used', '?')} cores shared with other jobs "
-               f"(`benches/results/readme_timings_cpu.json`; `python benches/bench_readme.py` times it again).")
+    out.append(f"- Machine: {m.get('cpu', '?')}, {m.get('cores_used', '?')} cores shared with other jobs; pip's cache "
+               "as found, the tiny model built afresh (`benches/results/readme_timings_cpu.json`; "
+               "`python benches/bench_readme.py` times it again).")
     return "\n".join(out) + "\n"
 
 
