@@ -69,6 +69,40 @@ def versions() -> dict:
     return out
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when files differ from it), or None outside git."""
+    import subprocess
+
+    root = RESULTS.parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def now() -> str:
+    """UTC date and time, ISO 8601."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_average() -> list | None:
+    """The 1, 5 and 15 minute load averages (how busy the shared machine was)."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def provenance(argv=None) -> dict:
+    """What every results file records beside its numbers: git commit, date, argv."""
+    import sys
+
+    return {"git": git_commit(), "date": now(), "argv": list(sys.argv if argv is None else argv)}
+
+
 def write(name: str, payload: dict, directories=None) -> Path:
     """<dir>/<name>.json for each directory (default benches/results), replaced whole (never
     left half-written if interrupted). Returns the first path."""
