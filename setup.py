@@ -49,6 +49,9 @@ setup(
         "ray": ["ray>=2.40,<3"],
         # lna-steer's language identifier: py3langid ships its model in the wheel (4.6 MB, numpy only).
         "steer": ["py3langid>=0.4,<0.5"],
+        # benches/bench_peers.py only: the tools a user would compare lna with (tested with
+        # nnsight 0.8.1 and transformer-lens 4.3.0, whose TransformerBridge it uses).
+        "peers": ["nnsight>=0.8,<0.9", "transformer-lens>=4.3,<5"],
     },
     entry_points={
         "console_scripts": [
