@@ -155,6 +155,11 @@ def measure(opts, record, flush=lambda: None):
     for tool, why in record["skipped_tools"].items():
         print(f"bench_peers: {tool} skipped: {why}", file=sys.stderr, flush=True)
     record["tools"] = opts.tools
+    shape = peers_setup.SHAPES[opts.shape]
+    record["model"]["non_embedding_params"] = matmul_params(shape)
+    import torch
+
+    record["gemm_ceiling_flops"] = common.gemm_ceiling(opts.device, getattr(torch, opts.dtype))
     flush()
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
         # The independent reference: batch-1 hooks on gate_proj, with the |gate| nearest 0 per cell.
@@ -218,11 +223,24 @@ def summarize(record, response):
         ratios["counting_overhead_vs_nocount"] = med["lna"]["count_s"] / med["lna_nocount"]["count_s"] - 1
     if "lna_sums" in med and "lna_nocount" in med:
         ratios["counting_with_sums_overhead_vs_nocount"] = med["lna_sums"]["count_s"] / med["lna_nocount"]["count_s"] - 1
+    if "lna" in med and "count_s" in med["lna"] and record.get("gemm_ceiling_flops"):
+        # matmul work of the tokens lna computes, against the measured GEMM ceiling (attention's
+        # score matmuls not counted: the fraction is a lower bound)
+        flops = 2 * record["model"]["non_embedding_params"] * record["workload"]["tokens_computed_by_lna"]
+        ratios["lna_fraction_of_gemm_ceiling"] = flops / med["lna"]["count_s"] / record["gemm_ceiling_flops"]
     bound = record["workload"]["shared_prompt_bound"]
     if "lna_vs_fastest_peer_counted_tokens_per_s" in ratios:
         ratios["shared_prompt_bound"] = bound
         ratios["lna_past_bound"] = ratios["lna_vs_fastest_peer_counted_tokens_per_s"] / bound
     record["ratios"] = ratios
+
+
+def matmul_params(shape: dict) -> int:
+    """Weights of the per-token matmuls (attention projections and the MLP), embeddings not."""
+    h, i, heads, kv = (shape[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                          "num_key_value_heads"))
+    head = h // heads
+    return shape["num_hidden_layers"] * (2 * h * h + 2 * h * kv * head + 3 * h * i)
 
 
 def run(stage):

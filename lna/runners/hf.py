@@ -20,6 +20,7 @@ from torch import nn
 from lna.models import families, fingerprint, loading
 
 from lna.runners import packing
+from lna.core import threads
 from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
@@ -98,6 +99,8 @@ class HFRunner:
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
                  token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
         info = loading.resolve(model, revision)
+        if str(device) == "cpu":
+            threads.fit_to_load()  # no more threads than the cores other work leaves free
         net, tokenizer = loading.load(info, device=device, dtype=dtype)
         # From the files, not the loaded tensors: the same for every backend and dtype.
         self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens, fingerprint.legacy(info))
