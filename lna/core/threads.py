@@ -4,8 +4,9 @@ On a shared machine a multi-threaded op waits at every barrier for its slowest t
 a thread that the OS has descheduled for other work stalls them all: measured on this
 project's 2-core machine at load ~5, lna's count ran 1.6-2x faster on one thread than on
 two, and its small per-block counting ops ~40x faster (benches/results/peers_cpu.json).
-So the default never exceeds the cores that the load average leaves idle; an explicit
-setting (OMP_NUM_THREADS, or torch.set_num_threads before lna starts) is kept.
+So the default never exceeds the cores that the load average leaves idle (read once, when a
+CPU runner starts); OMP_NUM_THREADS or MKL_NUM_THREADS, when set, are kept as they are, and
+a count already below the free cores (torch.set_num_threads before lna starts) is never raised.
 """
 import os
 
@@ -18,9 +19,8 @@ def free_cores() -> int:
 
 
 def fit_to_load() -> int | None:
-    """Lower torch's thread count to the free cores, unless the user chose a count (the
-    OMP_NUM_THREADS / MKL_NUM_THREADS variables, or a count below torch's default, as
-    set_num_threads leaves it). Returns the count set, or None where it was left alone."""
+    """Lower torch's thread count to the free cores (never raise it), unless OMP_NUM_THREADS
+    or MKL_NUM_THREADS chose one. Returns the count set, or None where it was left alone."""
     import torch
 
     if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
