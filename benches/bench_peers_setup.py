@@ -126,7 +126,7 @@ def build_workload(model: Path, mgsm: Path, out: Path, langs, questions: int, re
 
 def samples_of(work: dict):
     """The workload as lna Samples."""
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
 
     return [Sample(s["key"], s["lang"], np.asarray(s["prompt_ids"], np.int32), np.asarray(s["response_ids"], np.int32),
                    s["group"]) for s in work["samples"]]
