@@ -143,7 +143,7 @@ def measure(opts, record, flush=lambda: None):
     for s in samples:
         prompts[s["group"]] = len(s["prompt_ids"])
     lna_tokens = sum(prompts.values()) + response  # each prompt once (rows never split here)
-    record["workload"] = {"languages": opts.langs, "questions_per_language": opts.questions,
+    record["workload"] = {"data": bench_peers_setup.data_source(Path(opts.mgsm)), "languages": opts.langs, "questions_per_language": opts.questions,
                           "responses_per_question": opts.responses, "samples": len(samples),
                           "response_tokens": response, "prompt_tokens_mean": peer_tokens / len(samples) - response / len(samples),
                           "tokens_computed_by_peers": peer_tokens, "tokens_computed_by_lna": lna_tokens,
@@ -156,7 +156,8 @@ def measure(opts, record, flush=lambda: None):
         print(f"bench_peers: {tool} skipped: {why}", file=sys.stderr, flush=True)
     record["tools"] = opts.tools
     shape = bench_peers_setup.SHAPES[opts.shape]
-    record["model"]["non_embedding_params"] = matmul_params(shape)
+    record["model"] = {"shape": opts.shape, **shape, "dtype": opts.dtype, "weights": "random",
+                       "non_embedding_params": matmul_params(shape)}
     import torch
 
     record["gemm_ceiling_flops"] = common.gemm_ceiling(opts.device, getattr(torch, opts.dtype))
@@ -290,14 +291,13 @@ def main(argv=None):
     opts = parse(argv)
     if opts.worker:
         return worker(opts)
-    if not Path(opts.mgsm, "mgsm_en.tsv").is_file():
+    if not bench_peers_setup.has_mgsm(Path(opts.mgsm)):
         print(f"bench_peers: skipped: no MGSM data at {opts.mgsm} (give --mgsm FOLDER with mgsm_<lang>.tsv)")
         return 0
     kind = "cuda" if opts.device.startswith("cuda") else "cpu"
     record = {"bench": "peers", **common.provenance(argv), "device": common.machine(opts.device),
               "versions": peer_versions(), "load_average_before": common.load_average(),
-              "model": {"shape": opts.shape, **bench_peers_setup.SHAPES[opts.shape], "dtype": opts.dtype,
-                        "weights": "random"}, "rounds_requested": opts.rounds}
+              "rounds_requested": opts.rounds}
     directory = Path(opts.results) if opts.results else common.RESULTS
     path = directory / f"peers_{kind}.json"
     old = json.loads(path.read_text()) if path.is_file() else []
