@@ -19,7 +19,7 @@ setup(
     # the Hugging Face package of that name (transformers probes it).
     packages=find_packages(include=["lna", "lna.*"]) + ["lna.kernels", "lna.configs"],
     package_dir={"lna.kernels": "kernels", "lna.configs": "configs"},
-    package_data={"lna.configs": ["*.yaml"]},
+    package_data={"lna": ["py.typed"], "lna.configs": ["*.yaml"]},  # py.typed: the API has type hints
     install_requires=[
         "torch>=2.11,<2.14",
         "transformers>=5.17,<5.25",
@@ -65,6 +65,7 @@ setup(
             "lna-align=lna.cli:align_main",
             "lna-launch=lna.cli:launch_main",
             "lna-steer=lna.cli:steer_main",
+            "lna-experts=lna.cli:experts_main",
         ]
     },
 )

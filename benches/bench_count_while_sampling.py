@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_profile  # noqa: E402  (model shapes, shared with the other benches)
 import common  # noqa: E402
 from bench_vllm_runner import save_model  # noqa: E402
-from count_agreement import reference  # noqa: E402
+from bench_count_agreement import reference  # noqa: E402
 
 
 def main():
@@ -56,7 +56,7 @@ def run(args):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
     from lna.runners.hf import HFRunner
 
     cuda = torch.cuda.is_available()

@@ -1,10 +1,10 @@
 """lna against the tools a user already has: the same force-decoding count, side by side.
 
 The count: per layer, language and neuron, how many response tokens have SiLU(gate) > 0.
-The tools (benches/peers_tools.py): lna's engine and the lna-profile command; transformers
+The tools (benches/bench_peers_tools.py): lna's engine and the lna-profile command; transformers
 forward hooks (batch 1 and batched), nnsight (batch 1 and batched), TransformerLens 4's
 TransformerBridge. Model: a random-weight Llama with a real model's shape (SmolLM-135M by
-default), built offline with a tokenizer trained on MGSM (benches/peers_setup.py); workload:
+default), built offline with a tokenizer trained on MGSM (benches/bench_peers_setup.py); workload:
 MGSM questions x languages x given responses per question (the study's shape).
 
 The tools are timed in alternation, round by round (each round in a rotated order, each tool
@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
-import peers_setup  # noqa: E402
+import bench_peers_setup  # noqa: E402
 
 MGSM = HERE.parents[1] / "shared" / "data" / "mgsm"
 DEFAULT_TOOLS = "lna,lna_sums,lna_nocount,lna_profile,hooks_b1,hooks,nnsight_b1,nnsight,tlens"
@@ -52,12 +52,12 @@ def worker(opts):
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    import peers_tools
+    import bench_peers_tools
 
-    clock = peers_tools.Clock()
+    clock = bench_peers_tools.Clock()
     work = json.loads(Path(opts.work).read_text())
     name = opts.worker.split("@")[0]
-    out = peers_tools.TOOLS[name](opts.model, work, clock, opts.device, opts.dtype)
+    out = bench_peers_tools.TOOLS[name](opts.model, work, clock, opts.device, opts.dtype)
     if name == "reference":
         counts, nearest = out
         np.save(opts.counts, counts)
@@ -130,11 +130,11 @@ def compare(counts, reference, nearest):
 def measure(opts, record, flush=lambda: None):
     import numpy as np
 
-    paths = {"model": peers_setup.build_model(Path(opts.cache) / f"{opts.shape}-{opts.dtype}", opts.shape,
+    paths = {"model": bench_peers_setup.build_model(Path(opts.cache) / f"{opts.shape}-{opts.dtype}", opts.shape,
                                               Path(opts.mgsm), device=opts.device, dtype=opts.dtype)}
     base = Path(opts.cache) / f"work-{opts.shape}-{'-'.join(opts.langs)}-{opts.questions}x{opts.responses}"
     paths["jsonl"], paths["work"] = Path(f"{base}.jsonl"), Path(f"{base}.json")
-    work = peers_setup.build_workload(paths["model"], Path(opts.mgsm), base, opts.langs, opts.questions,
+    work = bench_peers_setup.build_workload(paths["model"], Path(opts.mgsm), base, opts.langs, opts.questions,
                                       opts.responses)
     samples = work["samples"]
     response = sum(len(s["response_ids"]) for s in samples)
@@ -143,20 +143,21 @@ def measure(opts, record, flush=lambda: None):
     for s in samples:
         prompts[s["group"]] = len(s["prompt_ids"])
     lna_tokens = sum(prompts.values()) + response  # each prompt once (rows never split here)
-    record["workload"] = {"languages": opts.langs, "questions_per_language": opts.questions,
+    record["workload"] = {"data": bench_peers_setup.data_source(Path(opts.mgsm)), "languages": opts.langs, "questions_per_language": opts.questions,
                           "responses_per_question": opts.responses, "samples": len(samples),
                           "response_tokens": response, "prompt_tokens_mean": peer_tokens / len(samples) - response / len(samples),
                           "tokens_computed_by_peers": peer_tokens, "tokens_computed_by_lna": lna_tokens,
                           "shared_prompt_bound": peer_tokens / lna_tokens}
-    import peers_tools
+    import bench_peers_tools
 
-    record["skipped_tools"] = {t: peers_tools.missing(t) for t in opts.tools if peers_tools.missing(t)}
+    record["skipped_tools"] = {t: bench_peers_tools.missing(t) for t in opts.tools if bench_peers_tools.missing(t)}
     opts.tools = [t for t in opts.tools if t not in record["skipped_tools"]]
     for tool, why in record["skipped_tools"].items():
         print(f"bench_peers: {tool} skipped: {why}", file=sys.stderr, flush=True)
     record["tools"] = opts.tools
-    shape = peers_setup.SHAPES[opts.shape]
-    record["model"]["non_embedding_params"] = matmul_params(shape)
+    shape = bench_peers_setup.SHAPES[opts.shape]
+    record["model"] = {"shape": opts.shape, **shape, "dtype": opts.dtype, "weights": "random",
+                       "non_embedding_params": matmul_params(shape)}
     import torch
 
     record["gemm_ceiling_flops"] = common.gemm_ceiling(opts.device, getattr(torch, opts.dtype))
@@ -206,9 +207,9 @@ def summarize(record, response):
         if "count_s" in med[tool] and tool != "lna_nocount":
             med[tool]["counted_tokens_per_s"] = response / med[tool]["count_s"]
     record["medians"] = med
-    import peers_tools
+    import bench_peers_tools
 
-    peers = [t for t in record["tools"] if t.split("@")[0] in peers_tools.PEERS]
+    peers = [t for t in record["tools"] if t.split("@")[0] in bench_peers_tools.PEERS]
     ratios = {}
     if peers:
         fastest_count = min(peers, key=lambda t: med[t].get("count_s", float("inf")))
@@ -262,12 +263,12 @@ def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
-    ap.add_argument("--shape", default="smollm-135m", choices=list(peers_setup.SHAPES))
-    ap.add_argument("--langs", default=",".join(peers_setup.RESPONSE_MEAN), help="MGSM languages")
+    ap.add_argument("--shape", default="smollm-135m", choices=list(bench_peers_setup.SHAPES))
+    ap.add_argument("--langs", default=",".join(bench_peers_setup.RESPONSE_MEAN), help="MGSM languages")
     ap.add_argument("--questions", type=int, default=2, help="per language")
     ap.add_argument("--responses", type=int, default=2, help="given responses per question")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tools", default=DEFAULT_TOOLS, help="comma-separated NAME or NAME@THREADS (benches/peers_tools.py)")
+    ap.add_argument("--tools", default=DEFAULT_TOOLS, help="comma-separated NAME or NAME@THREADS (benches/bench_peers_tools.py)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of every tool without @N")
     ap.add_argument("--mgsm", default=str(MGSM))
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "lna_peers"), help="built model and workload")
@@ -290,14 +291,13 @@ def main(argv=None):
     opts = parse(argv)
     if opts.worker:
         return worker(opts)
-    if not Path(opts.mgsm, "mgsm_en.tsv").is_file():
+    if not bench_peers_setup.has_mgsm(Path(opts.mgsm)):
         print(f"bench_peers: skipped: no MGSM data at {opts.mgsm} (give --mgsm FOLDER with mgsm_<lang>.tsv)")
         return 0
     kind = "cuda" if opts.device.startswith("cuda") else "cpu"
     record = {"bench": "peers", **common.provenance(argv), "device": common.machine(opts.device),
               "versions": peer_versions(), "load_average_before": common.load_average(),
-              "model": {"shape": opts.shape, **peers_setup.SHAPES[opts.shape], "dtype": opts.dtype,
-                        "weights": "random"}, "rounds_requested": opts.rounds}
+              "rounds_requested": opts.rounds}
     directory = Path(opts.results) if opts.results else common.RESULTS
     path = directory / f"peers_{kind}.json"
     old = json.loads(path.read_text()) if path.is_file() else []

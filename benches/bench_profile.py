@@ -14,7 +14,7 @@ parameters FLOPs per processed token against a measured GEMM ceiling) and ratios
 
   python benches/bench_profile.py                       # CPU, small model, scaled workload
   python benches/bench_profile.py --device cuda --questions 250 --naive-questions 25
-                                                        # design.md's full workload on a GPU
+                                                        # docs/design.md's full workload on a GPU
 Writes benches/results/profile_<device>.json. On the GPU, benches/gpu_check.sh runs this as its
 profile stage (run() below) on a reduced workload: per-token rates are what compare.
 """
@@ -31,7 +31,7 @@ import common  # noqa: E402
 
 from lna.runners import packing  # noqa: E402
 from lna.models.loading import ModelInfo  # noqa: E402
-from lna.runners.base import Sample  # noqa: E402
+from lna.inputs.samples import Sample  # noqa: E402
 from lna.runners.hf import HFRunner  # noqa: E402
 
 # MGSM response lengths of the study's model (tokens, mean per language), prompts ~105-320.
@@ -42,7 +42,7 @@ CONFIGS = {  # random-weight models; "small" keeps a CPU run to about a minute
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=32000),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, vocab_size=512),  # the dry run of benches/gpu_check.py
+                 num_key_value_heads=1, vocab_size=512),  # the dry run of benches/bench_gpu_check.py
     "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=32000),
 }
@@ -131,7 +131,8 @@ def naive_two_pass(net, samples, languages, budget, device):
 
 
 def defaults(device, **given):
-    """The run's settings: what was given, else the device's defaults (a CUDA run is design.md's)."""
+    """The run's settings: what was given, else the device's defaults (a CUDA run is the
+    workload of docs/design.md, "Performance targets")."""
     cuda = str(device).startswith("cuda")
     opts = {"device": device, "dtype": "bfloat16" if cuda else "float32", "model": "mistral-7b" if cuda else "small",
             "questions": 250 if cuda else 2, "responses": 10, "scale": 1.0 if cuda else 0.5, "naive_questions": None,
@@ -244,7 +245,7 @@ def derive(report, params, counted, processed):
     sec, work = report["seconds"], report["workload"]
     if "lna" in sec:
         lna_rate = counted / sec["lna"]
-        full = 2500 * sum(RESPONSE_MEAN.values())  # design.md: 10 languages x 2,500 responses
+        full = 2500 * sum(RESPONSE_MEAN.values())  # docs/design.md, "Performance targets": 10 x 2,500 responses
         report["counted_tokens_per_s"] = {"lna": lna_rate}
         report["processed_tokens_per_s"] = {"lna": processed / sec["lna"]}
         report["roofline_fraction"] = 2 * params * processed / sec["lna"] / report["gemm_ceiling_flops"]
@@ -266,7 +267,7 @@ def derive(report, params, counted, processed):
 
 
 def run(stage):
-    """The profile stage of benches/gpu_check.py: the 7B model on a reduced MGSM-shaped workload
+    """The profile stage of benches/bench_gpu_check.py: the 7B model on a reduced MGSM-shaped workload
     (per-token rates are what compare; dry run: a tiny model on CPU)."""
     common.lna_kernels()
     if stage.dry:

@@ -149,7 +149,7 @@ def sync(device: str) -> None:
 class Timer:
     """Median milliseconds of fn() over `reps` calls, warm-up excluded. On CUDA: events around
     each call, L2 flushed before each (a 512 MiB write, larger than any L2); on CPU: the host
-    clock (the dry run of benches/gpu_check.py times the same code paths there)."""
+    clock (the dry run of benches/bench_gpu_check.py times the same code paths there)."""
 
     def __init__(self, device: str, reps: int = 100, warmup: int = 5, flush_mib: int = 512):
         import torch

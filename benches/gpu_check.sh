@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check of issue 15 in one command (what it measures: benches/gpu_check.py).
+# The GPU check of issue 15 in one command (what it measures: benches/bench_gpu_check.py).
 #
 #   benches/gpu_check.sh              on the GPU machine: installs lna (and the carried wheels in
 #                                     .whl/, see benches/gpu_wheels.sh) without a registry, runs
 #                                     every stage in ~7 minutes, results to benches/results and $OUT
 #   benches/gpu_check.sh --dry-run    the same code paths on CPU at tiny shapes (tests run this)
 #
-# Other arguments go to gpu_check.py: --budget SECONDS, --stages kernels,profile,smoke,candidates,
+# Other arguments go to bench_gpu_check.py: --budget SECONDS, --stages kernels,profile,smoke,candidates,
 # --results DIR. PYTHON picks the interpreter (default python3: on the GPU machine, the image's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ else
 fi
 
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    "$PY" benches/gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"
+    "$PY" benches/bench_gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"
     exit "${PIPESTATUS[0]}"
 fi
-exec "$PY" benches/gpu_check.py "$@"
+exec "$PY" benches/bench_gpu_check.py "$@"

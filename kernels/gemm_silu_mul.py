@@ -15,7 +15,7 @@ path's by its rounding, which a sum over tokens accumulates, so they would need 
 tolerance of their own, and per 128-token tile they would cost two more accumulators and
 atomics per neuron. Statistics are a profiling feature; silu_mul computes them.
 
-Kept only if it beats cuBLAS + silu_mul on the GPU (benches/gpu_silu_mul.py measures both).
+Kept only if it beats cuBLAS + silu_mul on the GPU (benches/bench_gpu_silu_mul.py measures both).
 """
 import torch
 import triton

@@ -56,3 +56,23 @@ def silu_mul_native(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=N
                 new = torch.zeros_like(act[t]) if values is None else values[m].to(act.dtype)
                 act[t] = torch.where(masks[m], new, act[t])
     return act * up
+
+
+def expert_silu_mul_native(gate, up, offsets, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
+                           values=None, activation="silu"):
+    """act(gate) * up over rows grouped by expert (rows offsets[e]:offsets[e+1] are expert
+    e's), row by row: counts[e, lang_ids[r], j] += gate[r, j] > 0 for the rows with
+    lang_ids[r] >= 0 (counts int [E, n_langs, I], in place); where masks[mask_ids[r], e, j]
+    (masks bool [n_masks, E, I], mask_ids -1: none), act becomes values[mask_ids[r], e, j]
+    rounded to the dtype (0 without values). Returns [S, I]."""
+    act = activation_native(gate, activation)
+    bounds = [int(x) for x in offsets]
+    for e in range(len(bounds) - 1):
+        for r in range(bounds[e], bounds[e + 1]):
+            if counts is not None and lang_ids[r] >= 0:
+                counts[e, int(lang_ids[r])] += (gate[r] > 0).to(counts.dtype)
+            if masks is not None and mask_ids[r] >= 0:
+                m = int(mask_ids[r])
+                new = torch.zeros_like(act[r]) if values is None else values[m, e].to(act.dtype)
+                act[r] = torch.where(masks[m, e], new, act[r])
+    return act * up

@@ -94,7 +94,7 @@ def default_config(n_tokens, n_neurons, device, *, block_t=32, block_i=128, num_
     (sums=True): their two more [languages, block_i] accumulators and dots need about 175
     registers per thread at 4 warps (bf16, sm_90), 97 at 8, about the 92 of counting alone
     at 4, so as many warps stay resident. In the interpreter (~ms per program instance and per op): few,
-    large programs. benches/gpu_silu_mul.py sweeps the knobs."""
+    large programs. benches/bench_gpu_silu_mul.py sweeps the knobs."""
     if INTERPRET or device.type != "cuda":
         return LaunchConfig(max(16, min(256, triton.next_power_of_2(n_tokens))), 256, n_tokens)
     if num_warps is None:

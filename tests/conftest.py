@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-# Must precede the import of any module defining @triton.jit kernels (environment.md).
+# Must precede the import of any module defining @triton.jit kernels (docs/design.md, "Testing").
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,7 +48,7 @@ def random_samples(seed, languages, questions=9, vocab=259, max_prompt=40, max_r
     """Samples with shared prompts, mixed lengths, several responses per prompt and languages."""
     import numpy as np
 
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
 
     rng = np.random.default_rng(seed)
     out = []
@@ -59,3 +59,81 @@ def random_samples(seed, languages, questions=9, vocab=259, max_prompt=40, max_r
             response = tuple(rng.integers(3, vocab, rng.integers(1, max_response)).tolist())
             out.append(Sample(f"q{q}/{j}", lang, prompt, response, group=f"q{q}"))
     return out
+
+
+# -- helpers the test modules share (import them: `from conftest import write_jsonl`) ----------
+# Verbatim short prompts in three languages, with responses: forward passes stay small.
+SMALL_DATA = [
+    {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5.", " Five, since 2+3=5."]},
+    {"lang": "en", "prompt": "Q: 7-4?\nA:", "responses": [" 7-4 = 3. The answer is 3."]},
+    {"lang": "zh", "prompt": "问：2加3？\n答：", "responses": [" 2加3等于5。答案是5。", " 五"]},
+    {"lang": "zh", "prompt": "问：7减4？\n答：", "responses": [" 7减4等于3。答案是3。"]},
+    {"lang": "ja", "prompt": "問：2たす3？\n答：", "responses": [" 2たす3は5です。答えは5です。"]},
+    {"lang": "ja", "prompt": "問：7ひく4？\n答：", "responses": [" 3です。"]},
+]
+
+
+def write_jsonl(path, records) -> Path:
+    """`records` as a JSONL file (utf-8, one record a line; folders made); returns the path."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def profile_cli(*args) -> int:
+    """lna-profile run in this process, quiet: its exit code."""
+    from lna.cli import run
+    from lna.cli.profile import profile
+
+    return run(profile, "lna-profile", ["-q", *map(str, args)])
+
+
+def profile_by_row(model, dataset, out, *args) -> int:
+    """lna-profile with a token budget below every row, so one row a forward: a run split into
+    shards, or stopped and resumed, does the same arithmetic as the whole run."""
+    return profile_cli("--model", model, "--dataset", dataset, "--out", out, "--token-budget", "32", *args)
+
+
+def eval_cli(*args) -> int:
+    """lna-eval run in this process, quiet: its exit code."""
+    from lna.cli import run
+    from lna.cli.eval import eval_
+
+    return run(eval_, "lna-eval", ["-q", *map(str, args)])
+
+
+def one_line(result, *words) -> str:
+    """A failed command's report: `result` (exit code, stdout, stderr) has a non-zero exit and
+    exactly one line on stderr, no traceback, holding each of `words`. Returns the line."""
+    rc, out, err = result
+    assert rc not in (0, None), (rc, out, err)
+    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
+    for w in words:
+        assert str(w) in err, (w, err)
+    return err.strip()
+
+
+def one_line_error(capsys, code) -> str:
+    """one_line of a command run in this process (lna.cli.run), from its exit code and what
+    it left on stderr: "PROG: error: ..."."""
+    return one_line((code, "", capsys.readouterr().err), "error:")
+
+
+def interrupt_counting(monkeypatch, after: int):
+    """Ctrl-C during lna-profile: HFRunner.count raises KeyboardInterrupt once `after` calls
+    (chunks) have returned. Returns a function that puts the real count back."""
+    from lna.runners.hf import HFRunner
+
+    real, calls = HFRunner.count, []
+
+    def dying(self, samples, languages, **kw):
+        calls.append(1)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return real(self, samples, languages, **kw)
+
+    monkeypatch.setattr(HFRunner, "count", dying)
+    return lambda: monkeypatch.setattr(HFRunner, "count", real)

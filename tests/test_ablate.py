@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import naive
-from conftest import random_samples
-from lna.interventions import ablate
+from conftest import SMALL_DATA as DATA, one_line_error, random_samples, write_jsonl
+from lna.interventions import ablate, masked_nll
 from lna.identification import neurons
 from lna.inputs import responses
 from lna.cli import run
@@ -139,7 +139,7 @@ def test_batched_settings_equal_one_by_one(runner, model, samples, reference):
     settings' rows beside a sample changes the padded shapes of the attention and matmul
     reductions (fp32 rounding), so the two agree within the dtype rule, not exactly."""
     p = ablate.plan(settings_of(neuron_sets(model)), LAYERS, WIDTH)
-    together = ablate.evaluate(runner, samples, p.masks)
+    together = masked_nll.evaluate(runner, samples, p.masks)
     alone = np.stack([runner.nll(samples, None, [-1] * len(samples))]
                      + [runner.nll(samples, p.masks[m:m + 1], [0] * len(samples)) for m in range(len(p.masks))])
     row_of = {m: key for key in reference[torch.float64] if key != "baseline"
@@ -153,21 +153,6 @@ def test_batched_settings_equal_one_by_one(runner, model, samples, reference):
 
 
 # -- the command ---------------------------------------------------------------------------------
-DATA = [  # verbatim short prompts keep the forward passes small
-    {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5.", " Five, since 2+3=5."]},
-    {"lang": "en", "prompt": "Q: 7-4?\nA:", "responses": [" 7-4 = 3. The answer is 3."]},
-    {"lang": "zh", "prompt": "问：2加3？\n答：", "responses": [" 2加3等于5。答案是5。", " 五"]},
-    {"lang": "zh", "prompt": "问：7减4？\n答：", "responses": [" 7减4等于3。答案是3。"]},
-    {"lang": "ja", "prompt": "問：2たす3？\n答：", "responses": [" 2たす3は5です。答えは5です。"]},
-    {"lang": "ja", "prompt": "問：7ひく4？\n答：", "responses": [" 3です。"]},
-]
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, model, runner):
     """A responses file with token ids (as lna-profile writes it) and a neuron-set file."""
@@ -175,7 +160,7 @@ def files(tmp_path_factory, model, runner):
     from lna.inputs import data
 
     root = tmp_path_factory.mktemp("ablate")
-    dataset = write_jsonl(root / "d.jsonl", DATA)
+    dataset = str(write_jsonl(root / "d.jsonl", DATA))
     _, qs = data.load(dataset)
     resp = root / "s.responses.jsonl"
     responses.prepare(qs, runner.tokenizer, config.template_for(model)[1], resp)
@@ -266,12 +251,6 @@ def test_resume_after_interruption_equals_uninterrupted(files, model, tmp_path, 
     assert ablate_cli(*args, "-o", cut) == 0 and seen == []  # a finished run recomputes nothing
 
 
-def one_line_error(capsys, code):
-    err = capsys.readouterr().err.strip()
-    assert code != 0 and err.count("\n") == 0 and "error:" in err and "Traceback" not in err, err
-    return err
-
-
 def bad_neurons(files, kind):
     path = files["root"] / f"bad-{kind}.json"
     ns = neuron_sets("org/another-model") if kind == "model" else neuron_sets(None, layers=5)
@@ -301,7 +280,7 @@ def test_bad_input_is_one_line_and_writes_nothing(files, model, tmp_path, capsys
         if v in ("shape", "model"):
             v = bad_neurons(files, v)
         elif v == "questions-only":
-            v = write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "prompt": "Q: 1+1?\nA:"}])
+            v = str(write_jsonl(tmp_path / "q.jsonl", [{"lang": "en", "prompt": "Q: 1+1?\nA:"}]))
         elif v == "d.jsonl":
             v = files["dataset"]
         elif v == "a-file":

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 pytest.importorskip("trl", reason="the train stage needs the align extra: pip install 'lna[align]'")
 
 from lna.core import jsonl  # noqa: E402
-from lna.align import merge  # noqa: E402
+from lna.align import lora_merge  # noqa: E402
 from lna.align.train import TrainSettings, checkpoints, train  # noqa: E402
 from lna.core.errors import LnaError  # noqa: E402
 
@@ -78,7 +78,7 @@ def test_merged_checkpoint_is_base_plus_scaled_lora_product(trained, tiny_models
         torch.testing.assert_close(merged[key], expected, rtol=0, atol=1e-6)
     assert adapted == 9
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
-    prov = merge.provenance_of(out / "checkpoints" / "step-4")
+    prov = lora_merge.provenance_of(out / "checkpoints" / "step-4")
     assert prov["step"] == 4 and prov["merged"]["changed"] > 0 and prov["lora"]["targets"] == ["q_proj", "v_proj", "o_proj"]
     assert json.loads((out / "checkpoints" / "step-4" / "config.json").read_text())["use_cache"] is True
 
@@ -102,18 +102,18 @@ def test_merged_checkpoint_profiles_with_its_own_identity(trained, tiny_models, 
 
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(trained, tiny_models, tmp_path, monkeypatch):
     out, _ = trained
-    real = merge.save_merged
+    real = lora_merge.save_merged
 
     def killed_at_step_2(model, tokenizer, path, **kw):
         if path.name == "step-2":
             raise KeyboardInterrupt  # after the trainer saved its state, before the merged model
         return real(model, tokenizer, path, **kw)
 
-    monkeypatch.setattr(merge, "save_merged", killed_at_step_2)
+    monkeypatch.setattr(lora_merge, "save_merged", killed_at_step_2)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_models["llama"], PAIRS, tmp_path, settings(), device="cpu", progress=False, say=lambda m: None)
     assert checkpoints(tmp_path) == []
-    monkeypatch.setattr(merge, "save_merged", real)
+    monkeypatch.setattr(lora_merge, "save_merged", real)
     found = train(tiny_models["llama"], PAIRS, tmp_path, settings(), device="cpu", progress=False, say=lambda m: None)
     assert [p.name for p in found] == ["step-2", "step-4"]  # step 2 merged when the rerun starts
     steps = [r["step"] for r in jsonl.read(tmp_path / "train_log.jsonl", "log", "") if "loss" in r]

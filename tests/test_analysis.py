@@ -57,8 +57,9 @@ def test_released_counts_against_set_arithmetic(shared_data):
         np.testing.assert_array_equal(by_n[layer], expected)
     # The specific neurons are exactly the per-language specific sizes summed.
     assert by_n[:, 1].sum() == sum(s["specific"] for s in ns.sizes().values())
-    # The paper's picture (method.md): specific and related neurons in the first layers and
-    # the last third, almost none in the middle; general neurons maximal in the last layer.
+    # The paper's picture (docs/method.md, "Analyses in the paper"): specific and related
+    # neurons in the first layers and the last third, almost none in the middle; general
+    # neurons maximal in the last layer.
     types = layer_types(ns)
     lang_neurons = types["specific"] + types["related"]
     assert lang_neurons[5:18].sum() < 0.02 * lang_neurons.sum()  # layers 5-17 of 32

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import profile_cli
 import naive
 from lna.inputs import data as data_module, responses
 from lna.cli import run
 from lna.cli.merge import merge as merge_cli
-from lna.cli.profile import profile
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 from lna.runners.decode_count import Tracker
 from lna.storage.store import open_store
 
@@ -131,10 +131,6 @@ def test_no_eos_is_ever_counted_and_padding_rows_never(runner):
 
 # -- lna-profile ------------------------------------------------------------------------------
 
-def profile_cli(*args):
-    return run(profile, "lna-profile", ["-q", *args])
-
-
 def questions(path, count=7, first=0):
     recs = [{"lang": ["en", "zh", "sw"][i % 3], "query": f"What is {i} + {i + 2}?"}
             for i in range(first, first + count)]
@@ -220,7 +216,7 @@ def test_interrupted_count_while_sampling_resumes_without_double_counting(model,
 
     # 2. a kill: nothing saved at the stop (as after SIGKILL), the file holds three batches
     monkeypatch.setattr(HFRunner, "generate_counting", dies_after(3))
-    monkeypatch.setattr(profile_module._Saver, "save", lambda self, complete: None)
+    monkeypatch.setattr(profile_module, "_save", lambda store, out, complete=False: None)
     killed = tmp_path / "killed.zarr"
     assert profile_cli(*args, "--out", str(killed)) == 130
     assert not killed.exists() and len(read_responses(tmp_path / "killed.responses.jsonl")) == 6

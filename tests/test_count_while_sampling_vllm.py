@@ -127,13 +127,13 @@ def test_profile_counts_while_sampling_in_both_backends_alike(engine, model, tmp
     test_vllm_runner starts one through the CLI)."""
     import json
 
-    import lna.profiling.profile
+    import lna.runners
     from lna.cli import run
     from lna.cli.profile import profile
     from lna.runners import make_runner
     from lna.storage.store import open_store
 
-    monkeypatch.setattr(lna.profiling.profile, "make_runner", lambda *a, backend, **k: (
+    monkeypatch.setattr(lna.runners, "make_runner", lambda *a, backend, **k: (
         (engine, "vllm", "float32") if backend == "vllm" else make_runner(*a, backend=backend, **k)))
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"lang": lang, "query": f"{i} + {i} = ?"}) + "\n"

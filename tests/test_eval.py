@@ -5,8 +5,8 @@ from fractions import Fraction
 
 import pytest
 
+from conftest import eval_cli, write_jsonl
 from lna.cli import run
-from lna.cli.eval import eval_
 from lna.cli.profile import profile
 
 # (language, reference answer, responses, lna verdicts); worked out by hand. The released
@@ -37,21 +37,13 @@ CSV = ("model,zh,de,en,Avg.\n"
 MAPO_CSV = "model,zh,de,en,Avg.\nknown,75.0,0.0,66.7,47.2\n"  # (3/4 + 0 + 2/3) / 3 = 17/36
 
 
-def eval_cli(*args):
-    return run(eval_, "lna-eval", ["-q", *args])
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def profiled(tiny_models, tmp_path_factory):
     """lna-profile's own responses file for the questions above (the responses are counted)."""
     root = tmp_path_factory.mktemp("profiled")
-    dataset = write_jsonl(root / "known.jsonl", [{"id": i, "lang": lang, "query": f"Question {i}?", "answer": str(gold),
-                                                  "responses": resp} for i, (lang, gold, resp, _) in enumerate(QUESTIONS)])
+    dataset = str(write_jsonl(root / "known.jsonl", [{"id": i, "lang": lang, "query": f"Question {i}?",
+                                                      "answer": str(gold), "responses": resp}
+                                                     for i, (lang, gold, resp, _) in enumerate(QUESTIONS)]))
     store = root / "known.zarr"
     assert run(profile, "lna-profile", ["-q", "--model", tiny_models["llama"], "--dataset", dataset, "--out", str(store)]) == 0
     return root / "known.responses.jsonl"
@@ -62,9 +54,9 @@ def study_format(profiled, tmp_path_factory):
     """The same responses in the study's JSONL format (prompt verbatim, language by name)."""
     recs = [json.loads(line) for line in profiled.read_text(encoding="utf-8").splitlines()]
     path = tmp_path_factory.mktemp("study") / "known.jsonl"
-    return write_jsonl(path, [{"lang": NAMES[r["lang"]], "instruction": r["prompt"],
-                               "answers": [{"generated": g} for g in r["responses"]],
-                               "answer": json.loads(r["answer"])} for r in recs])
+    return str(write_jsonl(path, [{"lang": NAMES[r["lang"]], "instruction": r["prompt"],
+                                   "answers": [{"generated": g} for g in r["responses"]],
+                                   "answer": json.loads(r["answer"])} for r in recs]))
 
 
 def read(folder):
@@ -122,8 +114,8 @@ def test_reference_answers_from_the_dataset(tiny_models, tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "g").mkdir()
     recs = [{"id": i, "lang": lang, "query": f"Q{i}", "responses": resp} for i, (lang, _, resp, _) in enumerate(QUESTIONS)]
-    data = write_jsonl(tmp_path / "p" / "d.jsonl", recs)
-    golds = write_jsonl(tmp_path / "g" / "d.jsonl", [dict(r, answer=q[1]) for r, q in zip(recs, QUESTIONS)])
+    data = str(write_jsonl(tmp_path / "p" / "d.jsonl", recs))
+    golds = str(write_jsonl(tmp_path / "g" / "d.jsonl", [dict(r, answer=q[1]) for r, q in zip(recs, QUESTIONS)]))
     assert run(profile, "lna-profile", ["-q", "--model", tiny_models["llama"], "--dataset", data,
                                         "--out", str(tmp_path / "p" / "d.zarr")]) == 0
     responses = str(tmp_path / "p" / "d.responses.jsonl")

@@ -5,12 +5,7 @@ import json
 import pytest
 import torch
 
-from lna.cli import run
-from lna.cli.eval import eval_
-
-
-def eval_cli(*args):
-    return run(eval_, "lna-eval", ["-q", *args])
+from conftest import eval_cli
 
 
 def argmax_continuation(model_dir, prompt_ids, steps, eos=2):

@@ -60,6 +60,7 @@ import numpy as np
 import pytest
 
 import legacy
+from conftest import SMALL_DATA as DATA, interrupt_counting, one_line, write_jsonl
 from lna import cli
 from lna.storage import store as store_module
 from lna.storage.store import open_store
@@ -82,16 +83,6 @@ def lna(capsys):
         out, err = capsys.readouterr()
         return done.value.code, out, err
     return call
-
-
-def one_line(result, *words) -> str:
-    """A non-zero exit and exactly one line on stderr, no traceback, holding `words`."""
-    rc, out, err = result
-    assert rc not in (0, None), (rc, out, err)
-    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
-    for w in words:
-        assert str(w) in err, (w, err)
-    return err.strip()
 
 
 def only(folder, *names):
@@ -369,20 +360,6 @@ def disk_fills(monkeypatch, tmp_path):
 
 
 # -- inputs made by lna: a store, its responses, neuron sets --
-DATA = [  # three languages, verbatim short prompts: the forward passes stay small
-    {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5.", " Five, as 2+3=5."]},
-    {"lang": "en", "prompt": "Q: 7-4?\nA:", "responses": [" 7-4 = 3. The answer is 3."]},
-    {"lang": "zh", "prompt": "问：2加3？\n答：", "responses": [" 2加3等于5。答案是5。", " 五"]},
-    {"lang": "zh", "prompt": "问：7减4？\n答：", "responses": [" 7减4等于3。答案是3。"]},
-    {"lang": "ja", "prompt": "問：2たす3？\n答：", "responses": [" 2たす3は5です。答えは5です。"]},
-    {"lang": "ja", "prompt": "問：7ひく4？\n答：", "responses": [" 3です。"]},
-]
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
 
 @pytest.fixture(scope="module")
 def model(tiny_models):
@@ -766,18 +743,8 @@ def test_merge_refuses_missing_repeated_and_foreign_shards(sharded, lna, tmp_pat
 
 
 def test_merge_refuses_an_unfinished_shard(made, model, tmp_path, lna, monkeypatch, sharded):
-    from lna.runners.hf import HFRunner
-
-    real, calls = HFRunner.count, []
-
-    def dying(self, samples, languages, **kw):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real(self, samples, languages, **kw)
-
     big = max((1, 2, 3), key=lambda k: int(open_store(sharded / f"d-{k}of3.zarr").tokens.sum()))
-    monkeypatch.setattr(HFRunner, "count", dying)
+    interrupt_counting(monkeypatch, after=1)
     cut = tmp_path / "cut.zarr"
     assert lna("profile", "-q", "--model", model, "--dataset", made["data"], "--shard", f"{big}/3",
                "--token-budget", "32", "--checkpoint-every", "0", "--out", cut)[0] == 130

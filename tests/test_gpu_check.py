@@ -121,7 +121,7 @@ def gpu_check(tmp_path, monkeypatch):
     for name, code in FAKE_STAGES.items():
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(code))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    import gpu_check
+    import bench_gpu_check as gpu_check
 
     return gpu_check
 

@@ -26,7 +26,7 @@ def test_reproduces_released_mask(shared_data):
         assert len(layers) == 32
         for i, layer in enumerate(layers):
             assert ns.sets[lang][i].tolist() == layer, (lang, i)
-    # The sizes quoted by method.md follow.
+    # The sizes quoted by docs/method.md ("Lambda and tau") follow.
     assert {lang: sum(map(len, ns.sets[lang])) for lang in ns.languages} == {
         "en": 142, "ru": 556, "es": 523, "fr": 821, "de": 941,
         "zh": 412, "ja": 676, "bn": 948, "th": 622, "sw": 666}
@@ -115,7 +115,7 @@ def test_auto_lambda_edges():
         auto_lambda(Always(None, None, None, 1, 2))
 
 
-# -- a slow, plain-Python reference of method.md ---------------------------------------------
+# -- a slow, plain-Python reference of docs/method.md ---------------------------------------------
 def naive(probs, method="ternary", top_rate=0.05, quantile=0.95, lam=0.0):
     L, K, H = probs.shape
     flat = sorted(float(x) for x in probs.ravel())

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import one_line
 import legacy
 from lna.models import fingerprint, loading
 from lna.cli import run
@@ -130,11 +131,6 @@ def call(command, name, capsys, *args):
     return rc, out, err
 
 
-def one_line(rc, out, err):
-    assert rc != 0 and err.count("\n") == 1 and "error:" in err and "Traceback" not in err, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def stores(tiny_models, changed, tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
@@ -148,7 +144,7 @@ def stores(tiny_models, changed, tmp_path_factory):
 
 def test_merge_refuses_a_fine_tune(stores, tmp_path, capsys):
     assert open_store(stores["base"]).meta["model_fingerprint"] != open_store(stores["changed"]).meta["model_fingerprint"]
-    err = one_line(*call(merge, "lna-merge", capsys, stores["base"], stores["changed"], "-o", tmp_path / "m.zarr"))
+    err = one_line(call(merge, "lna-merge", capsys, stores["base"], stores["changed"], "-o", tmp_path / "m.zarr"), "error:")
     assert "different models" in err and "weights differ" not in err  # two paths: named apart already
     assert not (tmp_path / "m.zarr").exists()
 
@@ -170,7 +166,7 @@ def test_ablate_refuses_sets_of_a_fine_tune(tiny_models, changed, stores, tmp_pa
     src = open_store(stores["changed"]).meta
     source = {"model": tiny_models["llama"], **{k: src.get(k) for k in fingerprint.KEYS}}
     neurons = save(sets_of(source), tmp_path / "n.json")
-    err = one_line(*ablate_cli(capsys, tiny_models["llama"], neurons, tmp_path / "out"))
+    err = one_line(ablate_cli(capsys, tiny_models["llama"], neurons, tmp_path / "out"), "error:")
     assert "different models" in err and "whose weights differ" in err and "--allow-other-model" in err
     assert not (tmp_path / "out").exists()
     rc, _, err = ablate_cli(capsys, tiny_models["llama"], neurons, tmp_path / "out", "--allow-other-model")
@@ -186,5 +182,5 @@ def test_ablate_with_sets_of_lna_0_1(tiny_models, tmp_path, capsys):
     assert "records the older, weaker model identity" in err
     other = save(sets_of({"model": model, "model_fingerprint": legacy.fingerprint(tiny_models["mistral"])}),
                  tmp_path / "other.json")
-    err = one_line(*ablate_cli(capsys, model, other, tmp_path / "no"))
+    err = one_line(ablate_cli(capsys, model, other, tmp_path / "no"), "error:")
     assert "different models" in err

@@ -5,7 +5,7 @@ import torch
 
 from lna.core.errors import LnaError
 from lna.storage.import_counts import import_counts
-from lna.storage.merge import merge
+from lna.profiling.merge import merge
 
 NPZ = "reference/mistralmathoctopus7b-mgsm-counts.npz"
 

@@ -7,21 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import interrupt_counting, one_line, profile_by_row, write_jsonl
 import legacy
 from lna.inputs import data, demo, responses
 from lna.cli import run
 from lna.cli.merge import merge
-from lna.cli.profile import profile
 from lna.storage.manifest import sample_ids
 from lna.storage.store import open_store
 
 LANGS = ("en", "zh", "th")
-
-
-def profile_cli(model, dataset, out, *args):
-    # a token budget below every row: one row a forward, the same arithmetic in every split
-    return run(profile, "lna-profile", ["-q", "--model", model, "--dataset", str(dataset), "--out", str(out),
-                                        "--token-budget", "32", *map(str, args)])
 
 
 @pytest.fixture
@@ -33,28 +27,18 @@ def lna_merge(capsys):
     return call
 
 
-def one_line(rc, err):
-    assert rc != 0 and err.count("\n") == 1 and "error:" in err and "Traceback" not in err, err
-    return err
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def demo_store(tiny_models, tmp_path_factory):
     """The first 12 questions of the demo set in en, zh and th, profiled once."""
     out = tmp_path_factory.mktemp("demo") / "full.zarr"
-    assert profile_cli(tiny_models["llama"], "demo", out, "--langs", ",".join(LANGS), "--limit", "12") == 0
+    assert profile_by_row(tiny_models["llama"], "demo", out, "--langs", ",".join(LANGS), "--limit", "12") == 0
     return out
 
 
 def test_partial_overlap_is_refused(tiny_models, demo_store, tmp_path, lna_merge):
     part = tmp_path / "part.zarr"
-    assert profile_cli(tiny_models["llama"], "demo", part, "--langs", "en", "--limit", "5") == 0
-    err = one_line(*lna_merge(demo_store, part, "-o", tmp_path / "m.zarr")[::2])
+    assert profile_by_row(tiny_models["llama"], "demo", part, "--langs", "en", "--limit", "5") == 0
+    err = one_line(lna_merge(demo_store, part, "-o", tmp_path / "m.zarr"), "error:")
     assert "cannot merge en: 5 of its 5 samples in" in err
     assert re.search(r"\(e.g. demo/en/(\d+)/0 is demo/en/\1/0 there: same tokens\)", err), err
     assert not (tmp_path / "m.zarr").exists()
@@ -67,10 +51,10 @@ def test_same_samples_under_another_dataset_name_are_refused(tiny_models, demo_s
     records = [json.loads(x) for x in other.read_text(encoding="utf-8").splitlines()]
     write_jsonl(other, [{k: v for k, v in r.items() if k != "key"} | {"id": f"x{i}"} for i, r in enumerate(records)])
     renamed = tmp_path / "renamed.zarr"
-    assert profile_cli(tiny_models["llama"], other, renamed, "--langs", "en") == 0
+    assert profile_by_row(tiny_models["llama"], other, renamed, "--langs", "en") == 0
     assert open_store(renamed).meta["dataset"] == "renamed"
     n_en = len(open_store(demo_store).samples["en"].ids)
-    err = one_line(*lna_merge(demo_store, renamed, "-o", tmp_path / "m.zarr")[::2])
+    err = one_line(lna_merge(demo_store, renamed, "-o", tmp_path / "m.zarr"), "error:")
     assert f"cannot merge en: {n_en} of its {n_en} samples in" in err and "renamed/en/x" in err
 
 
@@ -82,7 +66,7 @@ def test_disjoint_shards_sum_to_one_run_over_their_union(tiny_models, tmp_path, 
     a = write_jsonl(tmp_path / "a.jsonl", [r for r in records if r["id"] % 3 == 0])
     b = write_jsonl(tmp_path / "b.jsonl", [r for r in records if r["id"] % 3 != 0])
     for name, ds in (("whole", whole), ("a", a), ("b", b)):
-        assert profile_cli(tiny_models["mistral"], ds, tmp_path / f"{name}.zarr") == 0
+        assert profile_by_row(tiny_models["mistral"], ds, tmp_path / f"{name}.zarr") == 0
     rc, out, err = lna_merge(tmp_path / "a.zarr", tmp_path / "b.zarr", "-o", tmp_path / "ab.zarr")
     assert rc == 0, err
     ref, m = open_store(tmp_path / "whole.zarr"), open_store(tmp_path / "ab.zarr")
@@ -97,16 +81,16 @@ def test_disjoint_shards_sum_to_one_run_over_their_union(tiny_models, tmp_path, 
     assert lna_merge(tmp_path / "b.zarr", tmp_path / "a.zarr", "-o", tmp_path / "ba.zarr")[0] == 0
     np.testing.assert_array_equal(open_store(tmp_path / "ba.zarr").counts, ref.counts)
     # and a shard merged into the sum is refused: all of its samples are already there
-    err = one_line(*lna_merge(tmp_path / "ab.zarr", tmp_path / "a.zarr", "-o", tmp_path / "x.zarr")[::2])
+    err = one_line(lna_merge(tmp_path / "ab.zarr", tmp_path / "a.zarr", "-o", tmp_path / "x.zarr"), "error:")
     assert "samples in" in err and "already counted" in err
 
 
 def test_existing_output_needs_force(tiny_models, demo_store, tmp_path, lna_merge):
     other = tmp_path / "ja.zarr"
-    assert profile_cli(tiny_models["llama"], "demo", other, "--langs", "ja", "--limit", "3") == 0
+    assert profile_by_row(tiny_models["llama"], "demo", other, "--langs", "ja", "--limit", "3") == 0
     target = tmp_path / "m.zarr"
     shutil.copytree(other, target)
-    err = one_line(*lna_merge(demo_store, other, "-o", target)[::2])
+    err = one_line(lna_merge(demo_store, other, "-o", target), "error:")
     assert "already exists" in err and "--force" in err
     assert open_store(target).languages == ["ja"]
     rc, out, err = lna_merge(demo_store, other, "-o", target, "--force")
@@ -117,23 +101,13 @@ def test_existing_output_needs_force(tiny_models, demo_store, tmp_path, lna_merg
 def test_store_of_lna_0_1_resumes_without_double_counting(tiny_models, tmp_path, monkeypatch, capsys):
     """A run of lna 0.1 killed half-way (samples recorded by position) is finished by this
     lna, counting each sample once: the result equals one uninterrupted run."""
-    from lna.runners.hf import HFRunner
-
     model = tiny_models["mistral"]
     ds = write_jsonl(tmp_path / "d.jsonl", [r for r in demo.records() if r["lang"] in LANGS and r["id"] < 8])
-    assert profile_cli(model, ds, tmp_path / "whole.zarr") == 0
-    real, calls = HFRunner.count, {"n": 0}
-
-    def dying(self, samples, languages, **kw):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            raise KeyboardInterrupt
-        return real(self, samples, languages, **kw)
-
-    monkeypatch.setattr(HFRunner, "count", dying)
+    assert profile_by_row(model, ds, tmp_path / "whole.zarr") == 0
+    resume = interrupt_counting(monkeypatch, after=1)
     cut = tmp_path / "cut.zarr"
-    assert profile_cli(model, ds, cut, "--checkpoint-every", "0") == 130
-    monkeypatch.setattr(HFRunner, "count", real)
+    assert profile_by_row(model, ds, cut, "--checkpoint-every", "0") == 130
+    resume()
     partial = open_store(cut)
     assert 0 < partial.tokens.sum() < open_store(tmp_path / "whole.zarr").tokens.sum()
     # Rewrite it as lna 0.1 did: per language, done bits over the run's sample list.
@@ -148,7 +122,7 @@ def test_store_of_lna_0_1_resumes_without_double_counting(tiny_models, tmp_path,
                        {**partial.meta, "model_fingerprint": legacy.fingerprint(model),
                         "model_fingerprint_legacy": None}, parts, complete=False)
     capsys.readouterr()
-    assert profile_cli(model, ds, cut) == 0
+    assert profile_by_row(model, ds, cut) == 0
     assert "older lna" in capsys.readouterr().err
     a, b = open_store(tmp_path / "whole.zarr"), open_store(cut)
     assert b.complete and np.array_equal(a.counts, b.counts) and np.array_equal(a.tokens, b.tokens)

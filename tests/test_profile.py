@@ -4,15 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from conftest import interrupt_counting, one_line_error, profile_cli, write_jsonl
 import naive
-from lna.cli import run
-from lna.cli.profile import profile
 from lna.storage.store import open_store
-
-
-def write_jsonl(path, records):
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture
@@ -25,11 +19,7 @@ def dataset(tmp_path):
         {"lang": "en", "query": "What is 7-4?", "answers": [{"generated": " 7-4 = 3."}]},
         {"lang": "zh", "instruction": "Verbatim prompt: 9-1=", "responses": ["8"]},
     ]
-    return write_jsonl(tmp_path / "d.jsonl", recs)
-
-
-def profile_cli(*args):
-    return run(profile, "lna-profile", ["-q", *args])
+    return str(write_jsonl(tmp_path / "d.jsonl", recs))
 
 
 def test_store_equals_naive_reference(tiny_models, dataset, tmp_path):
@@ -50,27 +40,17 @@ def test_store_equals_naive_reference(tiny_models, dataset, tmp_path):
 
 
 def test_interrupt_and_resume_equals_uninterrupted(tiny_models, dataset, tmp_path, monkeypatch):
-    from lna.runners.hf import HFRunner
-
     args = ["--model", tiny_models["mistral"], "--dataset", dataset, "--token-budget", "32",
             "--checkpoint-every", "0"]
     whole = tmp_path / "whole.zarr"
     assert profile_cli(*args, "--out", str(whole)) == 0
 
-    real, calls = HFRunner.count, {"n": 0}
-
-    def dying(self, samples, languages, **kw):  # killed after two chunks
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise KeyboardInterrupt
-        return real(self, samples, languages, **kw)
-
-    monkeypatch.setattr(HFRunner, "count", dying)
+    resume = interrupt_counting(monkeypatch, after=2)  # killed after two chunks
     cut = tmp_path / "cut.zarr"
     assert profile_cli(*args, "--out", str(cut)) == 130
     partial = open_store(cut)
     assert not partial.complete and 0 < partial.tokens.sum() < open_store(whole).tokens.sum()
-    monkeypatch.setattr(HFRunner, "count", real)
+    resume()
     assert profile_cli(*args, "--out", str(cut)) == 0
     a, b = open_store(whole), open_store(cut)
     assert b.complete and np.array_equal(a.counts, b.counts) and np.array_equal(a.tokens, b.tokens)
@@ -102,12 +82,6 @@ def test_samples_responses_once_and_reuses_them(tiny_models, tmp_path, monkeypat
     first = open_store(out).counts.copy()
     assert profile_cli(*args) == 0  # rerun: nothing sampled, nothing counted twice
     assert np.array_equal(open_store(out).counts, first)
-
-
-def one_line_error(capsys, code):
-    err = capsys.readouterr().err.strip()
-    assert code != 0 and err.count("\n") == 0 and "error:" in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("args,expect", [

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import write_jsonl
 from lna.inputs import demo, responses
 
 from lna.profiling import launch
@@ -27,11 +28,6 @@ def cluster():
                                        "HF_HUB_OFFLINE": "1"}})
     yield
     ray.shutdown()
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def test_launch_equals_one_process_with_a_shard_killed_and_retried(cluster, tiny_models, tmp_path, monkeypatch,

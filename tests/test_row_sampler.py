@@ -14,7 +14,7 @@ from lna.inputs import demo, responses
 from lna.cli import run
 from lna.cli.merge import merge
 from lna.cli.profile import profile
-from lna.runners.base import question_seed
+from lna.inputs.samples import question_seed
 from lna.runners.hf import HFRunner
 from lna.runners.row_sampler import RowSampler
 from lna.storage.store import open_store

@@ -5,7 +5,7 @@ import torch
 
 import naive
 from conftest import random_samples
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 from lna.runners.hf import HFRunner
 
 LANGS = ["en", "zh", "ja", "sw"]

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import profile_by_row, write_jsonl
 from lna.core import config
 
 from lna.inputs import data, demo, responses
@@ -15,17 +16,10 @@ from lna.inputs import data, demo, responses
 from lna.profiling import shards
 from lna.cli import run
 from lna.cli.merge import merge
-from lna.cli.profile import profile
 from lna.storage.manifest import sample_ids
 from lna.storage.store import open_store
 
 LANGS = ("en", "zh", "th")
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def records():
@@ -39,10 +33,7 @@ def records():
 
 
 def profile_cli(model, dataset, out, *args):
-    # a token budget below every row: one row a forward, the same arithmetic in every split
-    rc = run(profile, "lna-profile", ["-q", "--model", model, "--dataset", str(dataset), "--out", str(out),
-                                      "--token-budget", "32", *map(str, args)])
-    assert rc == 0
+    assert profile_by_row(model, dataset, out, *args) == 0
     return out
 
 

@@ -19,7 +19,7 @@ import naive
 from conftest import random_samples
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
-from lna.storage.merge import merge
+from lna.profiling.merge import merge
 from lna.storage.store import CountStore, open_store, save_store
 
 LANGS = ["en", "zh", "ja", "sw"]

@@ -8,8 +8,8 @@ import pytest
 import legacy
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
-from lna.storage.merge import check_compatible, merge
-from lna.storage.store import CountStore, is_store, open_store, save_store
+from lna.profiling.merge import merge
+from lna.storage.store import CountStore, check_compatible, is_store, open_store, save_store
 
 STRONG = "weights-sha256:" + "ab" * 16
 

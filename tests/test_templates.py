@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from conftest import one_line_error, profile_cli
 from lna.core import config
 
 from lna.inputs import data, responses
@@ -40,16 +41,6 @@ def queries(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n", encoding="utf-8")
     return str(path)
-
-
-def profile_cli(*args):
-    return run(profile, "lna-profile", ["-q", *args])
-
-
-def one_line_error(capsys, code):
-    err = capsys.readouterr().err.strip()
-    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def records(store_path):

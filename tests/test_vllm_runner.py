@@ -17,7 +17,7 @@ import torch
 import naive
 from conftest import random_samples
 from lna.core.errors import LnaError
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 from lna.runners.vllm_batch import Tracker, at_risk, gather_ranks, problems
 
 LANGS = ["en", "zh", "ja", "sw"]
@@ -206,7 +206,7 @@ def test_counts_equal_hf_backend(engine):
     samples = _engineered(2)
     counts, tokens = engine.count(samples, LANGS)
     hf_counts, hf_tokens = HFRunner(engine.path, token_budget=256, max_row_tokens=128).count(samples, LANGS)
-    # fp32: the two backends agree exactly (environment.md), not only up to near-zero gates.
+    # fp32: the two backends agree exactly (docs/design.md, "Testing"), not only up to near-zero gates.
     assert np.array_equal(counts, hf_counts) and np.array_equal(tokens, hf_tokens)
 
 
@@ -280,7 +280,7 @@ def test_generate_seeded_without_eos_and_greedy_equals_transformers(engine):
 @pytest.mark.vllm
 def test_a_sampled_response_does_not_depend_on_its_batch(engine):
     """A seed per prompt (lna-profile's per question): the same responses alone, together, in
-    another order, and while counting (lna.runners.base.sample_seeds)."""
+    another order, and while counting (lna.inputs.samples.sample_seeds)."""
     prompts = [[1, 40, 41, 42], [1, 50], [1, 60, 61, 62, 63, 64, 65], [1, 70, 71]]
     seeds = [11, 500, 7, 123456]
     kw = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=12)

@@ -1,4 +1,4 @@
-"""lna-align: the study's MAPO alignment (method.md, "Alignment") in four resumable stages.
+"""lna-align: the study's MAPO alignment (docs/method.md, "Alignment") in four resumable stages.
 
     sample.  n responses per question in each aligned language and the pivot (pipeline.py)
     score.   NLLB alignment score of each non-pivot response against the pivot ones (score.py)

@@ -15,19 +15,18 @@ from pathlib import Path
 from lna.align.train import TrainSettings
 from lna.align import STAGE_FIX
 from lna.core.errors import LnaError
+from lna.runners.options import RunnerOptions, resolve
 
 STAGES = ("sample", "score", "pairs", "train")
 
 
-@dataclass
-class Options:
-    model: str
+@dataclass(kw_only=True)
+class Options(RunnerOptions):
     langs: str
     out: str
     pivot: str = "en"
     dataset: str = "mgsm"
     limit: int | None = None
-    template: str | None = None
     stop_after: str = "train"
     responses: str | None = None  # bring your own: replaces sampling
     scores: str | None = None  # replaces sampling and scoring
@@ -38,10 +37,6 @@ class Options:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0
-    backend: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    token_budget: int | None = None
     # scoring
     scorer: str = "facebook/nllb-200-distilled-600M"
     scorer_dtype: str = "float32"
@@ -58,7 +53,7 @@ class Options:
 
 def run(o: Options) -> list[Path]:
     """Run the stages from the first one needed to `o.stop_after`; returns the merged checkpoints."""
-    from lna.core import jsonl
+    from lna.core import jsonl, runs
     from lna.align import pairs as pairs_mod, score as score_mod
     from lna.align.train import checkpoints, train
     from lna.core.languages import parse_langs
@@ -67,9 +62,7 @@ def run(o: Options) -> list[Path]:
     if o.stop_after not in STAGES:
         raise LnaError(f"unknown stage {o.stop_after!r}: use one of {', '.join(STAGES)}")
     o.train.check()  # before hours of sampling and scoring, not after
-    out = Path(o.out)
-    if out.exists() and not out.is_dir():
-        raise LnaError(f"{out}: exists and is not a folder; give an output folder")
+    out = runs.out_folder(o.out, fix="give an output folder")
     out.mkdir(parents=True, exist_ok=True)
     say = sayer(o.progress)
     pivot = parse_langs(o.pivot)[0]
@@ -81,9 +74,11 @@ def run(o: Options) -> list[Path]:
     if STAGES.index(first) > stop:
         raise LnaError(f"--stop-after {o.stop_after}: the file given replaces that stage; nothing to do")
 
+    # resolved once, where a stage needs the model (not to pair given scores)
+    info = resolve(o) if first in ("sample", "score") or stop == 3 else None
     scored = None
     if first in ("sample", "score"):
-        questions = _sample(o, out, langs, pivot, say) if first == "sample" else _given(o, langs, pivot)
+        questions = _sample(o, info, out, langs, pivot, say) if first == "sample" else _given(o, info, langs, pivot)
         if stop == 0:
             return []
         def translator():  # loaded only when something is left to score
@@ -109,7 +104,8 @@ def run(o: Options) -> list[Path]:
         _require(pairs, o.pairs, ("split", "lang", "prompt", "chosen", "rejected"), "pairs")
     if stop == 2:
         return []
-    found = train(o.model, pairs, out, o.train, device=o.device, save_dtype=o.save_dtype, progress=o.progress, say=say)
+    found = train(o.model, pairs, out, o.train, device=o.device, save_dtype=o.save_dtype, progress=o.progress, say=say,
+                  revision=o.revision, info=info)
     say(f"checkpoints: {', '.join(str(p) for p in found) or 'none'}")
     return checkpoints(out)
 
@@ -122,25 +118,23 @@ def _require(recs: list, path, keys: tuple, what: str) -> None:
         raise LnaError(f"{path}: {what} records need {', '.join(missing)} (see lna-align --help)")
 
 
-def _load(o: Options, spec: str, langs: list, pivot: str) -> list:
-    from lna.inputs import data
-    from lna.core.config import template_for
-
-    from transformers import AutoTokenizer
-
-    from lna.models import loading
-
-    _, questions = data.load(spec, ",".join([*langs, pivot]), limit=o.limit)
-    # the tokenizer decides the default template (chat where it has a chat template)
-    tokenizer = AutoTokenizer.from_pretrained(loading.resolve(o.model).path)
-    _, template = template_for(o.model, o.template, tokenizer)
+def _load(o: Options, info, spec: str, langs: list, pivot: str) -> tuple[list, object, object]:
+    """(questions of `spec` with their prompts, tokenizer, template): the tokenizer decides
+    the default template (chat where it has a chat template)."""
     from dataclasses import replace
 
-    return [replace(q, prompt=q.render(template)) for q in questions]
+    from lna.inputs import data
+    from lna.models.loading import load_tokenizer
+    from lna.core.config import template_for
+
+    _, questions = data.load(spec, ",".join([*langs, pivot]), limit=o.limit)
+    tokenizer = load_tokenizer(info)
+    _, template = template_for(o.model, o.template, tokenizer)
+    return [replace(q, prompt=q.render(template)) for q in questions], tokenizer, template
 
 
-def _given(o: Options, langs: list, pivot: str) -> list:
-    questions = _load(o, o.responses, langs, pivot)
+def _given(o: Options, info, langs: list, pivot: str) -> list:
+    questions = _load(o, info, o.responses, langs, pivot)[0]
     empty = [q.key for q in questions if not q.responses]
     if empty:
         raise LnaError(f"{o.responses}: {empty[0]} has no responses ({len(empty)} questions without); "
@@ -148,24 +142,17 @@ def _given(o: Options, langs: list, pivot: str) -> list:
     return questions
 
 
-def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
+def _sample(o: Options, info, out: Path, langs: list, pivot: str, say) -> list:
     """Stage 1: the dataset's questions with n sampled responses each (lna.inputs.responses.prepare),
     kept in DIR/responses.jsonl; the model loads only if something is left to sample."""
-    from transformers import AutoTokenizer
-
-    from lna.models import loading
-
     from lna.inputs import responses
-    from lna.core.config import template_for
     from lna.core.progress import Bar
-    from lna.runners import make_runner
+    from lna.runners.options import open_runner
 
     for key in ("samples", "max_new_tokens"):
         if getattr(o, key) < 1:
             raise LnaError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(o, key)}")
-    questions = _load(o, o.dataset, langs, pivot)
-    tokenizer = AutoTokenizer.from_pretrained(loading.resolve(o.model).path)
-    _, template = template_for(o.model, o.template, tokenizer)
+    questions, tokenizer, template = _load(o, info, o.dataset, langs, pivot)
     path = out / "responses.jsonl"
     need = sum(1 for q in questions if not q.responses)
     say(f"sample: {need:,} of {len(questions):,} questions need responses ({o.samples} each, temperature "
@@ -176,8 +163,7 @@ def _sample(o: Options, out: Path, langs: list, pivot: str, say) -> list:
 
         def generate(self, *args, **kw):
             if self.runner is None:
-                self.runner = make_runner(o.model, backend=o.backend, device=o.device, dtype=o.dtype,
-                                          token_budget=o.token_budget)[0]
+                self.runner = open_runner(o, info).runner
             return self.runner.generate(*args, **kw)
 
     return responses.prepare(questions, tokenizer, template, path, runner=Lazy(), n=o.samples,

@@ -1,6 +1,6 @@
 """Stage 4, train: DPO with LoRA through TRL and PEFT, saving merged checkpoints on the way.
 
-Defaults are the study's (method.md): beta 0.1, lr 1e-6, batch 16, 1000 steps, LoRA r 64 /
+Defaults are the study's (docs/method.md, "Alignment"): beta 0.1, lr 1e-6, batch 16, 1000 steps, LoRA r 64 /
 alpha 128 / dropout 0.05. From the released script (NJUNLP/MAPO Alignment/dpo_lora.py,
 trl 0.7.10 / peft 0.6.2): LoRA on q_proj, v_proj and o_proj; cosine schedule with 100 warmup
 steps, weight decay 0.05, AdamW, gradient clipping at 1, gradient checkpointing, bf16,
@@ -73,14 +73,16 @@ def _imports():
 
 def train(model: str, pairs: list[dict], out, settings: TrainSettings, **kw) -> list[Path]:
     """DPO on the train pairs; returns the merged checkpoints (all steps saved so far).
-    Keywords: device, save_dtype, progress, say."""
+    Keywords: device, save_dtype, progress, say; revision (a hub model's), info (the model
+    already resolved: lna.models.loading.resolve)."""
     with warnings.catch_warnings():  # transformers' renames of TRL's own arguments: nothing a user can act on
         warnings.simplefilter("ignore", FutureWarning)
         return _train(model, pairs, out, settings, **kw)
 
 
 def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, device: str | None = None,
-           save_dtype: str | None = None, progress: bool = True, say=print) -> list[Path]:
+           save_dtype: str | None = None, progress: bool = True, say=print, revision: str | None = None,
+           info=None) -> list[Path]:
     settings.check()
     _imports()
     import torch
@@ -109,10 +111,11 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     random.Random(settings.seed).shuffle(dev_rows)
     dev_rows = dev_rows[:settings.eval_pairs]
 
-    info = loading.resolve(model)
+    info = info or loading.resolve(model, revision)
     digest = hashlib.sha256(json.dumps(train_rows, ensure_ascii=False).encode()).hexdigest()[:16]
     record = {"model": model, "settings": asdict(settings), "save_dtype": save_dtype, "dtype": dtype,
-              "pairs": len(train_rows), "pairs_digest": digest}
+              "pairs": len(train_rows), "pairs_digest": digest,
+              **({"revision": revision} if revision else {})}  # absent without one: earlier records resume
     _check_same_run(out / "train.json", record)
     final = out / "checkpoints" / f"step-{settings.steps}"
     if final.is_dir():

@@ -23,6 +23,7 @@ def _commands() -> dict:
     from lna.cli.align import align
     from lna.cli.compare import compare
     from lna.cli.eval import eval_
+    from lna.cli.experts import experts
     from lna.cli.identify import identify
     from lna.cli.import_counts import import_counts
     from lna.cli.launch import launch
@@ -33,7 +34,7 @@ def _commands() -> dict:
 
     return {"profile": profile, "identify": identify, "ablate": ablate, "report": report,
             "compare": compare, "import-counts": import_counts, "merge": merge, "eval": eval_, "align": align,
-            "launch": launch, "steer": steer}
+            "launch": launch, "steer": steer, "experts": experts}
 
 
 class _Group(click.Group):
@@ -111,3 +112,4 @@ eval_main = _script("eval")
 align_main = _script("align")
 launch_main = _script("launch")
 steer_main = _script("steer")
+experts_main = _script("experts")

@@ -1,11 +1,11 @@
 """`lna-ablate --model M --neurons NEURONS.json -o DIR`: PPL with each language's neurons off."""
 import click
 
-from lna.cli.profile import runner_options
+from lna.cli.options import model_option, runner_options
 
 
 @click.command("ablate")
-@click.option("--model", required=True, help="Hugging Face id (from the local cache), local folder, or lna:tiny-llama.")
+@model_option()
 @click.option("--neurons", required=True, type=click.Path(), help="Neuron-set JSON from lna-identify.")
 @click.option("--responses", default=None, type=click.Path(),
               help="Responses JSONL written by lna-profile (default: the one beside the neurons' store).")

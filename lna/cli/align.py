@@ -1,19 +1,19 @@
 """`lna-align --model M --langs zh,de [--pivot en] -o DIR`: the study's MAPO alignment."""
 import click
 
+from lna.cli.options import DTYPES, POSITIVE, model_option, runner_options, sampling_options
+
 STAGES = ("sample", "score", "pairs", "train")
 
 
 @click.command("align")
-@click.option("--model", required=True, help="Model to align: Hugging Face id (local cache), local folder, lna:tiny-llama.")
+@model_option(help="Model to align: Hugging Face id (local cache), local folder, lna:tiny-llama.")
 @click.option("--langs", required=True, help="Languages to align, e.g. zh,de (the pivot is left out).")
 @click.option("--pivot", default="en", show_default=True, help="Language whose responses are the references.")
 @click.option("--dataset", default="mgsm", show_default=True,
               help="Questions: mgsm, msvamp, demo, a folder like MGSM/MSVAMP, or a JSONL (questions pair across "
                    "languages by id).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output folder (a rerun resumes there).")
-@click.option("--limit", type=int, default=None, help="Only the first N questions of each language.")
-@click.option("--template", default=None, help="Prompt template in configs/models.yaml (default: by model).")
 @click.option("--stop-after", type=click.Choice(STAGES), default="train", show_default=True,
               help="Last stage to run.")
 @click.option("--responses", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -22,21 +22,15 @@ STAGES = ("sample", "score", "pairs", "train")
               help="A scores file to use instead of sampling and scoring.")
 @click.option("--pairs", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A pairs file to train on (records: split, lang, prompt, chosen, rejected).")
-@click.option("--samples", "-n", default=20, show_default=True, help="Responses sampled per question.")
-@click.option("--temperature", default=0.8, show_default=True, help="Sampling temperature (0: greedy).")
-@click.option("--top-p", default=1.0, show_default=True,
-              help="Nucleus sampling: sample among the most likely tokens holding this much probability.")
-@click.option("--max-new-tokens", default=512, show_default=True, help="Longest sampled response, in tokens.")
-@click.option("--seed", default=0, show_default=True, help="Sampling, pair subset and training seed.")
-@click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", show_default=True,
-              help="Sampling backend.")
-@click.option("--device", default=None, help="cpu or cuda, for every stage (default: cuda where available).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Sampling dtype (default: bfloat16 on cuda, float32 on cpu).")
-@click.option("--token-budget", type=int, default=None, help="Tokens per batch when sampling and scoring.")
+@sampling_options(samples=20, temperature=0.8, top_p=1.0, max_new_tokens=512,
+                  seed_help="Sampling, pair subset and training seed.")
+@runner_options(backend="Sampling backend.", device="cpu, cuda or cuda:N, for every stage (default: cuda where "
+                "torch sees a GPU, else cpu).", dtype="Sampling dtype (default: bfloat16 on cuda, float32 on cpu).",
+                template="Prompt template in configs/models.yaml (default: by model).",
+                token_budget="Tokens per batch when sampling and scoring.", checkpoints=False)
 @click.option("--scorer", default="facebook/nllb-200-distilled-600M", show_default=True,
               help="Translation model (NLLB/M2M100): Hugging Face id (local cache) or folder.")
-@click.option("--scorer-dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
+@click.option("--scorer-dtype", type=click.Choice([*DTYPES, "float64"]),
               default="float32", show_default=True, help="Dtype of the translation model that scores.")
 @click.option("--score", type=click.Choice(["clean", "released"]), default="clean", show_default=True,
               help="Score that ranks the pairs: clean (mean over each reference's own tokens) or released "
@@ -44,7 +38,7 @@ STAGES = ("sample", "score", "pairs", "train")
 @click.option("--extraction", type=click.Choice(["lna", "mapo"]), default="lna", show_default=True,
               help="How a chosen response's answer is read, as lna-eval --extraction: lna, or the released "
                    "MAPO rules.")
-@click.option("--max-pairs", type=int, default=10000, show_default=True, help="Train pairs kept per language.")
+@click.option("--max-pairs", type=POSITIVE, default=10000, show_default=True, help="Train pairs kept per language.")
 @click.option("--dev-every", type=int, default=10, show_default=True,
               help="Every N-th question group goes to the dev split (0: none).")
 @click.option("--beta", default=0.1, show_default=True, help="DPO beta: how far the policy may move from the base model.")
@@ -63,9 +57,8 @@ STAGES = ("sample", "score", "pairs", "train")
 @click.option("--weight-decay", default=0.05, show_default=True, help="Weight decay of the optimizer.")
 @click.option("--max-length", default=1024, show_default=True, help="Tokens of prompt + response kept per pair.")
 @click.option("--eval-pairs", default=200, show_default=True, help="Dev pairs evaluated at each save (0: none).")
-@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+@click.option("--save-dtype", type=click.Choice(DTYPES), default=None,
               help="Dtype of the merged checkpoints (default: the training dtype, bfloat16 on cuda).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def align(quiet, **kw):
     """Align a model with MAPO (DPO variant): sample responses in each language and the pivot,
     score each non-pivot response by how well NLLB force-decodes the pivot responses from it,
@@ -78,9 +71,6 @@ def align(quiet, **kw):
     from lna.align.pipeline import Options, run
     from lna.align.train import TrainSettings
 
-    for key in ("limit", "token_budget", "max_pairs"):
-        if kw[key] is not None and kw[key] < 1:
-            raise click.BadParameter(f"must be at least 1, got {kw[key]}", param_hint=f"--{key.replace('_', '-')}")
     targets = [t.strip() for t in kw.pop("lora_targets").split(",") if t.strip()]
     if not targets:
         raise click.BadParameter("give at least one module name", param_hint="--lora-targets")

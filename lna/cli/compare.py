@@ -2,7 +2,7 @@
 datasets, or along checkpoints): the paper's Figures 4, 5, 10 and Tables 2-4."""
 import click
 
-from lna.cli.identify import identify_options, parse_identify_options
+from lna.cli.options import identify_options, parse_identify_options
 
 
 @click.command("compare")
@@ -31,6 +31,7 @@ def compare(sources, out, names, trained_langs, series, method, top_rate, tau_qu
     from pathlib import Path
 
     from lna.identification.analysis import write_comparison
+    from lna.reports.tables import row_names
     from lna.core.errors import LnaError
     from lna.identification.identify import neuron_sets_from
     from lna.core.languages import parse_langs
@@ -38,13 +39,8 @@ def compare(sources, out, names, trained_langs, series, method, top_rate, tau_qu
 
     if len(sources) < 2:
         raise LnaError("give at least two inputs: BASE and one to compare with it")
-    labels = [x.strip() for x in names.split(",")] if names else [_label(s) for s in sources]
-    if len(labels) != len(sources):
-        raise LnaError(f"--names has {len(labels)} names for {len(sources)} inputs")
-    if len(set(labels)) != len(labels):
-        if names:
-            raise LnaError(f"--names repeats a name: {names}")
-        labels = [f"{x}{i}" for i, x in enumerate(labels, 1)]
+    labels = row_names([x.strip() for x in names.split(",")] if names else None, [_label(s) for s in sources],
+                       shown=names, numbered="{name}{i}")
     options = parse_identify_options(method, top_rate, tau_quantile, lam, langs)
     models = {}
     for label, source in zip(labels, sources):

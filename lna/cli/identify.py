@@ -1,43 +1,7 @@
 """`lna-identify STORE -o NEURONS.json`: language-specific, -related and general neurons."""
 import click
 
-
-def identify_options(f):
-    """The identification knobs, shared by lna-identify and lna-report."""
-    options = [
-        click.option("--method", type=click.Choice(["ternary", "lape"]), default="ternary", show_default=True,
-                     help="ternary: the study's entropy - lambda x max; lape: Tang et al."),
-        click.option("--top-rate", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
-                     help="Fraction of all neurons selected (lowest scores)."),
-        click.option("--tau-quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
-                     show_default=True, help="tau is this quantile of all activation probabilities."),
-        click.option("--lambda", "lam", default="auto", show_default=True,
-                     help="Weight of the max-probability term, or auto (largest in [0, 0.2] "
-                          "with no selected neuron shared by all languages)."),
-        click.option("--langs", default=None, help="Identify over these languages only (e.g. en,zh,ja; default: all "
-                                                   "of the store)."),
-        click.option("--allow-partial", is_flag=True, help="Accept a store from an unfinished profile."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def parse_identify_options(method, top_rate, tau_quantile, lam, langs) -> dict:
-    """Click values -> keyword arguments of lna.identification.identify.identify_store."""
-    from lna.core.errors import LnaError
-
-    if lam != "auto":
-        try:
-            lam = float(lam)
-        except ValueError:
-            raise LnaError(f"--lambda must be a number or auto, got {lam!r}") from None
-        if not 0 <= lam < float("inf"):  # a negative weight rewards low maxima: empty sets
-            raise LnaError(f"--lambda must be auto or a number >= 0, got {lam:g}")
-        if method == "lape":
-            raise LnaError("--lambda applies to the ternary method only; drop it for --method lape")
-    return {"method": method, "top_rate": top_rate, "tau_quantile": tau_quantile, "lam": lam,
-            "langs": langs}
+from lna.cli.options import identify_options, parse_identify_options
 
 
 @click.command("identify")

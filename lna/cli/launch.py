@@ -2,7 +2,7 @@
 shards of one profile as Ray tasks, merged into --out."""
 import click
 
-from lna.cli.profile import POSITIVE
+from lna.cli.options import POSITIVE
 from lna.cli.profile import profile as _profile
 
 

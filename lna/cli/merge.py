@@ -15,7 +15,7 @@ def merge(stores, out, force, partial):
     Refuses stores of other models, shapes or counting modes, any sample counted in two
     inputs (identified by its tokens, whatever the dataset's name), and shards of a run
     given twice, unfinished or missing (unless --partial)."""
-    from lna.storage.merge import run, summary
+    from lna.profiling.merge import run, summary
 
     merged = run(stores, out, force=force, partial=partial)
     click.echo(f"merged {len(stores)} stores into {out}: {summary(merged)}")

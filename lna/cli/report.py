@@ -1,7 +1,7 @@
 """`lna-report STORE_OR_NEURONS -o DIR`: per-layer tables and figures of the neuron types."""
 import click
 
-from lna.cli.identify import identify_options, parse_identify_options
+from lna.cli.options import identify_options, parse_identify_options
 
 
 @click.command("report")

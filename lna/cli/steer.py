@@ -2,7 +2,7 @@
 language through the language neurons, and measure it."""
 import click
 
-from lna.cli.profile import runner_options
+from lna.cli.options import POSITIVE, model_option, runner_options
 
 
 def _strengths(ctx, param, value):
@@ -16,7 +16,7 @@ def _strengths(ctx, param, value):
 
 
 @click.command("steer")
-@click.option("--model", required=True, help="Hugging Face id (from the local cache), local folder, or lna:tiny-llama.")
+@model_option()
 @click.option("--neurons", required=True, type=click.Path(), help="Neuron-set JSON from lna-identify.")
 @click.option("--store", required=True, type=click.Path(),
               help="Count store with activation sums (lna-profile --sums, the default): the target's mean activations.")
@@ -43,7 +43,7 @@ def _strengths(ctx, param, value):
 @click.option("--responses", default=None, type=click.Path(),
               help="Reference responses in --from and --to for the perplexities (default: the responses file "
                    "beside the store, else the dataset's).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-new-tokens", type=POSITIVE, default=64, show_default=True,
               help="Longest answer, in tokens (greedy decoding).")
 @click.option("--allow-other-model", is_flag=True, help="Steer with neuron sets or a store of another model.")
 @runner_options

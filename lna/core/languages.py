@@ -2,7 +2,7 @@
 
 The study's ten languages come first, in the study's order: the order of the authors'
 released artefacts (activation counts and neuron masks, ../shared/data/reference),
-en ru es fr de zh ja bn th sw. method.md names them in another (prose) order; the paper's
+en ru es fr de zh ja bn th sw. The paper's prose names them in another order; the paper's
 tables list them as PAPER_TABLE_ORDER. `--langs study` selects the ten; `--langs all` means
 every language the dataset has (see lna.inputs.data); more languages can be added with `register`.
 """

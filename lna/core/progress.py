@@ -22,7 +22,7 @@ class Bar:
     def __init__(self, enabled: bool, total: int, desc: str, unit: str):
         self.bar = None
         if enabled and total:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a widget in notebooks (lna.profile), text in terminals
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True)
 

@@ -32,3 +32,11 @@ def claim(out: Path, identity: dict, what: str, work: list[str]) -> None:
         raise LnaError(f"{out / found[0]}: {what} of an unknown run (no {RUN}); choose another -o or delete it")
     with atomic_file(run_file) as tmp:  # makes DIR, and removes it again if this write fails
         tmp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+
+
+def out_folder(out, fix: str = "give an output folder with -o") -> Path:
+    """`out` as a Path, refused in one line where it exists and is not a folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LnaError(f"{out}: exists and is not a folder; {fix}")
+    return out

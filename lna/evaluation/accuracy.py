@@ -134,7 +134,7 @@ def markdown(header: list, rows: list) -> str:
 def write_tables(results: dict, folder, title: str = "") -> list:
     """accuracy.csv, accuracy.md and accuracy.png (grouped bars) of {name: result} into `folder`."""
     from lna.reports import plots
-    from lna.identification.analysis import write_csv
+    from lna.reports.tables import write_csv
 
     folder = Path(folder)
     header, rows = table(results)

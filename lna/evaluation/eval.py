@@ -20,45 +20,40 @@ from pathlib import Path
 
 from lna.evaluation import accuracy, answers
 
-from lna.core import config, runs
+from lna.core import runs
 
 from lna.inputs import data, responses
 from lna.core.atomic import staged_dir
 from lna.core.errors import LnaError
 from lna.core.progress import Bar, sayer
+from lna.reports.tables import row_names
+from lna.runners.options import RunnerOptions
 
 RESPONSES = "responses.jsonl"
 
 
-@dataclass
-class Options:
+@dataclass(kw_only=True)
+class Options(RunnerOptions):
     out: str
-    model: str | None = None
+    model: str | None = None  # with --responses: only names the row
     dataset: str | None = None  # default mgsm when sampling; with --responses: reference answers only
     langs: str | None = "all"
     responses: str | None = None
     name: str | None = None  # row label in the tables (default: the model's or file's name)
     extraction: str = "lna"  # lna | mapo (the released evaluation)
-    backend: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    template: str | None = None
     samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 1024  # the study's vllm_test.py: max_tokens 1024
     seed: int = 0
     limit: int | None = None  # questions per language (quick runs)
-    token_budget: int | None = None
     progress: bool = True
 
 
 def run(opts: Options) -> dict:
     """Sample (or read) responses, score them, write the outputs; returns accuracy.json's dict."""
     say = sayer(opts.progress)
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
+    out = runs.out_folder(opts.out)
     if opts.extraction not in answers.METHODS:
         raise LnaError(f"unknown --extraction {opts.extraction!r}: use {' or '.join(answers.METHODS)}")
     if opts.responses:
@@ -86,14 +81,8 @@ def tabulate(sources, out, names=None, title: str = "") -> tuple[list, str]:
     if not sources:
         raise LnaError("--table needs accuracy.json files or lna-eval output folders")
     results = [accuracy.load(s) for s in sources]
-    labels = list(names) if names else [r.get("name") or r.get("model") or Path(str(s)).stem
-                                        for r, s in zip(results, sources)]
-    if len(labels) != len(results):
-        raise LnaError(f"--names has {len(labels)} names for {len(results)} inputs")
-    if len(set(labels)) != len(labels):
-        if names:
-            raise LnaError(f"--names repeats a name: {','.join(labels)}")
-        labels = [f"{x} ({i})" for i, x in enumerate(labels, 1)]
+    labels = row_names(names, [r.get("name") or r.get("model") or Path(str(s)).stem for r, s in zip(results, sources)],
+                       shown=",".join(names or ()))
     by_name = dict(zip(labels, results))
     with _writing(out), staged_dir(out) as tmp:
         files = accuracy.write_tables(by_name, tmp, title=title)
@@ -124,7 +113,7 @@ def _given(opts: Options, say) -> tuple[dict, list]:
 
 def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
     """The model's own responses to the dataset's questions, sampled into DIR/responses.jsonl."""
-    from lna.runners import make_runner
+    from lna.runners.options import open_runner
 
     if not opts.model:
         raise LnaError("give --model M to sample responses, or --responses FILE to score a responses file")
@@ -140,14 +129,11 @@ def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
     questions = [replace(q, responses=[], response_ids=None, prompt_ids=None, tokenizer=None) for q in questions]
     for q in questions:
         accuracy.gold_of(q, dataset)
-    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget)
-    # after the model: the tokenizer decides the default template (chat where it has one)
-    template_name, template = config.template_for(opts.model, opts.template, runner.tokenizer)
+    model = open_runner(opts)  # then the template: the tokenizer decides the default (chat where it has one)
+    runner, backend, dtype, template = model.runner, model.backend, model.dtype, model.template
     sampling = {"n": opts.samples, "temperature": opts.temperature, "top_p": opts.top_p,
                 "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}
-    identity = {"model": opts.model, "model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
-                "template": template.applied}
+    identity = {"model": opts.model, **model.identity, "template": template.applied}
     runs.claim(out, identity, "responses", [RESPONSES])
     path = out / RESPONSES
     say(f"answering {len(questions):,} questions ({opts.samples} per question, "
@@ -161,7 +147,7 @@ def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
         )
     name_ = opts.name or Path(opts.model.rstrip("/")).name.replace("lna:", "")
     return {"name": name_, "model": opts.model, "model_fingerprint": runner.fingerprint, "dataset": name,
-            "source": str(path), "template": template_name, "backend": backend, "dtype": dtype,
+            "source": str(path), "template": model.template_name, "backend": backend, "dtype": dtype,
             "sampling": sampling}, questions
 
 

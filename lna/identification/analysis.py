@@ -1,4 +1,4 @@
-"""Analyses of neuron sets (method.md, "Analyses in the paper").
+"""Analyses of neuron sets (docs/method.md, "Analyses in the paper").
 
 Per neuron, N is the number of languages whose set lists it. Among the selected neurons
 N = 1 is language-specific and 1 < N < l language-related; general neurons (above tau for
@@ -9,6 +9,7 @@ import numpy as np
 
 from lna.core.atomic import staged_dir
 from lna.identification.neurons import NeuronSets
+from lna.reports.tables import write_csv
 
 TYPES = ("specific", "related", "general")
 
@@ -96,15 +97,6 @@ def language_table(ns: NeuronSets) -> tuple[list, list]:
 
 def _type_of(n: int, K: int) -> str:
     return "specific" if n == 1 else "general" if n == K else "related"
-
-
-def write_csv(path, header, rows) -> None:
-    import csv
-
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
 
 
 # -- outputs ------------------------------------------------------------------------------

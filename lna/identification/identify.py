@@ -1,4 +1,5 @@
-"""Neuron identification: the ternary method of the study and Tang et al.'s LAPE (method.md).
+"""Neuron identification: the ternary method of the study and Tang et al.'s LAPE
+(docs/method.md, "Ternary identification", "Lambda and tau", "LAPE").
 
 Everything is vectorised over probabilities p[layer, language, neuron] (float64):
 the parts of the ternary score that do not depend on lambda (normalised entropy, scaled
@@ -102,7 +103,7 @@ def auto_lambda(t: "Ternary", lo: float = LAMBDA_RANGE[0], hi: float = LAMBDA_RA
 
 def identify(probs: np.ndarray, languages, *, method: str = "ternary", top_rate: float = 0.01,
              tau_quantile: float = 0.95, lam="auto", source: dict | None = None) -> NeuronSets:
-    """Neuron sets from probabilities p[layer, language, neuron] (method.md, steps 1-10)."""
+    """Neuron sets from probabilities p[layer, language, neuron] (docs/method.md, "Ternary identification")."""
     probs = np.asarray(probs, dtype=np.float64)
     languages = list(languages)
     L, K, H = probs.shape
@@ -156,6 +157,9 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
         from lna.core.languages import parse_langs
 
         langs = parse_langs(langs, store.languages)
+    if store.has_experts:  # its counts table is padded per layer, its experts are elsewhere
+        raise LnaError("a mixture-of-experts count store: identify its expert neurons and language experts with "
+                       "`lna experts STORE -o DIR` (docs/moe.md)")
     if langs is not None:
         store = store.select(langs)
     source = {"model": store.meta.get("model"), "model_name": store.meta.get("model_name"),

@@ -1,4 +1,4 @@
-"""Neuron sets: the result of identification, as JSON (design.md, "Neuron sets").
+"""Neuron sets: the result of identification, as JSON (docs/design.md, "Neuron sets").
 
     {"method", "top_rate", "lambda", "tau", "languages": [...], "layers", "neurons",
      "sets": {lang: [[sorted indices of layer 0], ..., [last layer]]},

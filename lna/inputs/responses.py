@@ -4,7 +4,7 @@ Every prompt and response is tokenized once and written, token ids included, to 
 file beside the store (`X.zarr` -> `X.responses.jsonl`), one record a question. That file
 is itself a dataset lna reads (lna.inputs.data), so profiling, ablation and reruns use exactly
 the same tokens. Sampling appends a batch of questions at a time; each question's responses
-come from a seed of its own (the run's --seed and the question's key: lna.runners.base.
+come from a seed of its own (the run's --seed and the question's key: lna.inputs.samples.
 question_seed), so an interrupted run resumes where it stopped and samples the same, and a
 question draws the same responses in any shard, batch or order of the data.
 An append is whole or undone (a failed write is cut back off, an interrupt waits for it);
@@ -23,7 +23,7 @@ from lna.core.config import VERBATIM
 from lna.inputs.data import Question
 from lna.core.errors import LnaError
 from lna.core.interrupts import shielded
-from lna.runners.base import Sample, question_seed
+from lna.inputs.samples import Sample, question_seed
 
 NO_RESPONSES = ("the data has no responses; sampling them needs the model (give --responses FILE "
                 "or a dataset with responses)")

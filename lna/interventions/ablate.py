@@ -2,11 +2,11 @@
 
 For a baseline (nothing deactivated) and for every (setting, language) neuron set, the
 response tokens of every target language are force-decoded with SiLU(gate) of the set's
-neurons zeroed before the product with up (method.md, "Deactivation ablation"). A cell of
+neurons zeroed before the product with up (docs/method.md, "Masked perplexity"). A cell of
 the matrix is the token-weighted perplexity exp(sum NLL / tokens) of one target language
 with one row's set deactivated; `change` subtracts the baseline row.
 
-Cost: one forward over all samples per distinct mask. Identical masks are computed once
+Cost: one forward over all samples per distinct mask (lna.interventions.masked_nll). Identical masks are computed once
 (e.g. a language without related neurons has the same set in both settings) and an empty
 set is the baseline itself (nothing to zero, so its row equals the baseline exactly). All
 masks of a chunk of samples go to the runner in one call with per-sample mask ids, so rows
@@ -20,13 +20,12 @@ sums in sample order, so its result equals an uninterrupted run's.
 """
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lna.core import config
+from lna.core import runs
 
 from lna.inputs import data, responses
 
@@ -36,32 +35,24 @@ from lna.identification import neurons
 from lna.core.atomic import atomic_file, staged_dir
 from lna.core.errors import LnaError
 from lna.models.fingerprint import check_runner
-from lna.core.interrupts import shielded
-from lna.runners.packing import chunks
+from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
-from lna.runners import make_runner
+from lna.interventions.masked_nll import evaluate, predicted
+from lna.runners.options import RunnerOptions, open_runner, resolve
 
 SETTINGS = ("specific", "specific+related")
 STATE = "nll.npz"
 
 
-@dataclass
-class Options:
-    model: str
+@dataclass(kw_only=True)
+class Options(RunnerOptions):
     neurons: str
     out: str
     responses: str | None = None  # lna-profile's responses JSONL (default: beside the neurons' store)
     dataset: str | None = None  # or a dataset that carries responses
     langs: str | None = None  # targets (and deactivated rows) to keep; default all
     settings: tuple = SETTINGS  # "specific", "specific+related" or a neuron-set JSON file
-    backend: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    template: str | None = None
-    revision: str | None = None  # a hub model's branch, tag or commit (from the local cache)
     limit: int | None = None  # questions per language (quick runs)
-    token_budget: int | None = None
-    max_row_tokens: int = 2048
     checkpoint_every: float = 60.0
     allow_other_model: bool = False
     progress: bool = True
@@ -139,35 +130,6 @@ def plan(settings: dict, layers: int, width: int) -> Plan:
     return Plan(np.stack(masks) if masks else np.zeros((0, layers, width), bool), ids)
 
 
-# -- forward passes ----------------------------------------------------------------------------
-def evaluate(runner, samples, masks: np.ndarray, *, nll: np.ndarray | None = None, token_budget: int | None = None,
-             on_chunk=None, values: np.ndarray | None = None) -> np.ndarray:
-    """Response-token NLL sums, float64 [1 + n_masks, n_samples]: row 0 with nothing
-    deactivated, row m + 1 with masks[m] (zeroed, or set to values[m] where `values` is
-    given: lna-steer). Only the NaN cells of `nll` are computed, about one forward batch
-    per runner call (rows of different settings share batches through the per-token mask
-    ids); `on_chunk(nll, tokens)` follows every call (checkpoints, progress)."""
-    samples = list(samples)
-    n_rows = 1 + len(masks)
-    nll = np.full((n_rows, len(samples)), np.nan) if nll is None else nll
-    rows, cols = np.nonzero(np.isnan(nll))
-    work = [samples[i] for i in cols]
-    budget = getattr(runner, "token_budget", None) or token_budget or 16384  # vLLM: tokens per call
-    for idx in chunks(work, budget, settings=rows - 1):
-        set_to = {} if values is None else {"values": values}
-        got = runner.nll([work[j] for j in idx], masks if len(masks) else None, [int(rows[j]) - 1 for j in idx],
-                         **set_to)
-        nll[rows[idx], cols[idx]] = np.asarray(got, np.float64)  # one assignment: whole or not at all
-        if on_chunk is not None:
-            on_chunk(nll, sum(predicted(work[j]) for j in idx))
-    return nll
-
-
-def predicted(sample) -> int:
-    """Response tokens whose NLL is measured (all of them after a non-empty prompt)."""
-    return len(sample.response) - (0 if len(sample.prompt) else 1)
-
-
 # -- matrices ----------------------------------------------------------------------------------
 def matrices(nll: np.ndarray, samples, targets: list, rows: list, p: Plan) -> dict:
     """The ppl.json contract: {"languages": targets, "settings": {name: {"rows", "ppl", "change"}}}."""
@@ -202,11 +164,9 @@ def ablate(runner, samples, settings: dict, targets: list | None = None) -> dict
 def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
     say = sayer(opts.progress)
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
+    out = runs.out_folder(opts.out)
     ns = neurons.load(opts.neurons)
-    info = loading.resolve(opts.model, opts.revision)
+    info = resolve(opts)
     check_shape(ns, info.layers, info.neurons, opts.neurons, info.name)
     check_source_model(ns, info, opts)
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
@@ -221,23 +181,20 @@ def run(opts: Options) -> Path:
     if not rows:
         raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
 
-    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
-                                         revision=opts.revision)
+    model = open_runner(opts, info)
+    runner, backend, dtype = model.runner, model.backend, model.dtype
     if not opts.allow_other_model:
         try:
             check_runner(ns.source, runner, f"{opts.neurons} and --model {opts.model}")
         except LnaError as err:
             raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
-    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
-    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, template))
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
     empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
     if empty:
         raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
 
     p = plan(settings, runner.layers, runner.neurons)
-    identity = {"model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
-                "masks": _digest(p.masks), "samples": _samples_digest(samples)}
+    identity = {**model.identity, "masks": _digest(p.masks), "samples": _samples_digest(samples)}
     state = out / STATE
     nll = _resume(state, identity, p.n_forward, len(samples))
     todo = [s for i, s in enumerate(samples) if np.isnan(nll[:, i]).any()]
@@ -262,27 +219,18 @@ def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: d
     """Fill the NaN cells of `nll` batch by batch; save the state by time and on any stop
     (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
     tokens = np.array([predicted(s) for s in samples])
-    saved = [np.count_nonzero(~np.isnan(nll)), time.monotonic()]  # cells on disk, time of the save
-
-    def save():
-        done = np.count_nonzero(~np.isnan(nll))
-        if done > saved[0]:
-            saved[:] = [done, time.monotonic()]  # set first: a save that fails is not retried
-            with shielded():
-                _save_state(state, nll, samples, identity, p)
+    # evaluate fills nll in place: each save writes every cell finished so far
+    saver = Checkpointer(lambda: _save_state(state, nll, samples, identity, p), every=opts.checkpoint_every)
 
     with Bar(opts.progress, int((np.isnan(nll) * tokens).sum()), "ablate", "tok") as bar:
-        def on_chunk(nll, n_tokens):
+        def on_chunk(_, n_tokens):
+            saver.changed()
             bar.update(n_tokens)
-            if time.monotonic() - saved[1] >= opts.checkpoint_every:
-                save()
+            saver.tick()
 
-        try:
+        with saver.on_stop():
             nll = evaluate(runner, samples, p.masks, nll=nll, token_budget=opts.token_budget, on_chunk=on_chunk)
-        except BaseException:  # keep every finished batch (evaluate fills nll in place)
-            save()
-            raise
-        save()
+        saver.flush()
     return nll
 
 
@@ -374,7 +322,7 @@ def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) 
 def write_outputs(result: dict, out, title: str = "") -> list:
     """ppl.json, ppl-/change-SETTING.csv and change-SETTING.png, all or none (ppl.json last)."""
     from lna.reports import plots
-    from lna.identification.analysis import write_csv
+    from lna.reports.tables import write_csv
 
     targets = result["languages"]
     with staged_dir(out) as tmp:

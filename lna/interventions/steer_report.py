@@ -54,7 +54,7 @@ def figure(result: dict, path, title: str = "") -> None:
 
 
 def write(result: dict, out, title: str = "") -> list:
-    from lna.identification.analysis import write_csv
+    from lna.reports.tables import write_csv
 
     with staged_dir(out) as tmp:
         write_csv(tmp / "steer.csv", [key for key, _ in COLUMNS] + ["layers", "strength", "outputs", "share_none"],

@@ -25,36 +25,32 @@ DIR/run.json records the run's settings and a rerun with others is refused. The 
 """
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lna.core import config, jsonl, languages, runs
+from lna.core import jsonl, languages, runs
 
 from lna.inputs import data, responses
 
 from lna.interventions import intervene, langid
 
-from lna.models import loading
-
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, writing
 from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
-from lna.core.interrupts import shielded
+from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
-from lna.runners import make_runner
-from lna.runners.base import Sample
+from lna.runners.options import RunnerOptions, open_runner, resolve
+from lna.inputs.samples import Sample
 
 BATCH = 16  # generations per runner call (fixed: a resumed run regenerates the same batches)
 OUTPUTS, STATE = "outputs.jsonl", "nll.npz"
 
 
-@dataclass
-class Options:
-    model: str
+@dataclass(kw_only=True)
+class Options(RunnerOptions):
     neurons: str
     store: str
     source: str  # --from
@@ -69,12 +65,6 @@ class Options:
     responses: str | None = None  # references for ppl_source / ppl_target
     limit: int | None = None
     max_new_tokens: int = 64
-    backend: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    template: str | None = None
-    revision: str | None = None
-    token_budget: int | None = None
     checkpoint_every: float = 60.0
     allow_other_model: bool = False
     progress: bool = True
@@ -102,9 +92,7 @@ def plan(ns, store, opts: Options) -> list:
 
 def run(opts: Options) -> dict:
     say = sayer(opts.progress)
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise LnaError(f"{out}: exists and is not a folder; give an output folder with -o")
+    out = runs.out_folder(opts.out)
     langid.check()
     src, tgt = languages.code_of(opts.source), languages.code_of(opts.target)
     if src == tgt:
@@ -120,7 +108,7 @@ def run(opts: Options) -> dict:
         store.index(lang)  # one line if the store lacks it
         intervene.neuron_mask(ns, lang, opts.setting)
     store.mean_activation(tgt, opts.value)  # one line if the sums are missing
-    info = loading.resolve(opts.model, opts.revision)
+    info = resolve(opts)
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"{opts.neurons}: neuron sets of {ns.layers} x {ns.neurons} neurons, but {info.name} has "
                        f"{info.layers} x {info.neurons}; steer the model they came from")
@@ -128,22 +116,20 @@ def run(opts: Options) -> dict:
     questions = _questions(opts)
     references = _references(opts, say)
 
-    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget, revision=opts.revision)
+    model = open_runner(opts, info)
+    runner, backend, dtype, template = model.runner, model.backend, model.dtype, model.template
     if not opts.allow_other_model:
         for what, source in ((opts.neurons, ns.source), (opts.store, store.meta)):
             try:
                 check_runner(source, runner, f"{what} and --model {opts.model}")
             except LnaError as err:
                 raise LnaError(f"{err}; pass --allow-other-model to steer anyway") from None
-    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     prompts = [responses.encode(runner.tokenizer, q.render(template)) for q in questions]
     refs = responses.samples(responses.tokenized(references, runner.tokenizer, template)) if references else []
     masks = np.stack([r.intervention.mask for r in rows[1:]])
     values = np.stack([r.intervention.values for r in rows[1:]])
     ids = [-1] + [-1 if r.intervention.empty else i for i, r in enumerate(rows[1:])]
-    identity = {"model": opts.model, "model_fingerprint": runner.fingerprint, "dtype": dtype, "backend": backend,
-                "template": template.applied, "rows": [r.name for r in rows], "interventions": _digest(masks, values),
+    identity = {"model": opts.model, **model.identity, "template": template.applied, "rows": [r.name for r in rows], "interventions": _digest(masks, values),
                 "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:32],
                 "references": [s.key for s in refs], "max_new_tokens": opts.max_new_tokens}
     runs.claim(out, identity, "lna-steer outputs", [OUTPUTS, STATE])
@@ -243,7 +229,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     """NLL sums: "refs" float64 [rows, references] (each row's intervention on every
     reference), "outputs" float64 [rows, prompts] (no intervention, on each row's outputs;
     NaN where an output is empty)."""
-    from lna.interventions.ablate import evaluate
+    from lna.interventions.masked_nll import evaluate
 
     gen = [Sample(f"{r.name}|{k}", opts.source, tuple(prompts[q]), tuple(outputs[f"{r.name}|{k}"]))
            for r in rows for q, k in enumerate(keys)]
@@ -263,31 +249,30 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
         nll = kept
     unused = sorted(set(range(1, 1 + len(masks))) - set(order))  # empty interventions: the baseline's row
     nll["refs"][unused] = 0.0
-    last = [time.monotonic()]
 
-    def save(force=False):
-        if force or time.monotonic() - last[0] >= opts.checkpoint_every:
-            last[0] = time.monotonic()
-            with shielded(), atomic_file(state) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **nll)
+    def write():
+        with atomic_file(state) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **nll)
+
+    saver = Checkpointer(write, every=opts.checkpoint_every)
 
     ref_tokens = np.array([len(s.response) for s in refs], np.int64)
     todo = int((np.isnan(nll["refs"]) * ref_tokens).sum())
     todo += int(sum(len(s.response) for s, v in zip(scored, nll["outputs"][0]) if np.isnan(v)))
     with Bar(opts.progress, todo, "perplexity", "tok") as bar:
         def on_chunk(_, tokens):
+            saver.changed()
             bar.update(tokens)
-            save()
+            saver.tick()
 
-        try:
+        with saver.on_stop():
             if refs:
                 nll["refs"] = evaluate(runner, refs, masks, values=values, nll=nll["refs"],
                                        token_budget=opts.token_budget, on_chunk=on_chunk)
             if scored:
                 nll["outputs"] = evaluate(runner, scored, masks[:0], nll=nll["outputs"],
                                           token_budget=opts.token_budget, on_chunk=on_chunk)
-        finally:
-            save(force=True)
+        saver.save()
     by_key = dict(zip((s.key for s in scored), nll["outputs"][0]))
     return {"refs": nll["refs"][order],
             "outputs": np.array([by_key.get(s.key, np.nan) for s in gen]).reshape(len(rows), len(keys))}

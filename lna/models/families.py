@@ -83,7 +83,7 @@ BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 def supported() -> str:
     """The supported families, for error messages."""
     return ("dense gated-MLP decoders: " + ", ".join(f.name.split(" (")[0] for f in FAMILIES)
-            + " (mixture-of-experts models are not supported)")
+            + " (mixture-of-experts models: lna-profile and lna experts count them per expert, docs/moe.md)")
 
 
 def text_config(cfg: dict) -> dict:
@@ -99,8 +99,9 @@ def identify(cfg: dict, name: str) -> Family:
     text = text_config(cfg)
     experts = [k for k in EXPERT_KEYS if text.get(k)]
     if experts or "moe" in str(model_type).lower():
-        raise LnaError(f"{name}: {arch} is a mixture-of-experts model; lna profiles dense MLP neurons only "
-                       f"and does not count per expert. Supported: {supported()}")
+        raise LnaError(f"{name}: {arch} is a mixture-of-experts model; this takes dense MLP neurons only "
+                       f"(lna-profile and lna experts count MoE models per expert; ablation and steering of experts "
+                       f"are not in the commands yet: docs/moe.md). Supported: {supported()}")
     family = BY_TYPE.get(model_type)
     if family is None:
         raise LnaError(f"{name}: {arch} (model_type {model_type!r}) is not supported; lna supports {supported()}")

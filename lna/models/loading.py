@@ -1,4 +1,5 @@
-"""Resolve a model argument (Hugging Face id, local folder, built-in tiny model) and load it.
+"""Resolve a model argument (Hugging Face id, local folder, built-in tiny model) and load it
+on a device (parse_device, check_device: below the runners, which choose the device through them).
 
 Hugging Face ids resolve through the local cache only: lna never downloads weights behind
 the user's back, and says how to get them when they are missing.
@@ -9,12 +10,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lna.models import families
+from lna.models import families, moe
 from lna.core.errors import LnaError
 
 SUPPORTED = families.supported()
 DTYPES = ("float32", "bfloat16", "float16")
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what transformers and vLLM load
+DEVICES = "cpu, cuda or cuda:N"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LNA_CACHE", Path.home() / ".cache" / "lna"))
 
 
-def resolve(model: str, revision: str | None = None) -> ModelInfo:
+def resolve(model: str, revision: str | None = None, *, experts: bool | None = False) -> ModelInfo:
     """Find the model's folder and check, from its config alone, that lna can profile it.
-    `revision` (a hub model's branch, tag or commit) is looked up in the local cache."""
+    `revision` (a hub model's branch, tag or commit) is looked up in the local cache.
+    experts=True: a mixture-of-experts model, counted per expert (lna.models.moe); None:
+    whichever the config describes (dense models as without it)."""
     if revision is not None and (model.startswith("lna:") or Path(model).expanduser().is_dir()):
         raise LnaError(f"--revision {revision}: {model} is not a Hugging Face id; revisions are for hub models")
     if model.startswith("lna:"):
@@ -72,12 +76,16 @@ def resolve(model: str, revision: str | None = None) -> ModelInfo:
     if not isinstance(cfg, dict):
         raise LnaError(f"{config_file}: not a model config (a JSON object)")
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
-    family = families.identify(cfg, model)
+    if experts or (experts is None and moe.is_moe(cfg)):
+        family = moe.identify(cfg, model)
+    else:
+        family = families.identify(cfg, model)
     text = families.text_config(cfg)
     if not any(next(path.glob(pattern), None) for pattern in WEIGHTS):
         raise LnaError(f"{path}: has config.json but no weights ({' or '.join(WEIGHTS)}); "
                        + _complete_it(model, revision))
-    return ModelInfo(model, path, arch, text["num_hidden_layers"], text["intermediate_size"], revision, family)
+    # A MoE model's widths come from its loaded layers (lna.models.moe.layout).
+    return ModelInfo(model, path, arch, text["num_hidden_layers"], text.get("intermediate_size", 0), revision, family)
 
 
 def _complete_it(model: str, revision: str) -> str:
@@ -131,6 +139,37 @@ def _from_hub_cache(model: str, revision: str | None = None) -> tuple[Path, str]
     return path, path.name
 
 
+def parse_device(device: str | None) -> str | None:
+    """`device` normalised (cpu, cuda, cuda:N) or None; a clear error for anything else.
+    Needs no torch: the CLI checks the spelling before anything loads."""
+    if device is None:
+        return None
+    spelled = device.strip().lower()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", spelled):
+        raise LnaError(f"--device {device!r}: unknown device; use {DEVICES}")
+    return spelled
+
+
+def check_device(device: str | None) -> str:
+    """The device to run on: `device` if torch can use it, else one clear error; None picks
+    the GPU where there is one, else the CPU."""
+    import torch
+
+    device = parse_device(device)
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+            raise LnaError(f"--device {device}: torch sees no CUDA device ({why}); use --device cpu, "
+                           "or run where a GPU and a CUDA build of torch are")
+        n, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise LnaError(f"--device {device}: there {'is' if n == 1 else 'are'} {n} CUDA device"
+                           f"{'' if n == 1 else 's'} (cuda:0..cuda:{n - 1})")
+    return device
+
+
 def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     """(model in eval mode on `device`, tokenizer); its MLPs checked against its family."""
     import torch
@@ -141,8 +180,6 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
     hf_logging.disable_progress_bar()  # lna shows its own progress; one bar at a time
     if dtype not in DTYPES:
         raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    from lna.runners import check_device
-
     device = check_device(device)
     tokenizer = load_tokenizer(info)
     try:
@@ -154,7 +191,8 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
         raise LnaError(f"{info.path}: could not load the weights ({_first_line(err)}); "
                        + _complete_it(info.name, info.revision)) from None
     model = model.to(device).eval()
-    families.check(model, info.family, info.name)
+    if not isinstance(info.family, moe.MoEFamily):  # MoE models: checked by lna.runners.moe
+        families.check(model, info.family, info.name)
     return model, tokenizer
 
 

@@ -74,6 +74,27 @@ ARCHS = {
     "cwm": ("cwm", {"sliding_window": WINDOW, "layer_types": MIXED}),
 }
 
+# Mixture of experts (lna.models.moe; apart: tests/test_families.py builds every ARCHS entry as a
+# dense family): 8 experts, 2 or 3 per token; shared experts and dense layers narrower or wider
+# than the experts, where the family has them.
+MOE_ARCHS = {
+    "mixtral": ("mixtral", {"num_local_experts": 8, "num_experts_per_tok": 2}),
+    "qwen2_moe": ("qwen2_moe", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
+                                "shared_expert_intermediate_size": 80}),
+    "qwen3_moe": ("qwen3_moe", {"num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
+                                "mlp_only_layers": [1]}),
+    "olmoe": ("olmoe", {"num_experts": 8, "num_experts_per_tok": 3}),
+    "deepseek_v2": ("deepseek_v2", {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                                    "moe_intermediate_size": 48, "first_k_dense_replace": 1, "q_lora_rank": 32,
+                                    "kv_lora_rank": 16, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
+                                    "v_head_dim": 32, "head_dim": 16, "num_key_value_heads": 2}),  # MLA
+    "deepseek_v3": ("deepseek_v3", {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+                                    "moe_intermediate_size": 48, "first_k_dense_replace": 1, "n_group": 2,
+                                    "topk_group": 1, "q_lora_rank": 32, "kv_lora_rank": 16,
+                                    "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 32,
+                                    "head_dim": 16, "num_key_value_heads": 2}),  # MLA: KV heads = heads
+}
+
 
 def byte_tokenizer(chat_template: str | None = None):
     """A byte-level tokenizer (every UTF-8 byte one token; BOS prepended), any language."""
@@ -100,15 +121,16 @@ def byte_tokenizer(chat_template: str | None = None):
 
 def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, intermediate: int = 96,
                heads: int = 2, kv_heads: int = 1, seed: int = 0, chat_template: str | None = None) -> Path:
-    """Save a random-weight causal LM of `arch` (a key of ARCHS) and its tokenizer to `path`."""
+    """Save a random-weight causal LM of `arch` (a key of ARCHS or MOE_ARCHS) and its tokenizer to `path`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if arch not in ARCHS:
-        raise ValueError(f"unknown tiny architecture {arch!r}: one of {', '.join(ARCHS)}")
-    model_type, extra = ARCHS[arch]
+    known = {**ARCHS, **MOE_ARCHS}
+    if arch not in known:
+        raise ValueError(f"unknown tiny architecture {arch!r}: one of {', '.join(known)}")
+    model_type, extra = known[arch]
     tokenizer = byte_tokenizer(chat_template)
     sizes = {
         "vocab_size": len(tokenizer),  # every id the model can sample decodes
@@ -132,6 +154,8 @@ def build_tiny(path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, 
             if p.ndim == 2:
                 branch = name.endswith(("o_proj.weight", "down_proj.weight"))
                 p.normal_(0.0, p.shape[1] ** -0.5 * (0.1 if branch else 1.0))
+            elif p.ndim == 3:  # MoE experts [E, out, in] (dense models have none)
+                p.normal_(0.0, p.shape[2] ** -0.5 * (0.1 if name.endswith("down_proj") else 1.0))
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -9,7 +9,7 @@ Ray for G GPUs (or C CPUs); Ray places the tasks on the cluster. A task whose wo
 counting each sample once (lna.profiling.profile). A user error (LnaError: a bad model path, ...)
 would fail every time: the task returns it instead of raising, so it is not retried. Tasks
 report their tokens to a Ray actor that the driver polls for one progress bar. When all
-are done, lna.storage.merge sums the shard stores into --out, and their responses files are
+are done, lna.profiling.merge sums the shard stores into --out, and their responses files are
 joined beside it. Rerunning the same command resumes: finished shards redo nothing.
 Ray is imported only here (extra `lna[ray]`).
 """
@@ -88,7 +88,7 @@ def run(opts: Options, shards: int, *, address: str | None = None, gpus_per_shar
         if not p.exists():
             raise LnaError(f"{p}: shard {k}/{shards}'s store is not there although its task finished: the shard "
                            "folder must be on storage every node of the cluster sees (--shard-dir)")
-    from lna.storage import merge
+    from lna.profiling import merge
 
     merge.run([paths[k] for k in sorted(paths)], out)
     _join_responses(paths, out, opts.dataset)

@@ -24,53 +24,45 @@ stores is exactly this run's store.
 """
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from lna.core import config, languages
+from lna.core import languages
 
 from lna.inputs import data, responses
 
 from lna.profiling import shards
 from lna.core.errors import LnaError, note
+from lna.core.checkpoint import Checkpointer
 from lna.core.interrupts import shielded
 from lna.storage.manifest import Counted, legacy_done, sample_ids
-from lna.storage.merge import check_compatible, counted_during
 from lna.runners.packing import chunks
 from lna.core.progress import Bar, sayer
-from lna.runners import make_runner
-from lna.storage.store import CountStore, open_store, save_store
+from lna.runners.options import Opened, RunnerOptions, open_runner
+from lna.storage.store import CountStore, check_compatible, counted_during, open_store, save_store
 
 
-@dataclass
-class Options:
-    model: str
+@dataclass(kw_only=True)
+class Options(RunnerOptions):
     langs: str | None = "all"
     dataset: str = "mgsm"
     out: str | None = None
-    backend: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
     responses: str | None = None  # default: beside the store
-    template: str | None = None  # mathoctopus | plain | chat | a file (default: lna.core.config)
-    revision: str | None = None  # a hub model's branch, tag or commit (from the local cache)
     samples: int = 10
     temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens: int = 512
     seed: int = 0
     limit: int | None = None  # questions per language (quick runs)
-    token_budget: int | None = None
-    max_row_tokens: int = 2048
     checkpoint_every: float = 60.0
     sums: bool = True  # activation sums beside the counts (benches/results/profile_sums_cpu.json: their cost)
     progress: bool = True
     shard: str | None = None  # "K/N": only shard K of N of the questions (lna.profiling.shards)
     report: object = None  # report(done, total): the store's response tokens, after each batch (lna launch)
     force_decode: bool = False  # count sampled responses afterwards, not while sampling them
-    vllm_compiled: bool = False  # vLLM without enforce_eager (torch.compile; CUDA graphs on a GPU)
 
 
 def default_out(model: str, dataset: str, shard=None) -> Path:
@@ -88,25 +80,21 @@ def run(opts: Options) -> Path:
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     say = sayer(opts.progress)
 
-    runner, backend, dtype = make_runner(opts.model, backend=opts.backend, device=opts.device, dtype=opts.dtype,
-                                         token_budget=opts.token_budget, max_row_tokens=opts.max_row_tokens,
-                                         revision=opts.revision, compiled=opts.vllm_compiled)
+    model = open_runner(opts)
+    runner, template, backend = model.runner, model.template, model.backend
+    layout = getattr(runner, "layout", None)  # a mixture-of-experts model (lna.runners.moe)
+    if layout is not None and opts.sums:
+        say("activation sums are not kept for mixture-of-experts models: counting only")
+        opts = replace(opts, sums=False)
     # said once the model has loaded: a failure before it is the only line
     if opts.langs is not None and opts.langs.strip().lower() == "all":
         differs = languages.all_note(langs)
         if differs:
             say(differs)
-    _, template = config.template_for(opts.model, opts.template, runner.tokenizer)
     prompts = responses.template_record(questions, template)
     if opts.template is not None and not prompts["template_text"]:
         say(f"the data gives every prompt verbatim: --template {opts.template} is not applied")
-    if existing is not None and existing.meta.get("template") != prompts["template"]:
-        raise LnaError(f"{out} holds counts of prompts made with template {existing.meta.get('template')!r}; "
-                       f"this run's are {prompts['template']!r}: pass the store's --template, or choose another --out")
-    if existing is not None and existing.meta.get("template_text", "") != prompts["template_text"]:
-        raise LnaError(f"{out} holds counts of prompts made with another text of template "
-                       f"{prompts['template']!r} (configs/models.yaml or the tokenizer's chat template "
-                       f"changed); choose another --out")
+    _check_template(existing, out, prompts)
     sampling = {"n": opts.samples, "temperature": opts.temperature, "top_p": opts.top_p,
                 "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}
     n_questions = len(questions)
@@ -114,18 +102,10 @@ def run(opts: Options) -> Path:
     part = f" (shard {shard}: {len(questions):,} of {n_questions:,} questions)" if shard else ""
     if existing is not None:
         shards.check_resume(out, existing.meta.get("shard"), shard_record)
-    meta = {
-        "model": opts.model, "model_name": runner.info.display, "model_fingerprint": runner.fingerprint,
-        "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": runner.info.revision,
-        "architecture": runner.info.architecture, "family": runner.info.family.name, "dtype": dtype,
-        "backend": backend, "dataset": name, **prompts, "provenance": "profile",
-        **({"shard": shard_record} if shard_record else {}),
-    }
-    store = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums)
-    if existing is not None:
-        check_compatible(existing, store, what=f"{out} with this run (it was made by another model or setting)",
-                         names=(str(out), opts.model))
-        store = _continued(existing, opts.sums, out)
+    meta = _meta(opts, model, name, prompts, shard_record, layout)
+    fresh = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums,
+                             experts=None if layout is None else (layout.experts, layout.expert_neurons))
+    store = _store(existing, fresh, out, opts)
     for lang in langs:
         store = store.with_language(lang)
 
@@ -136,10 +116,11 @@ def run(opts: Options) -> Path:
     del questions
     # Count while sampling where responses are sampled, unless the store holds samples that the
     # responses file lacks (it was lost or replaced): then sample first and let the ledger judge.
-    saver = _Saver(store, out, opts.checkpoint_every)
+    saver = Checkpointer(partial(_save, store, out), every=opts.checkpoint_every)
     while_sampling = None
-    if plan.todo and not opts.force_decode and _holds_only(store, responses.samples(plan.known())):
-        while_sampling = _WhileSampling(store, plan.questions, saver, opts.report)
+    # (mixture-of-experts models are counted by force-decoding only)
+    if plan.todo and not opts.force_decode and layout is None and _holds_only(store, responses.samples(plan.known())):
+        while_sampling = _WhileSampling(store, plan.questions, saver, out, opts.report)
         say(f"sampling {sum(len(i) for i in plan.todo.values()):,} questions x {opts.samples} responses and "
             f"counting them while sampling with {backend} on {runner.device} -> {out}")
     bar = lambda total: Bar(opts.progress, total, "sample+count" if while_sampling else "sample", "question")  # noqa: E731
@@ -163,7 +144,7 @@ def run(opts: Options) -> Path:
     return out
 
 
-def _count(runner, store: CountStore, saver: "_Saver", ledger: "_Ledger", todo: list, opts: Options) -> None:
+def _count(runner, store: CountStore, saver: Checkpointer, ledger: "_Ledger", todo: list, opts: Options) -> None:
     """Count `todo` batch by batch into `store`; checkpoint by time and at the end (the caller
     holds `saver.on_stop()`, so that finished batches are never lost)."""
     budget = getattr(runner, "token_budget", None) or opts.token_budget or 16384  # vLLM: tokens per call
@@ -176,58 +157,26 @@ def _count(runner, store: CountStore, saver: "_Saver", ledger: "_Ledger", todo: 
             chunk = [todo[i] for i in idx]
             langs = list(dict.fromkeys(s.lang for s in chunk))  # only these come back from the device
             counts, tokens, *sums = runner.count(chunk, langs, sums=store.has_sums)
+            experts = sums.pop() if store.has_experts else None  # lna.runners.moe.ExpertTables
             k = [store.index(lang) for lang in langs]
             with shielded():
                 _mark_counted_during(store, "force-decoding")  # before the counts: it reads the tokens
-                store.add(k, counts, tokens, *sums)
+                store.add(k, counts, tokens, *sums, experts=experts)
                 ledger.mark(chunk)
                 saver.changed()
             bar.update(int(tokens.sum()))
             done += int(tokens.sum())
             report(done, total)
             saver.tick()
-    saver.save(ledger.complete())
+    saver.save(complete=ledger.complete())
 
 
-class _Saver:
-    """Checkpoints of the store: after a change once `every` seconds have passed since the
-    last save, and on any stop (error, Ctrl-C, SIGTERM) where something is unsaved."""
-
-    def __init__(self, store: CountStore, out: Path, every: float):
-        self.store, self.out, self.every = store, out, every
-        self.unsaved, self.last = False, time.monotonic()
-
-    def changed(self) -> None:
-        """The store changed (call it in the shielded step that changes it)."""
-        self.unsaved = True
-
-    def tick(self) -> None:
-        if self.unsaved and time.monotonic() - self.last >= self.every:
-            self.save(False)
-
-    def save(self, complete: bool) -> None:
-        self.unsaved = False  # a save that fails is not retried: the previous one stays in place
-        self.store.complete = complete
-        with shielded():
-            save_store(self.store, self.out)
-        self.last = time.monotonic()
-
-    @contextlib.contextmanager
-    def on_stop(self):
-        try:
-            yield
-        except BaseException as stop:
-            if self.unsaved:
-                try:
-                    self.save(False)
-                except Exception:
-                    if isinstance(stop, KeyboardInterrupt):
-                        raise  # interrupted, and the save failed: that failure is the news
-                    # else the first failure says what went wrong (a full disk fails both)
-            raise
+def _save(store: CountStore, out: Path, complete: bool = False) -> None:
+    store.complete = complete
+    save_store(store, out)
 
 
-COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.storage.merge.counted_during)
+COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.storage.store.counted_during)
 
 
 def _mark_counted_during(store: CountStore, way: str) -> None:
@@ -251,8 +200,8 @@ class _WhileSampling:
     sampled by lna.inputs.responses.sample, right after its responses are appended to the file,
     into the store, with its samples' content ids."""
 
-    def __init__(self, store: CountStore, questions: list, saver: _Saver, report=None):
-        self.store, self.questions, self.saver = store, questions, saver
+    def __init__(self, store: CountStore, questions: list, saver: Checkpointer, out: Path, report=None):
+        self.store, self.questions, self.saver, self.out = store, questions, saver, out
         self.sums = store.has_sums  # what lna.inputs.responses.sample asks generate_counting for
         self.report = report or (lambda done, total: None)
         self.where = {q.key: i for i, q in enumerate(questions)}
@@ -276,7 +225,7 @@ class _WhileSampling:
                 by_lang[s.lang][1].append(s.key)
         for lang, (new, keys) in by_lang.items():
             if np.isin(np.array(new, np.uint64), store.counted(lang).ids).any():
-                raise LnaError(f"{self.saver.out} already counted some of the {lang} responses just sampled; "
+                raise LnaError(f"{self.out} already counted some of the {lang} responses just sampled; "
                                "profile into a new --out (or pass --force-decode)")
         _mark_counted_during(store, "sampling")  # before the counts: it reads the tokens
         k = [store.index(lang) for lang in languages]
@@ -286,6 +235,40 @@ class _WhileSampling:
         self.saver.changed()
         self.saver.tick()
         self.report(int(store.tokens.sum()), None)  # the total is known once every batch is sampled
+
+
+def _meta(opts: Options, model: Opened, dataset: str, prompts: dict, shard_record: dict | None, layout=None) -> dict:
+    """The store's record of what made it."""
+    runner = model.runner
+    info = runner.info  # the runner's own record (a test may hand in another runner)
+    return {
+        "model": opts.model, "model_name": info.display, "model_fingerprint": runner.fingerprint,
+        "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": info.revision,
+        "architecture": info.architecture, "family": info.family.name, "dtype": model.dtype,
+        "backend": model.backend, "dataset": dataset, **prompts, "provenance": "profile",
+        **(layout.meta() if layout is not None else {}),
+        **({"shard": shard_record} if shard_record else {}),
+    }
+
+
+def _check_template(existing: CountStore | None, out: Path, prompts: dict) -> None:
+    """A store is resumed with the prompts it was counted with, or not at all."""
+    if existing is not None and existing.meta.get("template") != prompts["template"]:
+        raise LnaError(f"{out} holds counts of prompts made with template {existing.meta.get('template')!r}; "
+                       f"this run's are {prompts['template']!r}: pass the store's --template, or choose another --out")
+    if existing is not None and existing.meta.get("template_text", "") != prompts["template_text"]:
+        raise LnaError(f"{out} holds counts of prompts made with another text of template "
+                       f"{prompts['template']!r} (configs/models.yaml or the tokenizer's chat template "
+                       f"changed); choose another --out")
+
+
+def _store(existing: CountStore | None, fresh: CountStore, out: Path, opts: Options) -> CountStore:
+    """The store the run counts into: `fresh`, or the `existing` one if it is compatible."""
+    if existing is None:
+        return fresh
+    check_compatible(existing, fresh, what=f"{out} with this run (it was made by another model or setting)",
+                     names=(str(out), opts.model))
+    return _continued(existing, opts.sums, out)
 
 
 def _continued(existing: CountStore, sums: bool, out: Path) -> CountStore:

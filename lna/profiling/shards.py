@@ -20,7 +20,7 @@ which are in, so that the rest can be merged in later. Shards of another run nev
 complete a run.
 
 A shard samples responses for its own questions only, each question from a seed of its own
-(lna.runners.base.question_seed): the responses one unsharded run would sample, so the
+(lna.inputs.samples.question_seed): the responses one unsharded run would sample, so the
 merged store is that run's (counted in other batches: up to gates within rounding of zero).
 """
 import hashlib

@@ -1,61 +1,32 @@
 """Force-decoding runners (transformers: hf.py; vLLM: vllm.py) and the backend choice."""
 import importlib.util
-import re
 
 from lna.core.errors import LnaError
-
-DEVICES = "cpu, cuda or cuda:N"
-
-
-def parse_device(device: str | None) -> str | None:
-    """`device` normalised (cpu, cuda, cuda:N) or None; a clear error for anything else.
-    Needs no torch: the CLI checks the spelling before anything loads."""
-    if device is None:
-        return None
-    spelled = device.strip().lower()
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", spelled):
-        raise LnaError(f"--device {device!r}: unknown device; use {DEVICES}")
-    return spelled
-
-
-def check_device(device: str | None) -> str:
-    """The device to run on: `device` if torch can use it, else one clear error; None picks
-    the GPU where there is one, else the CPU."""
-    import torch
-
-    device = parse_device(device)
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
-            raise LnaError(f"--device {device}: torch sees no CUDA device ({why}); use --device cpu, "
-                           "or run where a GPU and a CUDA build of torch are")
-        n, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
-        if index >= n:
-            raise LnaError(f"--device {device}: there {'is' if n == 1 else 'are'} {n} CUDA device"
-                           f"{'' if n == 1 else 's'} (cuda:0..cuda:{n - 1})")
-    return device
 
 
 def make_runner(model: str, *, backend: str = "auto", device: str | None = None, dtype: str | None = None,
                 token_budget: int | None = None, max_row_tokens: int = 2048, revision: str | None = None,
-                compiled: bool = False):
+                compiled: bool = False, info=None):
     """(runner, backend name, dtype) for --backend auto|hf|vllm on --device. compiled: vLLM
-    without enforce_eager (torch.compile, and CUDA graphs on a GPU; lna.runners.vllm).
+    without enforce_eager (torch.compile, and CUDA graphs on a GPU; lna.runners.vllm). `info`:
+    the model already resolved (lna.models.loading.resolve), so that it is resolved once.
 
     Defaults: the GPU where there is one; bfloat16 there, float32 on CPU; auto means vLLM
     where it is installed, a GPU is present and vLLM runs the model's family, else
     transformers.
     """
-    from lna.models import loading
+    from lna.models import loading, moe
 
-    device = check_device(device)
+    device = loading.check_device(device)
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if backend not in ("auto", "hf", "vllm"):
         raise LnaError(f"unknown backend {backend!r}: use auto, hf or vllm")
     vllm_installed = importlib.util.find_spec("vllm") is not None
-    family = loading.resolve(model, revision).family
+    info = info or loading.resolve(model, revision, experts=None)
+    family = info.family
+    experts = isinstance(family, moe.MoEFamily)
+    if backend == "vllm" and experts:
+        raise LnaError(f"--backend vllm: {moe.VLLM_REFUSAL}; use --backend hf")
     if backend == "vllm" and not family.vllm:
         raise LnaError(f"--backend vllm: vLLM 0.32 does not run {family.name.split(' (')[0]} models; use --backend hf")
     if backend == "vllm" or (backend == "auto" and vllm_installed and device.startswith("cuda") and family.vllm):
@@ -63,13 +34,15 @@ def make_runner(model: str, *, backend: str = "auto", device: str | None = None,
             raise LnaError("--backend vllm: vllm is not installed (pip install 'lna[vllm]'); or use --backend hf")
         from lna.runners.vllm import VllmRunner
 
-        runner = VllmRunner(model, device=device, dtype=dtype, revision=revision, enforce_eager=not compiled)
+        runner = VllmRunner(model, device=device, dtype=dtype, revision=revision, enforce_eager=not compiled,
+                            info=info)
         return runner, "vllm", dtype
     if compiled:
         raise LnaError("--vllm-compiled applies to the vLLM backend; this run uses transformers (hf): "
                        "pass --backend vllm, or drop --vllm-compiled")
     from lna.runners.hf import HFRunner
+    from lna.runners.moe import MoERunner
 
     budget = token_budget or (16384 if device.startswith("cuda") else 2048)
-    return HFRunner(model, device=device, dtype=dtype, token_budget=budget, max_row_tokens=max_row_tokens,
-                    revision=revision), "hf", dtype
+    return (MoERunner if experts else HFRunner)(model, device=device, dtype=dtype, token_budget=budget,
+                                                 max_row_tokens=max_row_tokens, revision=revision, info=info), "hf", dtype

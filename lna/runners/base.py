@@ -5,22 +5,12 @@ or GELU(gate) > 0 for Gemma: the same rule; lna.models.families) on response tok
 language, and returns the counts of that call. The profile
 driver (lna.profiling.profile) owns batching into resumable chunks, the store and progress.
 """
-import hashlib
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from lna.core.errors import LnaError
-
-
-@dataclass(frozen=True)
-class Sample:
-    key: str  # stable id within its source, e.g. "mgsm/en/17/3"
-    lang: str  # language code (lna.core.languages)
-    prompt: tuple  # token ids of the prompt, BOS included; never counted
-    response: tuple  # token ids of the response; each one is counted once
-    group: str = ""  # samples with the same group share the prompt (processed once)
+from lna.inputs.samples import Sample
 
 
 class Runner(Protocol):
@@ -38,7 +28,7 @@ class Runner(Protocol):
                  values: np.ndarray | None = None, mask_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
         """Sample `n` responses (token ids, no prompt, EOS stripped) for each prompt; prompt
         i with the intervention masks[mask_ids[i]] (as in nll; -1: none) on every token.
-        seed: one per prompt, or an int (see `sample_seeds`); response k of prompt i is drawn
+        seed: one per prompt, or an int (see lna.inputs.samples.sample_seeds); response k of prompt i is drawn
         from (seed of prompt i) + k alone, so it does not depend on which prompts share its batch."""
 
     def generate_counting(self, prompts: Sequence[Sequence[int]], langs: Sequence[str], languages: Sequence[str], *,
@@ -99,22 +89,3 @@ def language_slots(langs, languages, prompts: int) -> dict:
     if missing:
         raise LnaError(f"generate_counting: prompts in {missing} but languages are {list(languages)}")
     return slot
-
-
-def sample_seeds(seed, prompts: int, n: int) -> list[int]:
-    """The seed of each prompt's first response (response k: that + k): `seed` itself where it
-    gives one per prompt; for an int, seed + i * n for prompt i, so that no two responses share one."""
-    if isinstance(seed, (int, np.integer)):
-        return [int(seed) + i * n for i in range(prompts)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != prompts:
-        raise ValueError(f"{len(seeds)} seeds for {prompts} prompts")
-    return seeds
-
-
-def question_seed(seed: int, key: str) -> int:
-    """A question's sampling seed from the run's --seed and its key alone: the same question
-    draws the same responses in any shard, batch or order of the data (below 2**31 - 2**16,
-    so that its n responses' seeds stay in every sampler's range)."""
-    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 2**16)

@@ -24,7 +24,8 @@ from lna.core import threads
 from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
-from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
+from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
+from lna.inputs.samples import Sample, sample_seeds
 from lna.runners.row_sampler import RowSampler
 
 MASK_TYPES = ("full_attention", "sliding_attention")  # attention types a packed batch can mask
@@ -97,8 +98,9 @@ class HFRunner:
     streams_progress = True  # generate(progress=f) calls f at every decoding step (lna.inputs.responses)
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
-                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None):
-        info = loading.resolve(model, revision)
+                 token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None,
+                 info: loading.ModelInfo | None = None):
+        info = info or loading.resolve(model, revision)  # given: resolved once per run (lna.runners.options)
         if str(device) == "cpu":
             threads.fit_to_load()  # no more threads than the cores other work leaves free
         net, tokenizer = loading.load(info, device=device, dtype=dtype)
@@ -132,9 +134,14 @@ class HFRunner:
                            f"lna supports {loading.SUPPORTED}")
         self.state = _State()
         self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
+        self.counting_modules = self._install(info)
+
+    def _install(self, info) -> int:
+        """Put the counting modules into the model; returns how many run per forward."""
         act = families.kernel_kwargs(info.family)
         for i, layer in enumerate(self.decoder.layers):
             layer.mlp = CountingMLP(layer.mlp, i, self.state, info.family, act)
+        return self.layers
 
     # -- one packed forward -----------------------------------------------------------
     def _forward(self, batch: packing.Batch):
@@ -152,8 +159,9 @@ class HFRunner:
         self.state.calls = 0
         out = self.decoder(input_ids=torch.from_numpy(batch.input_ids).to(dev), attention_mask=mask,
                            position_ids=pos, use_cache=False)
-        if self.state.calls != self.layers:  # a layer bypassed its MLP: counts would be wrong
-            raise LnaError(f"{self.info.name}: {self.state.calls} of {self.layers} MLPs ran; model not supported")
+        if self.state.calls != self.counting_modules:  # a layer bypassed its MLP: counts would be wrong
+            raise LnaError(f"{self.info.name}: {self.state.calls} of {self.counting_modules} MLPs ran; "
+                           "model not supported")
         return out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
 
     def _batches(self, samples, settings=None):

@@ -3,15 +3,15 @@
 A row is [prompt | response 1 | response 2 | ...]. A 4D attention mask lets each response
 see the prompt and its own earlier tokens only, and position ids restart after the prompt
 for every response, so each response is computed exactly as in its own
-"prompt + response" sequence while the prompt is processed once (design.md, "Work
-avoided"). Rows of similar length are batched under a token budget; padding is never
+"prompt + response" sequence while the prompt is processed once (docs/design.md,
+"Work avoided"). Rows of similar length are batched under a token budget; padding is never
 counted and never enters the MLPs (the runner gathers real tokens before them).
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from lna.runners.base import Sample
+from lna.inputs.samples import Sample
 
 
 @dataclass

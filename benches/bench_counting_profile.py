@@ -1,7 +1,7 @@
 """Where the time of lna's force-decoding count goes on CPU: torch.profiler's operator table for
 the same packed batches with counting off, counts only, and counts with activation sums.
 
-    python benches/profile_counting.py [--model DIR] [--questions 2] [--threads 2] [--label before]
+    python benches/bench_counting_profile.py [--model DIR] [--questions 2] [--threads 2] [--label before]
 
 Uses bench_peers' model (a random-weight SmolLM-135M shape, built offline if absent). Appends
 one entry to benches/results/counting_profile_cpu.json: per variant the wall seconds and the
@@ -19,7 +19,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
-import peers_setup  # noqa: E402
+import bench_peers_setup  # noqa: E402
 
 
 def main():
@@ -34,13 +34,13 @@ def main():
     opts = ap.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    model = peers_setup.build_model(Path(opts.model), "smollm-135m", Path(opts.mgsm))
-    work = peers_setup.build_workload(model, Path(opts.mgsm), Path(opts.model).with_name("profile_work"),
-                                      list(peers_setup.RESPONSE_MEAN), opts.questions, opts.responses)
+    model = bench_peers_setup.build_model(Path(opts.model), "smollm-135m", Path(opts.mgsm))
+    work = bench_peers_setup.build_workload(model, Path(opts.mgsm), Path(opts.model).with_name("profile_work"),
+                                      list(bench_peers_setup.RESPONSE_MEAN), opts.questions, opts.responses)
     from lna.runners import packing
     from lna.runners.hf import HFRunner
 
-    samples = peers_setup.samples_of(work)
+    samples = bench_peers_setup.samples_of(work)
     languages = work["languages"]
     runner = HFRunner(str(model))
     lang_index = {k: i for i, k in enumerate(languages)}

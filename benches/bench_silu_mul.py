@@ -17,7 +17,7 @@ temporary than lna); the sums' cost is lna+count+sums / lna+count; setting's cos
 lna+set / lna+mask. The CPU target is <= 5% of a whole transformers forward, whose matmuls
 dwarf this function.
 
-Run: pytest benches/benchmark_silu_mul.py   (writes benches/results/silu_mul_cpu.json)
+Run: pytest benches/bench_silu_mul.py   (writes benches/results/silu_mul_cpu.json)
 """
 import json
 import sys

@@ -1,4 +1,4 @@
-"""The smoke stage of benches/gpu_check.py: lna-profile itself on the device, as a user runs it.
+"""The smoke stage of benches/bench_gpu_check.py: lna-profile itself on the device, as a user runs it.
 
 A tiny random-weight Mistral saved to a temporary folder; on the device, in float32 so that
 counts compare exactly:
@@ -11,7 +11,7 @@ each store read back (the carried zarr wheels) and its counts compared with the 
 two-pass hooks of bench_profile.py on the same model and device. Counts may differ only
 where a gate lies within rounding of zero (the paths run matmuls of different shapes): every
 difference must be explained by gates within NEAR_ZERO of zero in an independent batch-1
-hook count (count_agreement.py); the fraction that differs is reported.
+hook count (bench_count_agreement.py); the fraction that differs is reported.
 """
 import json
 import tempfile
@@ -71,7 +71,7 @@ def _against_naive(model, out, device) -> dict:
     diff = np.abs(counts - naive) if same_shape else None
     explained = same_shape
     if same_shape and diff.any():  # near-zero gates behind every difference?
-        from count_agreement import reference
+        from bench_count_agreement import reference
 
         with torch.inference_mode():
             _, near = reference(net, samples, list(store.languages), device, (NEAR_ZERO,))

@@ -1,12 +1,12 @@
 """Kernel correctness on the device: the real Triton kernels, through lna.kernels' public API
 (backend="triton"), against the plain reference silu_mul_native and a float64 computation.
 
-CASES is one table: each entry is a combination of the kernel contract's options (HELPERS.md,
-"Kernel contract"): counting, masks, vLLM's packed [T, 2I] layout, and the extensions (the
+CASES is one table: each entry is a combination of the kernel contract's options (docs/design.md,
+"Kernels"): counting, masks, vLLM's packed [T, 2I] layout, and the extensions (the
 GELU-tanh activation, activation sums, set-value interventions). An entry whose options the
 installed kernels do not take (read off the signatures of silu_mul and silu_mul_native) is
 reported as unsupported and not run, so the check grows with the kernels: a new variant is
-one line here. Entries marked speed=True are also timed by gpu_silu_mul.py.
+one line here. Entries marked speed=True are also timed by bench_gpu_silu_mul.py.
 
 Rules (the project's standards):
 - counts: equal to the reference's, exactly (tables start from random values: `+=` is checked);

@@ -4,14 +4,14 @@ The matrix needs one forward per distinct mask plus the baseline ("forward setti
 its ideal cost is n_forward x one plain pass: that ratio is the ceiling to compare with.
 Side by side, interleaved, in the same run:
 - plain: runner.nll over the samples, nothing deactivated (one pass);
-- matrix: lna.interventions.ablate.evaluate, every forward setting of both paper settings in one call
+- matrix: lna.interventions.masked_nll.evaluate, every forward setting of both paper settings in one call
   per chunk (rows of different settings share batches through the masked kernel);
 - one by one: the same matrix as one runner.nll call per forward setting.
 Model and data: the built-in lna:tiny-llama on the demo dataset (its given responses),
 the neuron sets identified from that same data (both settings of the paper).
 
-Run: pytest benches/benchmark_ablate.py   (writes benches/results/ablate_<device>.json)
-or:  python benches/benchmark_ablate.py [--device cuda] [--limit N]
+Run: pytest benches/bench_ablate.py   (writes benches/results/ablate_<device>.json)
+or:  python benches/bench_ablate.py [--device cuda] [--limit N]
 """
 import argparse
 import json
@@ -50,7 +50,7 @@ def setup(device: str, limit: int, threads: int | None):
 
 
 def measure(runner, samples, p, rounds: int) -> dict:
-    from lna.interventions import ablate
+    from lna.interventions import masked_nll
 
     n = len(samples)
 
@@ -58,7 +58,7 @@ def measure(runner, samples, p, rounds: int) -> dict:
         return runner.nll(samples, None, [-1] * n)
 
     def matrix():
-        return ablate.evaluate(runner, samples, p.masks)
+        return masked_nll.evaluate(runner, samples, p.masks)
 
     def one_by_one():
         return [plain()] + [runner.nll(samples, p.masks[m:m + 1], [0] * n) for m in range(len(p.masks))]

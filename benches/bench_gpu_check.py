@@ -1,22 +1,22 @@
-"""The GPU check of issue 15: every GPU figure of design.md in one prepared command.
+"""The GPU check of issue 15: every GPU figure of docs/design.md ("Performance targets") in one prepared command.
 
     benches/gpu_check.sh                 # on the GPU machine: installs lna, runs this, results to $OUT too
     benches/gpu_check.sh --dry-run       # the same code paths on CPU at tiny shapes (a test runs it)
-    python benches/gpu_check.py [--dry-run] [--budget S] [--stages kernels,profile] [--results DIR]
+    python benches/bench_gpu_check.py [--dry-run] [--budget S] [--stages kernels,profile] [--results DIR]
 
 Stages, most important first; each runs in its own process (a crash, a broken CUDA context or
 a hung kernel costs that stage only), under its share of one time budget, and writes its
 results file after every measurement (a run cut short keeps what it measured):
-  kernels     Triton kernels on the device: correctness of every case of gpu_cases.CASES, then
+  kernels     Triton kernels on the device: correctness of every case of bench_gpu_cases.CASES, then
               speed against plain fused SiLU*up, the unfused torch path and copy bandwidth, and
-              the GEMM-epilogue variant against cuBLAS + kernel (gpu_silu_mul.py)
+              the GEMM-epilogue variant against cuBLAS + kernel (bench_gpu_silu_mul.py)
   profile     end to end: a random-weight 7B Mistral in bf16 on a reduced MGSM-shaped workload:
               lna vs no counting vs plain transformers vs the naive two-pass hooks, fraction of
               the measured bf16 matmul ceiling, counts against naive (bench_profile.py)
   smoke       lna-profile itself on a tiny model on the device, store read back: given responses,
-              and sampled ones counted while sampling vs force-decoded again (gpu_smoke.py)
+              and sampled ones counted while sampling vs force-decoded again (bench_gpu_smoke.py)
   candidates  the speed work's candidates side by side: fused vs separate gate_up GEMM,
-              attention for packed rows, launch configurations (gpu_candidates.py)
+              attention for packed rows, launch configurations (bench_gpu_candidates.py)
   peers       lna against transformers hooks, nnsight and TransformerLens (those installed) on a
               random-weight Llama-2-7B shape in bf16: counts verified, counting tokens/s, load
               time, peak memory (bench_peers.py)
@@ -41,10 +41,10 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 STAGES = (  # name, module, the most seconds it may take on the GPU (the budget caps the sum)
-    ("kernels", "gpu_silu_mul", 170),
+    ("kernels", "bench_gpu_silu_mul", 170),
     ("profile", "bench_profile", 150),
-    ("smoke", "gpu_smoke", 60),
-    ("candidates", "gpu_candidates", 120),
+    ("smoke", "bench_gpu_smoke", 60),
+    ("candidates", "bench_gpu_candidates", 120),
     ("peers", "bench_peers", 170),
 )
 BUDGET = {"cuda": 520, "dry": 1100}  # seconds for all stages; the run call's timeout_s leaves ~100 s more
@@ -141,7 +141,7 @@ def parent(args) -> int:
     if unknown:
         print(f"gpu_check: unknown stage(s) {sorted(unknown)}; stages: {[s for s, _, _ in STAGES]}", file=sys.stderr)
         return 2
-    check = {"check": "benches/gpu_check.py", "dry_run": dry, "budget_s": budget, "stages": {},
+    check = {"check": "benches/bench_gpu_check.py", "dry_run": dry, "budget_s": budget, "stages": {},
              "install": os.environ.get("LNA_INSTALL", "as found"), "results": dirs}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if dry:
@@ -207,7 +207,7 @@ def num(x, fmt=",.0f"):
 
 
 def summary(check, results) -> list:
-    """One screen: the figures that answer design.md's targets, each next to its target."""
+    """One screen: the figures that answer docs/design.md's targets, each next to its target."""
     first = next((r for r in results.values() if r), {})
     dev, ver = first.get("device", {}), first.get("versions", {})
     lines = [f"lna GPU check{' (DRY RUN on CPU: no GPU figures)' if check['dry_run'] else ''}: "

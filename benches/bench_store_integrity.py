@@ -14,7 +14,7 @@ Side by side in the same run, on one core:
   extrapolated to a 7B model's 14.5 GB (on one core; and in its usual 3 shards hashed in
   parallel on 3 free cores); the cached second call (a stat per file).
 
-Run: pytest benches/benchmark_store_integrity.py   (writes benches/results/store_integrity.json)
+Run: pytest benches/bench_store_integrity.py   (writes benches/results/store_integrity.json)
 """
 import os
 import statistics

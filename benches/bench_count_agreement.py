@@ -8,7 +8,7 @@ the counts may differ by a few units, only at neurons with such near-zero gates.
 script measures how many cells differ, by how much, and how close to zero the gates
 behind every difference were.
 
-    python benches/count_agreement.py [--model lna:tiny-llama] [--dataset demo] [--device cpu]
+    python benches/bench_count_agreement.py [--model lna:tiny-llama] [--dataset demo] [--device cpu]
 
 Writes benches/results/count_agreement_<device>.json.
 """

@@ -26,41 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.models import fingerprint
-
 from lna.profiling import shards
 from lna.core.errors import LnaError, note
 from lna.storage.manifest import combine
-from lna.storage.store import IDENTITY, CountStore, open_store, save_store, validate
-
-
-def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=("the first", "the second")) -> dict:
-    """Refuse stores that count different things or come from different models; return the
-    model identity of both together (lna.models.fingerprint.combine)."""
-    for key in IDENTITY:
-        if a.meta.get(key) != b.meta.get(key):
-            raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
-    ident = lambda m: {"model": m.get("model"), **fingerprint.recorded(m)}  # noqa: E731
-    return fingerprint.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
-
-
-WAYS = ("sampling", "force-decoding")  # how lna-profile counted response tokens (lna.profiling.profile)
-
-
-def counted_during(*ways) -> str | None:
-    """The ways of counting of several stores or runs together: "sampling", "force-decoding"
-    or "sampling+force-decoding" (None and "" add nothing; stores without the record were
-    force-decoded). Stores counted both ways merge: they count the same quantity, the
-    gate of every response token given the same tokens before it, and differ only in the
-    order float sums run in (a KV-cached decoding step against a whole-sequence pass), the
-    difference between batch sizes or backends, which flips only gates within rounding of
-    zero."""
-    parts = {p for w in ways if w for p in w.split("+")}
-    unknown = parts - set(WAYS)
-    if unknown:
-        raise LnaError(f"unknown way of counting {sorted(unknown)[0]!r} in a store's counted_during; "
-                       f"lna knows {', '.join(WAYS)}")
-    return "+".join(w for w in WAYS if w in parts) or None
+from lna.storage.store import CountStore, check_compatible, counted_during, open_store, save_store, validate
 
 
 def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> CountStore:
@@ -75,7 +44,7 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
     copy = (lambda a: None if a is None else a.copy())
     out = replace(out, counts=out.counts.copy(), tokens=out.tokens.copy(), meta=json.loads(json.dumps(out.meta)),
                   samples={lang: c.copy() for lang, c in out.samples.items()}, sums=copy(out.sums),
-                  active_sums=copy(out.active_sums))
+                  active_sums=copy(out.active_sums), expert_counts=copy(out.expert_counts), routed=copy(out.routed))
     so_far = names[0]
     for other, name in zip(stores[1:], names[1:]):
         ident = check_compatible(out, other, names=(so_far, name))
@@ -101,7 +70,8 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
                                         (int(out.tokens[k]), int(other.tokens[j])))
             # NaN sums (unknown) stay unknown
             out.add(k, other.counts[:, j], other.tokens[j],
-                    *((other.sums[:, j], other.active_sums[:, j]) if out.has_sums else ()))
+                    *((other.sums[:, j], other.active_sums[:, j]) if out.has_sums else ()),
+                    experts=(other.expert_counts[:, :, j], other.routed[:, :, j]) if other.has_experts else None)
         out.complete = out.complete and other.complete
         out.meta["counted_during"] = counted_during(out.meta.get("counted_during", "force-decoding"),
                                                     other.meta.get("counted_during", "force-decoding"))

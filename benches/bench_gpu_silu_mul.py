@@ -1,14 +1,15 @@
-"""The kernels stage of benches/gpu_check.py: correctness, speed and the GEMM epilogue on the GPU.
+"""The kernels stage of benches/bench_gpu_check.py: correctness, speed and the GEMM epilogue on the GPU.
 
 1. copy bandwidth: a device-to-device copy, the memory ceiling (bytes read + written);
-2. correctness of every supported case of gpu_cases.CASES at odd and realistic shapes;
+2. correctness of every supported case of bench_gpu_cases.CASES at odd and realistic shapes;
 3. speed at T in {2048, 8192}, I = 14336, bf16 (dry run: tiny shapes on CPU): every
-   speed=True case of gpu_cases.CASES through the public API (what the runners call), the plain
+   speed=True case of bench_gpu_cases.CASES through the public API (what the runners call), the plain
    torch F.silu(gate) * up, the unfused torch path with a per-language count (hook style) and
    lna's own torch path. Times are CUDA events around each call, median of many, warm-up
    excluded, L2 flushed before every call. GB/s counts the bytes the function must move
-   (read gate and up, write the output). Targets (design.md): counting adds <= 2% to the plain
-   fused kernel; fused+count reaches >= 90% of copy bandwidth at T = 8192;
+   (read gate and up, write the output). Targets (docs/design.md, "Performance targets"):
+   counting adds <= 2% to the plain fused kernel; fused+count reaches >= 90% of copy
+   bandwidth at T = 8192;
 4. the GEMM-epilogue variant (lna.kernels.gemm_silu_mul) against cuBLAS gate_up + the fused
    kernel: count differences from near-zero gates, errors, and time (it stays only if it wins).
 The launch-configuration sweep runs in the candidates stage (sweep_configs below).
@@ -19,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import common
-import gpu_cases
-from gpu_cases import Case
+import bench_gpu_cases
+from bench_gpu_cases import Case
 
-N_NEURONS, HIDDEN, N_LANGS = 14336, 4096, gpu_cases.N_LANGS
+N_NEURONS, HIDDEN, N_LANGS = 14336, 4096, bench_gpu_cases.N_LANGS
 SPEED_TOKENS = {"cuda": (2048, 8192), "dry": (64,)}
 # (case, its baseline): the cost of what the case adds
 OVERHEADS = {
@@ -41,7 +42,7 @@ def run(stage):
     timer = common.Timer(stage.device, reps=2 if dry else 100, warmup=1 if dry else 5)
     copy = stage.section("copy_gb_per_s", lambda: round(common.copy_bandwidth(timer, 2**20 if dry else 2**30), 1))
     # correctness first, but the speed sections keep ~70 s of the stage (compiles dominate both)
-    stage.section("correctness", gpu_cases.check_all, stage, kernels,
+    stage.section("correctness", bench_gpu_cases.check_all, stage, kernels,
                   stage.left() if dry else max(30.0, min(120.0, stage.left() - 70)))
     n_neurons = 256 if dry else N_NEURONS
     speed = {}
@@ -61,19 +62,19 @@ def run(stage):
 def time_kernels(stage, kernels, timer, n_tokens, n_neurons, copy_gbs):
     dtype = torch.bfloat16
     everything = Case("all", count=True, mask=True, sums=True, values=True)
-    layouts = {packed: gpu_cases.make_inputs(replace(everything, packed=packed), n_tokens, n_neurons,
+    layouts = {packed: bench_gpu_cases.make_inputs(replace(everything, packed=packed), n_tokens, n_neurons,
                                              dtype, stage.device) for packed in (True, False)}
     run, unsupported = {}, []
-    for case in gpu_cases.CASES:
+    for case in bench_gpu_cases.CASES:
         if not case.speed:
             continue
-        if gpu_cases.missing(case, kernels):
+        if bench_gpu_cases.missing(case, kernels):
             unsupported.append(case.name)
             continue
         inp = layouts[case.packed]
-        kw = gpu_cases.kwargs(case, inp, fresh=lambda t: t)  # tables accumulate over repetitions
+        kw = bench_gpu_cases.kwargs(case, inp, fresh=lambda t: t)  # tables accumulate over repetitions
         run[case.name] = (lambda case=case, inp=inp, kw=kw:
-                          gpu_cases.call(kernels, case, inp, kw, check_ids=False))
+                          bench_gpu_cases.call(kernels, case, inp, kw, check_ids=False))
     inp = layouts[True]
     counts = inp.counts.clone()
     baselines = {
@@ -91,7 +92,7 @@ def time_kernels(stage, kernels, timer, n_tokens, n_neurons, copy_gbs):
     moved = 3 * n_tokens * n_neurons * inp.gate.element_size()
     gbs = {name: moved / (t * 1e-3) / 1e9 for name, t in ms.items()}
     report = {
-        "shape": {"tokens": n_tokens, "neurons": n_neurons, "languages": N_LANGS, "masks": gpu_cases.N_MASKS,
+        "shape": {"tokens": n_tokens, "neurons": n_neurons, "languages": N_LANGS, "masks": bench_gpu_cases.N_MASKS,
                   "dtype": "bfloat16"},
         "ms": {k: round(v, 4) for k, v in ms.items()},
         "gb_per_s": {k: round(v, 1) for k, v in gbs.items()},
@@ -181,7 +182,8 @@ def sweep_configs(device, timer, n_tokens, n_neurons, dry=False):
     fastest first; the default configuration is marked."""
     import lna.kernels.silu_mul_triton as fused
 
-    inp = gpu_cases.make_inputs(Case("sweep", count=True, packed=True), n_tokens, n_neurons, torch.bfloat16, device)
+    inp = bench_gpu_cases.make_inputs(Case("sweep", count=True, packed=True), n_tokens, n_neurons, torch.bfloat16,
+                                      device)
     counts = inp.counts
     grid = ((64, 256, 4, 8),) if dry else [
         (bt, bi, nw, pps) for bt in (16, 32, 64) for bi in (64, 128, 256) for nw in (4, 8)

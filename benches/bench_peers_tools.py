@@ -73,7 +73,7 @@ class Clock:
 
 # -- lna -------------------------------------------------------------------------------------------
 def run_lna(model, work, clock, device, dtype, variant="lna"):
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
     from lna.runners.hf import HFRunner
     clock.lap("imports")
     runner = HFRunner(model, device=device, dtype=dtype)

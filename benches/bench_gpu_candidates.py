@@ -1,4 +1,4 @@
-"""The candidates stage of benches/gpu_check.py: the speed work of issue 15, measured side by
+"""The candidates stage of benches/bench_gpu_check.py: the speed work of issue 15, measured side by
 side so that the first GPU run decides (nothing here changes what the runners do).
 
 - gate_up: the transformers MLP's two GEMMs (gate_proj, up_proj) + silu_mul, against one
@@ -11,7 +11,7 @@ side so that the first GPU run decides (nothing here changes what the runners do
   a lower bound only: it ignores the packing) and flex_attention with a block mask built from
   the segment ids (compiled on CUDA, when a minute is left; its compile time is reported
   apart). Outputs of the exact variants are compared with the dense-mask one.
-- launch configurations of the fused kernel at T = 8192 (gpu_silu_mul.sweep_configs).
+- launch configurations of the fused kernel at T = 8192 (bench_gpu_silu_mul.sweep_configs).
 """
 import time
 import warnings
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import bench_profile
 import common
-import gpu_silu_mul
+import bench_gpu_silu_mul
 
 MISTRAL = bench_profile.CONFIGS["mistral-7b"]
 
@@ -45,8 +45,8 @@ def run(stage):
         stage.section("attention", attention, timer, stage.device, batch, dry)
     if batch:  # compiling it takes tens of seconds: it runs only with a minute to spare
         stage.section("flex_attention", flex, timer, stage.device, batch, dry, min_left=5 if dry else 60)
-    stage.section("launch_configs", gpu_silu_mul.sweep_configs, stage.device, timer, 64 if dry else 8192,
-                  256 if dry else gpu_silu_mul.N_NEURONS, dry)
+    stage.section("launch_configs", bench_gpu_silu_mul.sweep_configs, stage.device, timer, 64 if dry else 8192,
+                  256 if dry else bench_gpu_silu_mul.N_NEURONS, dry)
 
 
 def gate_up(kernels, timer, device, n_tokens, hidden, n_neurons):

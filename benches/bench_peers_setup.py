@@ -29,7 +29,17 @@ PROMPT = ("Below is an instruction that describes a task. Write a response that 
 
 
 def mgsm_texts(mgsm: Path, langs) -> dict:
-    """lang -> list of (question, answer) of MGSM's TSVs."""
+    """lang -> list of (question, answer) of MGSM's TSVs; where the folder lacks them (the GPU
+    machine, a clone without ../shared), lna's own demo set (the study's ten languages, 24
+    questions each; data_source() says which)."""
+    if not has_mgsm(mgsm):
+        from lna.inputs import data
+
+        out = {lang: [] for lang in langs}
+        for q in data.load("demo")[1]:
+            if q.lang in out:
+                out[q.lang].append((q.query, q.answer))
+        return out
     out = {}
     for lang in langs:
         rows = []
@@ -39,6 +49,14 @@ def mgsm_texts(mgsm: Path, langs) -> dict:
                 rows.append((q, a))
         out[lang] = rows
     return out
+
+
+def has_mgsm(mgsm: Path) -> bool:
+    return Path(mgsm, "mgsm_en.tsv").is_file()
+
+
+def data_source(mgsm: Path) -> str:
+    return f"MGSM ({mgsm})" if has_mgsm(mgsm) else f"lna's demo set (no MGSM at {mgsm})"
 
 
 def build_model(path: Path, shape: str, mgsm: Path, seed: int = 0, device: str = "cpu",
@@ -126,7 +144,7 @@ def build_workload(model: Path, mgsm: Path, out: Path, langs, questions: int, re
 
 def samples_of(work: dict):
     """The workload as lna Samples."""
-    from lna.runners.base import Sample
+    from lna.inputs.samples import Sample
 
     return [Sample(s["key"], s["lang"], np.asarray(s["prompt_ids"], np.int32), np.asarray(s["response_ids"], np.int32),
                    s["group"]) for s in work["samples"]]
