@@ -36,8 +36,8 @@ setup(
         "triton>=3.4; platform_system == 'Linux'",
     ],
     extras_require={
-        # py3langid: lna-steer's tests (4.6 MB, numpy only)
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4,<0.5"],
+        # py3langid: lna-steer's tests (4.6 MB, numpy only); hypothesis: the readers' fuzz tests
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "xarray>=2024.10", "py3langid>=0.4,<0.5", "hypothesis>=6.100"],
         # Reading stores as labelled arrays (README, Formats); zarr alone needs nothing more.
         "xarray": ["xarray>=2024.10"],
         # The backend reads vLLM's V1 model runner; 0.32 pins torch 2.13 (0.33 needs 2.14).

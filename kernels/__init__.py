@@ -25,6 +25,9 @@ from .silu_mul_torch import silu_mul_torch as _silu_mul_torch
 __all__ = ["silu_mul", "silu_mul_packed", "silu_mul_native", "activation_native", "triton_available",
            "ACTIVATIONS"]
 
+# What the kernels count and sum (not how fast): bumped when that changes, so that a store
+# (meta "kernel", lna.profiling.profile) is never resumed or merged across the change.
+VERSION = 1
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 COUNT_DTYPES = (torch.int32, torch.int64)
@@ -37,7 +40,7 @@ def triton_available() -> bool:
 
 
 def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=None, masks=None, mask_ids=None,
-             values=None, activation="silu", backend=None, check_ids=True):
+             values=None, activation="silu", backend=None, check_ids=True, nonfinite=None):
     """act(gate) * up in the input dtype (the activation in fp32, rounded, then the product).
 
     gate, up [..., I] (strided views welcome, e.g. halves of a packed gate_up);
@@ -63,9 +66,18 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
     a mask row without True leaves its tokens bit for bit unchanged. Counting and sums
     always see the raw gate and activation. check_ids=False skips the range check of the
     ids (a device sync on CUDA); the Triton kernel then ignores out-of-range ids instead of
-    failing. Returns a new contiguous tensor shaped like gate.
+    failing. nonfinite (int32 [1], with lang_ids) becomes nonzero where a counted token's
+    gate is NaN or +-Inf (an overflowed model, whose counts would be wrong), found in the
+    pass that counts (no sync: the caller reads it when it reads the counts). Returns a new
+    contiguous tensor shaped like gate.
     """
     _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids, values, activation, backend)
+    if nonfinite is not None:
+        if lang_ids is None:
+            raise ValueError("silu_mul: nonfinite flags counted tokens: pass lang_ids and a table with it")
+        if not isinstance(nonfinite, torch.Tensor) or nonfinite.dtype != torch.int32 or nonfinite.shape != (1,):
+            raise TypeError(f"silu_mul: nonfinite must be an int32 tensor [1], got {getattr(nonfinite, 'dtype', nonfinite)}")
+        _same_device("nonfinite", nonfinite, gate.device)
     lead, width = gate.shape[:-1], gate.shape[-1]
     gate, up = gate.reshape(lead.numel(), width), up.reshape(lead.numel(), width)
     if lang_ids is not None:
@@ -79,7 +91,7 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
         if mask_ids is not None:
             _check_range("mask_ids", mask_ids, masks.shape[0], "masks.shape[0] (masks)")
 
-    extra = dict(sums=sums, active_sums=active_sums, values=values, activation=activation)
+    extra = dict(sums=sums, active_sums=active_sums, values=values, activation=activation, nonfinite=nonfinite)
     if _pick_backend(gate, backend) == "triton":
         from .silu_mul_triton import silu_mul_triton
 

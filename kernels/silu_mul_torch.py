@@ -29,11 +29,11 @@ EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
 
 
 def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
-                   sums=None, active_sums=None, values=None, activation="silu"):
+                   sums=None, active_sums=None, values=None, activation="silu", nonfinite=None):
     act = activation_native(gate, activation)
     if counts is not None or sums is not None or active_sums is not None:
         with _one_thread(gate):
-            _accumulate(gate, act, lang_ids, counts, sums, active_sums)
+            _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite)
     if masks is not None:
         # masks[mask_ids[t]] for every token, False for tokens without a mask.
         picked = mask_ids.clamp(min=0)
@@ -46,16 +46,19 @@ def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=No
     return act.mul_(up)
 
 
-def _accumulate(gate, act, lang_ids, counts, sums, active_sums):
+def _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite=None):
     """Per language l and neuron j, over tokens t with lang_ids[t] == l:
     counts += #(gate > 0), sums += sum of act, active_sums += sum of act where gate > 0.
-    Float sums accumulate in fp32 over the whole call, then go into the caller's table."""
+    Float sums accumulate in fp32 over the whole call, then go into the caller's table.
+    nonfinite (int32 [1]) becomes nonzero where a counted token's gate is NaN or +-Inf: read
+    off the fp32 sums where they are taken (act is non-finite with its gate, and a sum with
+    it), else from the block in cache (x - x is 0 for finite x only)."""
     n_tokens, width = gate.shape
     if n_tokens == 0 or width == 0:
         return
     runs = _runs(lang_ids)
     if runs is not None:
-        return _accumulate_runs(gate, act, runs, counts, sums, active_sums)
+        return _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite)
     counted = lang_ids >= 0
     if not counted.any():
         return
@@ -88,6 +91,10 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums):
                 in_acc = 0
             acc_counts.addmm_(weights, torch.gt(gate[start:stop], 0, out=active[:n]))
             in_acc += n
+            if nonfinite is not None and sums is None:
+                g = gate[start:stop]
+                bad = (g - g).ne_(0).any(dim=1).logical_and_(counted[start:stop])
+                nonfinite.bitwise_or_(bad.any().to(nonfinite.dtype))
         if chosen is not None:
             # fp32 activations of the counted rows; uncounted rows are zeroed, not only
             # weighted by 0 (0 * inf would be NaN).
@@ -99,6 +106,9 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums):
             if active_sums is not None:
                 # act has the sign of gate (and is 0 with it), so its positive part is act where gate > 0.
                 acc_active.addmm_(weights, torch.clamp_min(block, 0, out=chosen[:n]))
+    if nonfinite is not None and (sums is not None or counts is None):
+        spoiled = acc_sums if acc_sums is not None else acc_active
+        nonfinite.bitwise_or_((spoiled - spoiled).ne(0).any().to(nonfinite.dtype))
     for table, acc in ((counts, acc_counts), (sums, acc_sums), (active_sums, acc_active)):
         if table is not None:
             table += acc.to(table.dtype)
@@ -136,9 +146,10 @@ def _runs(lang_ids):
     return [(a, b, k) for a, b, k in zip(starts, stops, lang_ids[starts].tolist()) if k >= 0]
 
 
-def _accumulate_runs(gate, act, runs, counts, sums, active_sums):
+def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None):
     """_accumulate where the counted tokens come in runs of one language: each block of a
-    run adds ones[1, n] @ block into its language's row of an fp32 accumulator."""
+    run adds ones[1, n] @ block into its language's row of an fp32 accumulator. nonfinite as
+    in _accumulate (every row of a run is counted)."""
     if not runs:
         return
     width = gate.shape[1]
@@ -164,6 +175,9 @@ def _accumulate_runs(gate, act, runs, counts, sums, active_sums):
                     in_acc = 0
                 acc_counts[lang:lang + 1].addmm_(weights, torch.gt(gate[a:b], 0, out=mask[:n]))
                 in_acc += n
+                if nonfinite is not None and sums is None:
+                    g = gate[a:b]
+                    nonfinite.bitwise_or_((g - g).ne_(0).any().to(nonfinite.dtype))
             if acc_sums is not None or acc_active is not None:
                 block = act[a:b] if fp32 else wide[:n].copy_(act[a:b])
                 if acc_sums is not None:
@@ -171,6 +185,9 @@ def _accumulate_runs(gate, act, runs, counts, sums, active_sums):
                 if acc_active is not None:
                     # act has the sign of gate (and is 0 with it): its positive part is act where gate > 0.
                     acc_active[lang:lang + 1].addmm_(weights, torch.clamp_min(block, 0, out=positive[:n]))
+    if nonfinite is not None and (sums is not None or counts is None):
+        spoiled = acc_sums if acc_sums is not None else acc_active
+        nonfinite.bitwise_or_((spoiled - spoiled).ne(0).any().to(nonfinite.dtype))
     for table, acc in ((counts, acc_counts), (sums, acc_sums), (active_sums, acc_active)):
         if table is not None:
             table += acc.to(table.dtype)

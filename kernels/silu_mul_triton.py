@@ -29,13 +29,13 @@ COUNT_EXACT_LIMIT = 2**24  # fp32 accumulators hold every integer below this exa
 @triton.jit
 def _silu_mul_kernel(
     gate_ptr, up_ptr, out_ptr,
-    lang_ptr, counts_ptr, mask_id_ptr, masks_ptr, sums_ptr, active_ptr, values_ptr,
+    lang_ptr, counts_ptr, mask_id_ptr, masks_ptr, sums_ptr, active_ptr, values_ptr, nonfinite_ptr,
     n_tokens, n_neurons, n_langs, n_masks, tokens_per_program,
     stride_gt, stride_gi, stride_ut, stride_ui, stride_ot,
     stride_cl, stride_ci, stride_sl, stride_si, stride_al, stride_ai, stride_mm, stride_vm,
     COUNT: tl.constexpr, SUMS: tl.constexpr, ACTIVE_SUMS: tl.constexpr, MASK: tl.constexpr, SET: tl.constexpr,
     GELU: tl.constexpr, LANGS_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
-    PRECISE: tl.constexpr, INTERPRET: tl.constexpr,
+    PRECISE: tl.constexpr, INTERPRET: tl.constexpr, NONFINITE: tl.constexpr,
 ):
     pid_i = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -47,6 +47,9 @@ def _silu_mul_kernel(
     acc_counts = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
     acc_sums = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
     acc_active = tl.zeros((LANGS_PAD, BLOCK_I), dtype=tl.float32)
+    # rows with a non-finite gate of a counted token, folded over the tiles: a reduction along
+    # the tile's columns only (within a warp); across rows once, at the end
+    bad_rows = tl.zeros((BLOCK_T,), dtype=tl.int32)
 
     for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
@@ -70,7 +73,17 @@ def _silu_mul_kernel(
                 acc_sums = _sum_tile(acc_sums, hit, counted[:, None], act, act32, INTERPRET)
             if ACTIVE_SUMS:
                 acc_active = _sum_tile(acc_active, hit, counted[:, None] & fired, act, act32, INTERPRET)
+            if NONFINITE and not SUMS:  # on the tile in registers: x - x is 0 for finite x only
+                bad = ((g32 - g32) != 0) & counted[:, None] & col_ok[None, :]
+                bad_rows = tl.maximum(bad_rows, tl.max(bad.to(tl.int32), axis=1))
 
+    if NONFINITE:
+        if SUMS:  # a non-finite act(gate) of a counted token spoils the fp32 sums: read it there, once
+            spoiled = ((acc_sums - acc_sums) != 0).to(tl.int32)
+            n_bad = tl.sum(tl.sum(spoiled, axis=1), axis=0)
+        else:
+            n_bad = tl.sum(bad_rows, axis=0)
+        tl.atomic_add(nonfinite_ptr, n_bad, mask=n_bad > 0)
     if COUNT:
         _add_table(acc_counts, counts_ptr, cols, col_ok, n_langs, stride_cl, stride_ci, LANGS_PAD)
     if SUMS:
@@ -108,7 +121,7 @@ def default_config(n_tokens, n_neurons, device, *, block_t=32, block_i=128, num_
 
 def silu_mul_triton(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
                     sums=None, active_sums=None, values=None, activation="silu",
-                    config=None, out=None, precise=None):
+                    config=None, out=None, precise=None, nonfinite=None):
     """Launch the kernel on checked 2-D inputs (see lna.kernels.silu_mul for the contract).
 
     config (a LaunchConfig) overrides the default (tests and benchmarks); out, if given, is
@@ -141,7 +154,7 @@ def silu_mul_triton(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=N
     _silu_mul_kernel[grid](
         gate, up, out,
         lang_ids, _or(counts, dummy), mask_ids, masks_u8, _or(sums, dummy), _or(active_sums, dummy),
-        _or(values, dummy),
+        _or(values, dummy), _or(nonfinite, dummy),
         n_tokens, n_neurons, tables[0].shape[0] if tables else 0, masks.shape[0] if mask else 0,
         tokens_per_program,
         gate.stride(0), gate.stride(1), up.stride(0), up.stride(1), out.stride(0),
@@ -150,7 +163,7 @@ def silu_mul_triton(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=N
         COUNT=counts is not None, SUMS=sums is not None, ACTIVE_SUMS=active_sums is not None, MASK=mask,
         SET=mask and values is not None, GELU=gelu,
         LANGS_PAD=langs_pad(tables[0].shape[0]) if tables else 16,
-        BLOCK_T=block_t, BLOCK_I=block_i, INTERPRET=INTERPRET,
+        BLOCK_T=block_t, BLOCK_I=block_i, INTERPRET=INTERPRET, NONFINITE=nonfinite is not None and bool(tables),
         PRECISE=(not INTERPRET and gate.dtype == torch.float32) if precise is None else precise,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

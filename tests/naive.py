@@ -93,29 +93,32 @@ def assert_counts_equal(got, ref, ambiguous):
     assert ambiguous.sum() <= 1e-4 * looked_at, "too many near-zero gates for a meaningful test"
 
 
-def intervene(model, mask, value=None):
+def intervene(model, mask, value=None, offset=None):
     """Hooks on every layer's activation: act(gate) replaced by 0 (or by value, float32
-    [layer, neuron] rounded to the model's dtype) where mask [layer, neuron]; returns them."""
+    [layer, neuron] rounded to the model's dtype) where mask [layer, neuron], then offset
+    (float32 [layer, neuron]) added; returns them."""
     hooks = []
     for li, layer in enumerate(layers(model)):
         act = getattr(layer.mlp, "act_fn", None) or layer.mlp.activation_fn  # Phi-3: activation_fn
         m = torch.from_numpy(np.asarray(mask[li], bool))
         v = torch.zeros(m.shape) if value is None else torch.from_numpy(np.asarray(value[li], np.float32))
+        d = torch.zeros(m.shape) if offset is None else torch.from_numpy(np.asarray(offset[li], np.float32))
         hooks.append(act.register_forward_hook(
-            lambda mod, inp, o, m=m, v=v: torch.where(m, v.to(o.dtype), o)))
+            lambda mod, inp, o, m=m, v=v, d=d: torch.where(m, v.to(o.dtype), o) + d.to(o.dtype)))
     return hooks
 
 
 @torch.no_grad()
-def nll(path, samples, masks=None, mask_ids=None, dtype=torch.float64, values=None):
-    """Sum of response-token NLLs per sample; masks zero act(gate) (or set it to values) via a
-    hook on the activation."""
+def nll(path, samples, masks=None, mask_ids=None, dtype=torch.float64, values=None, offsets=None):
+    """Sum of response-token NLLs per sample; masks zero act(gate) (or set it to values, then
+    add offsets) via a hook on the activation."""
     model = load(path, dtype)
     out = np.zeros(len(samples))
     for i, s in enumerate(samples):
         hooks = []
         if masks is not None and mask_ids[i] >= 0:
-            hooks = intervene(model, masks[mask_ids[i]], None if values is None else values[mask_ids[i]])
+            hooks = intervene(model, masks[mask_ids[i]], None if values is None else values[mask_ids[i]],
+                              None if offsets is None else offsets[mask_ids[i]])
         ids = torch.tensor([list(s.prompt) + list(s.response)])
         logits = model(ids).logits[0].to(dtype)
         P = len(s.prompt)
@@ -126,14 +129,14 @@ def nll(path, samples, masks=None, mask_ids=None, dtype=torch.float64, values=No
 
 
 @torch.no_grad()
-def greedy(path, prompts, max_new_tokens, mask=None, value=None, model=None):
+def greedy(path, prompts, max_new_tokens, mask=None, value=None, model=None, offset=None):
     """Greedy continuations of `prompts` (one left-padded batch, as lna's runner batches them)
     by an unmodified transformers model, with the intervention hooks if given; EOS (2) cut."""
     model = model or load(path)
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[2] * (width - len(p)) + list(p) for p in prompts])
     attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    hooks = [] if mask is None else intervene(model, mask, value)
+    hooks = [] if mask is None else intervene(model, mask, value, offset)
     try:
         out = model.generate(input_ids=ids, attention_mask=attn, do_sample=False, max_new_tokens=max_new_tokens,
                              pad_token_id=2, eos_token_id=2)[:, width:].tolist()

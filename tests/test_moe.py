@@ -241,3 +241,11 @@ def test_ablation_masks_from_identification(runner, arch):
     assert np.array_equal(whole, runner.nll(samples, ExpertMasks(None, direct), [0] * len(samples)))
     with pytest.raises(LnaError, match="not in this model"):
         ablation_masks(runner, experts=[np.array([[layer, 99]])])
+
+
+def test_offsets_are_refused_in_one_line(runner):
+    """The dense runner's additive path (lna-steer --methods diffmean) is not the MoE runner's."""
+    masks = random_masks(runner, 1, 0)
+    with pytest.raises(LnaError, match="offsets") as err:
+        runner.nll(random_samples(0, ["en"], questions=1), masks, [0], offsets=np.zeros(3, np.float32))
+    assert "\n" not in str(err.value)

@@ -135,7 +135,7 @@ def test_options_extend_runner_options():
     from lna.align.pipeline import Options as Align
     from lna.evaluation.eval import Options as Eval
     from lna.interventions.ablate import Options as Ablate
-    from lna.interventions.steering import Options as Steer
+    from lna.interventions.steer.run import Options as Steer
     from lna.profiling.profile import Options as Profile
     from lna.runners.options import RunnerOptions
 

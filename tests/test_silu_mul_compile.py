@@ -40,21 +40,27 @@ def compile_all(arch):
         return usage(compiled.asm["cubin"])
 
     report = {}
-    # (name, COUNT, SUMS and ACTIVE_SUMS, MASK, SET, GELU): the defaults, each new feature, and all at once.
-    fused_variants = (("plain", False, False, False, False, False), ("count", True, False, False, False, False),
-                      ("count+mask", True, False, True, False, False), ("count+sums", True, True, False, False, False),
-                      ("mask+set", False, False, True, True, False), ("gelu+all", True, True, True, True, True))
+    # (name, COUNT, SUMS and ACTIVE_SUMS, MASK, SET, GELU, NONFINITE): the defaults, each new feature,
+    # and all at once.
+    fused_variants = (("plain", False, False, False, False, False, False),
+                      ("count", True, False, False, False, False, False),
+                      ("count+mask", True, False, True, False, False, False),
+                      ("count+sums", True, True, False, False, False, False),
+                      ("count+nonfinite", True, False, False, False, False, True),
+                      ("count+sums+nonfinite", True, True, False, False, False, True),
+                      ("mask+set", False, False, True, True, False, False),
+                      ("gelu+all", True, True, True, True, True, True))
     for dtype, counts, sums, precise in (("bf16", "i64", "fp64", False), ("fp16", "i32", "fp32", False),
                                          ("fp32", "i64", "fp64", True)):
-        for name, count, summed, mask, set_values, gelu in fused_variants:
+        for name, count, summed, mask, set_values, gelu, nonfinite in fused_variants:
             types = {"gate_ptr": f"*{dtype}", "up_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "lang_ptr": "*i32",
                      "counts_ptr": f"*{counts}", "mask_id_ptr": "*i32", "masks_ptr": "*u8", "sums_ptr": f"*{sums}",
-                     "active_ptr": f"*{sums}", "values_ptr": "*fp32"}
+                     "active_ptr": f"*{sums}", "values_ptr": "*fp32", "nonfinite_ptr": "*i32"}
             cfg = fused.LaunchConfig(32, 128, 832)  # the default at T = 8192 on 132 SMs
             constants = {"stride_gi": 1, "stride_ui": 1, "stride_ci": 1, "stride_si": 1, "stride_ai": 1,
                          "COUNT": count, "SUMS": summed, "ACTIVE_SUMS": summed, "MASK": mask, "SET": set_values,
                          "GELU": gelu, "LANGS_PAD": 16, "BLOCK_T": cfg.block_t, "BLOCK_I": cfg.block_i,
-                         "PRECISE": precise, "INTERPRET": False}
+                         "PRECISE": precise, "INTERPRET": False, "NONFINITE": nonfinite}
             warps = 8 if summed else cfg.num_warps  # as default_config(sums=True) picks
             report[f"silu_mul {dtype} {name}"] = build(fused._silu_mul_kernel, types, constants, warps, cfg.num_stages)
         types = {"x_ptr": f"*{dtype}", "wg_ptr": f"*{dtype}", "wu_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
@@ -95,7 +101,7 @@ def test_cuda_path_compiles_without_spills(arch):
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.splitlines()[-1])
-    assert len(report) == 24
+    assert len(report) == 30
     spilled = {name: r for name, r in report.items() if r["local"]}
     assert not spilled, f"register spills: {spilled}"
     print(json.dumps(report, indent=1))  # registers per variant, for the record (pytest -s)

@@ -200,14 +200,30 @@ def test_command_outputs_equal_the_runner_and_shares_recompute(made, result):
     steered = runner.generate(prompts, n=1, temperature=0, top_p=1, max_new_tokens=8, seed=0,
                               masks=iv.mask[None], values=iv.values[None], mask_ids=[0] * len(prompts))
     assert [kept[f"all/x8|{q.key}"] for q in questions] == [g for (g,) in steered]
+    records = {json.loads(line)["key"]: json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()}
     for row in res["rows"]:  # the shares, recomputed from the outputs with py3langid itself
-        import py3langid
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
+        ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         texts = [runner.tokenizer.decode(kept[f"{row['row']}|{q.key}"], skip_special_tokens=True) for q in questions]
         cleaned = [__import__("regex").sub(r"[\p{C}\uFFFD]+", " ", t) for t in texts]
-        labels = [py3langid.classify(t)[0] if __import__("regex").search(r"\p{L}", t) else "none" for t in cleaned]
-        assert row["share_target"] == np.mean([lab == "ja" for lab in labels])
+        probs = [{} for _ in cleaned]
+        for p, t in zip(probs, cleaned):
+            for lab, pr in ident.rank(t) if __import__("regex").search(r"\p{L}", t) else []:
+                p["zh" if lab in ("wuu", "yue") else lab] = p.get("zh" if lab in ("wuu", "yue") else lab, 0) + pr
+        top = [max(p.items(), key=lambda kv: kv[1]) if p else ("none", 0.0) for p in probs]
+        # issue 23: share_label_target is what share_target was (the top label); share_target,
+        # share_none now apply the probability threshold (and "mixed" the sentences' agreement)
+        assert row["share_label_target"] == np.mean([lab == "ja" for lab, _ in top])
+        assert row["share_none"] >= np.mean([lab == "none" or pr < 0.5 for lab, pr in top])
         assert row["outputs"] == len(questions)
+        mine = [records[f"{row['row']}|{q.key}"] for q in questions]
+        assert [m["text"] for m in mine] == texts and [m["tokens"] for m in mine] == [kept[m["key"]] for m in mine]
+        assert [m["language"]["label"] for m in mine] == [lab for lab, _ in top]
+        assert [m["language"]["prob"] for m in mine] == pytest.approx([pr for _, pr in top], abs=1e-9)
+        for key, share in (("share_fluent_target", "fluent_target"), ("share_implausible", "ppl_ok")):
+            flags = [m[share] for m in mine]
+            assert row[key] == np.mean(flags if share == "fluent_target" else [not f for f in flags])
 
 
 def test_command_perplexities_equal_the_runner(made, result):
@@ -234,7 +250,7 @@ def test_command_perplexities_equal_the_runner(made, result):
 
 
 def test_rerun_resumes_and_an_interrupted_run_gives_the_same_table(made, result, monkeypatch):
-    from lna.interventions import steering
+    from lna.interventions.steer import run as steering
     from lna.runners.hf import HFRunner
 
     out, res = result

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from lna.align.train import TrainSettings
 from lna.align import STAGE_FIX
+from lna.core import lock
+from lna.core.atomic import missing_parents, remove_empty
 from lna.core.errors import LnaError
 from lna.runners.options import RunnerOptions, resolve
 
@@ -53,17 +55,30 @@ class Options(RunnerOptions):
 
 def run(o: Options) -> list[Path]:
     """Run the stages from the first one needed to `o.stop_after`; returns the merged checkpoints."""
-    from lna.core import jsonl, runs
-    from lna.align import pairs as pairs_mod, score as score_mod
-    from lna.align.train import checkpoints, train
-    from lna.core.languages import parse_langs
-    from lna.core.progress import Bar, sayer
+    from lna.core import runs
 
     if o.stop_after not in STAGES:
         raise LnaError(f"unknown stage {o.stop_after!r}: use one of {', '.join(STAGES)}")
     o.train.check()  # before hours of sampling and scoring, not after
     out = runs.out_folder(o.out, fix="give an output folder")
-    out.mkdir(parents=True, exist_ok=True)
+    made = [] if out.exists() else [out, *missing_parents(out)]
+    with lock.scope():
+        lock.acquire(out, "run folder")
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            return _stages(o, out)
+        except BaseException:
+            remove_empty(made)  # an early error leaves no empty -o folder behind
+            raise
+
+
+def _stages(o: Options, out: Path) -> list[Path]:
+    from lna.core import jsonl
+    from lna.align import pairs as pairs_mod, score as score_mod
+    from lna.align.train import checkpoints, train
+    from lna.core.languages import parse_langs
+    from lna.core.progress import Bar, sayer
+
     say = sayer(o.progress)
     pivot = parse_langs(o.pivot)[0]
     langs = [x for x in parse_langs(o.langs) if x != pivot]

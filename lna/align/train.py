@@ -88,7 +88,7 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+    from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
     from trl import DPOConfig, DPOTrainer
 
     from lna.models import loading
@@ -122,7 +122,7 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
         say(f"train: {final} exists; nothing to do")
         return checkpoints(out)
 
-    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    tokenizer = loading.load_tokenizer(info)  # one line where the folder has none
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     net = AutoModelForCausalLM.from_pretrained(info.path, dtype=getattr(torch, dtype))

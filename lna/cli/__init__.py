@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from lna.core import lock
 from lna.core.errors import LnaError
 from lna.core.interrupts import Terminated, terminate_as_interrupt
 
@@ -57,7 +58,8 @@ def run(command: click.Command, prog: str, argv=None) -> int:
     try:
         # make_context + invoke rather than command.main: main turns Ctrl-C into click's
         # Abort after printing a blank line, and would hide SIGTERM behind it.
-        with terminate_as_interrupt(), command.make_context(prog, args, **HELP) as ctx:
+        # lock.scope: the outputs a command locked are released when it ends (lna.core.lock)
+        with terminate_as_interrupt(), lock.scope(), command.make_context(prog, args, **HELP) as ctx:
             command.invoke(ctx)
     except click.exceptions.Exit as done:  # --help, --version
         return done.exit_code

@@ -18,10 +18,12 @@ def import_counts(sources, out, model, dataset, force):
     """
     from pathlib import Path
 
+    from lna.core import lock
     from lna.core.errors import LnaError
     from lna.storage.import_counts import import_counts as read
     from lna.storage.store import save_store
 
+    lock.acquire(out, "count store")  # first: a device, FIFO or socket is refused as such
     if Path(out).exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or import elsewhere "
                        "and combine with lna merge")

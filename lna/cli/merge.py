@@ -12,10 +12,13 @@ import click
 def merge(stores, out, force, partial):
     """Sum count stores of the same model (disjoint shards of samples, extra languages).
 
-    Refuses stores of other models, shapes or counting modes, any sample counted in two
-    inputs (identified by its tokens, whatever the dataset's name), and shards of a run
-    given twice, unfinished or missing (unless --partial)."""
+    Refuses stores of other models or shapes, of another meaning of a count (what was
+    counted, the activation) or of other settings that change counts (dtype, prompt
+    template, kernel version, sampling settings), any sample counted in two inputs
+    (identified by its tokens, whatever the dataset's name), and shards of a run given
+    twice, unfinished or missing (unless --partial). Stores counted while sampling and by
+    force-decoding merge (the same quantity)."""
     from lna.profiling.merge import run, summary
 
     merged = run(stores, out, force=force, partial=partial)
-    click.echo(f"merged {len(stores)} stores into {out}: {summary(merged)}")
+    click.echo(f"merged {len(stores)} store{'s' if len(stores) != 1 else ''} into {out}: {summary(merged)}")

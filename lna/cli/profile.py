@@ -39,7 +39,9 @@ def _shard(ctx, param, value):
                    "instead of eager mode (counting only; see README, backends).")
 @runner_options
 def profile(quiet, **kwargs):
-    """Force-decode responses through counting MLPs and write a count store."""
+    """Count the activations of response tokens per language into a count store: responses
+    the data lacks are sampled and counted while they are sampled (one pass); given ones,
+    and with --force-decode all, are force-decoded through the counting MLPs."""
     from lna.profiling.profile import Options, run
 
     run(Options(progress=not quiet, **kwargs))

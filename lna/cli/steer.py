@@ -29,7 +29,24 @@ def _strengths(ctx, param, value):
                    "(besides the baseline and 'off': source neurons zeroed only).")
 @click.option("--layers", default="all", show_default=True,
               help="Layer groups steered, each its own series: all, or e.g. 0-7,24-31 (two groups); "
-                   "'+' joins ranges into one group (0-3+28-31).")
+                   "'+' joins ranges into one group (0-3+28-31); dense: the fewest layers holding half of "
+                   "both languages' neurons.")
+@click.option("--methods", default="mean", show_default=True,
+              help="Interventions compared on the same prompts, comma-separated: mean (set --to's neurons to "
+                   "strength x their mean activation) and quantile (to strength x a high quantile of their "
+                   "activation in --to, per neuron; needs the transformers backend and --to references) and "
+                   "diffmean (add strength x (mean in --to - mean in --from) to both languages' neurons; "
+                   "transformers backend).")
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
+              show_default=True, help="The quantile method's quantile.")
+@click.option("--search", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Also find, per method and layer group, the smallest strength at which this share of outputs "
+                   "is fluent in --to (a geometric ladder 0.25-64, then bisection).")
+@click.option("--max-ppl", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="An output is fluent only if the unsteered model's perplexity of it is at most this "
+                   "(default: 4 x its perplexity of the --to reference responses).")
+@click.option("--allow-template-mismatch", is_flag=True,
+              help="Steer although the prompts and the reference responses come from different prompt templates.")
 @click.option("--setting", type=click.Choice(["specific+related", "specific"]), default="specific+related",
               show_default=True, help="Which neurons of each language: every one listed, or the language-specific "
                                       "ones only.")
@@ -49,16 +66,17 @@ def _strengths(ctx, param, value):
 @runner_options
 def steer(quiet, **kwargs):
     """Answer prompts in --from with the --from neurons zeroed and the --to neurons set to a
-    multiple of their mean activation in --to, at several strengths (and per layer group),
-    beside the unsteered baseline; measure the share of outputs in --to (language identifier
-    and script) and the perplexity cost.
+    multiple of a per-neuron level in --to, at several strengths (per method and layer group),
+    beside the unsteered baseline. Each output is judged for its language, degeneracy and
+    perplexity under the unsteered model; the headline is the share fluent in --to (all
+    three pass), beside the perplexity cost (docs/steering.md).
 
-    Writes DIR/steer.json, steer.csv, steer.md, steer.png (share in --to against strength),
-    outputs.jsonl (every answer) and nll.npz (lets a rerun resume). Needs the 'steer' extra
-    (pip install 'lna[steer]': the language identifier).
+    Writes DIR/steer.json, steer.csv, steer.md, steer.png (share fluent in --to against
+    strength), outputs.jsonl (every answer: ids, text, judgements) and nll.npz (lets a rerun
+    resume). Needs the 'steer' extra (pip install 'lna[steer]': the language identifier).
     """
-    from lna.interventions.steer_report import markdown
-    from lna.interventions.steering import Options, run
+    from lna.interventions.steer.run import Options, run
+    from lna.interventions.steer.table import markdown
 
     result = run(Options(progress=not quiet, **kwargs))
     click.echo(markdown(result), nl=False)

@@ -9,16 +9,17 @@ import json
 import os
 from pathlib import Path
 
-from lna.core.atomic import atomic_file, write_error, writing
+from lna.core.atomic import atomic_file, output_path, write_error, writing
 from lna.core.errors import LnaError
 from lna.core.interrupts import shielded
 from lna.core.progress import note as say_note
 
 
-def read(path, what: str, fix: str, note=None) -> list[dict]:
+def read(path, what: str, fix: str, note=None, numbered: bool = False) -> list:
     """The records of `path` ([] where it does not exist). `what` names the file in messages
     ("responses"), `fix` says how to recover from damage ("delete it to sample again");
-    `note(msg)` hears of a repaired torn line (default: a note on stderr)."""
+    `note(msg)` hears of a repaired torn line (default: a note on stderr). `numbered`:
+    (line number, record) pairs, for messages that name the line."""
     path = Path(path)
     if not path.exists():
         return []
@@ -43,7 +44,7 @@ def read(path, what: str, fix: str, note=None) -> list[dict]:
             raise LnaError(f"{path}:{i + 1}: not valid JSON in the {what} file; {fix}") from None
         if not isinstance(rec, dict):
             raise LnaError(f"{path}:{i + 1}: expected a JSON object per line in the {what} file; {fix}")
-        out.append(rec)
+        out.append((i + 1, rec) if numbered else rec)
     return out
 
 
@@ -51,9 +52,9 @@ def append(path, records: list[dict]) -> None:
     """Append whole lines, fsync'd; a failed write is cut back off (no torn line stays)."""
     if not records:
         return
-    path = Path(path)
+    given, path = Path(path), output_path(path)  # a device or FIFO is refused; a symlink written through
     text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode()
-    with shielded(), writing(path):
+    with shielded(), writing(given):
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         with path.open("ab", buffering=0) as fh:
@@ -72,7 +73,7 @@ def append(path, records: list[dict]) -> None:
         if failed is not None:
             if new:
                 path.unlink(missing_ok=True)
-            raise write_error(path, failed) from None
+            raise write_error(given, failed) from None
 
 
 def write(path, records: list[dict]) -> None:

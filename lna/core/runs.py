@@ -3,6 +3,7 @@ settings), so a rerun resumes its own work there and never mixes in another run'
 import json
 from pathlib import Path
 
+from lna.core import lock
 from lna.core.atomic import atomic_file
 from lna.core.errors import LnaError
 
@@ -12,7 +13,9 @@ RUN = "run.json"
 def claim(out: Path, identity: dict, what: str, work: list[str]) -> None:
     """Record `identity` in DIR/run.json, or check it against the one there. `what` names the
     work in messages ("responses"); `work` are the files a run leaves in DIR: present without
-    a run.json, they are an unknown run's, and nothing is resumed from them."""
+    a run.json, they are an unknown run's, and nothing is resumed from them. DIR is locked
+    (lna.core.lock) until the current lock scope ends: one run at a time writes it."""
+    lock.acquire(out, what)
     run_file = out / RUN
     if run_file.is_file():
         try:

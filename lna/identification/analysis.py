@@ -298,7 +298,8 @@ def write_comparison(models: dict, out, *, trained=None, series: bool = False) -
                 write_csv(tmp / f"spontaneous_alignment{suffix}.csv", al_h, al_rows)
                 for r in al_rows:
                     lines.append(f"  {r[0]} languages ({r[1]}): specific {r[2]:+g}, related {r[3]:+g} on average")
-            lines.append("  overlap (|A & B| / min): " + ", ".join(f"{r[0]} {r[4]}" for r in ov_rows))
+            lines.append("  overlap (|A & B| / min): " + ", ".join(
+                f"{r[0]} {r[4] if r[4] != '' else 'n/a (none on one side)'}" for r in ov_rows))
         for r in english_table(models)[1]:
             lines.append(f"{r[0]}: {r[1]} mean specific {r[2]:g}, related {r[3]:g}")
         if series:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, note
 from lna.identification.neurons import NeuronSets
 
 LAMBDA_RANGE = (0.0, 0.2)
@@ -173,7 +173,13 @@ def identify_store(store, *, langs=None, **options) -> NeuronSets:
     if empty:
         raise LnaError(f"the store counted no response tokens for {', '.join(empty)}; "
                        "profile them or leave them out with --langs")
-    return identify(store.probabilities(), store.languages, source=source, **options)
+    found = identify(store.probabilities(), store.languages, source=source, **options)
+    if store.meta.get("shard"):  # a single shard, or a --partial merge: part of a run's questions
+        from lna.profiling.shards import describe
+
+        note(f"{source.get('store') or 'the store'} holds {describe(store.meta['shard'])} of its run only: these "
+             "neurons come from part of its questions; `lna merge` all the shards for the whole run's")
+    return found
 
 
 def neuron_sets_from(path, *, allow_partial: bool = False, langs=None, **options) -> NeuronSets:

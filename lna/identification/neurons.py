@@ -144,7 +144,7 @@ def from_json(obj, where: str = "neuron sets") -> NeuronSets:
         raise bad("'languages' must be a non-empty list of language codes")
     if len(set(langs)) != len(langs):
         raise bad(f"'languages' lists a language twice: {langs}")
-    if not (isinstance(layers, int) and layers > 0 and isinstance(neurons, int) and neurons > 0):
+    if not (type(layers) is int and layers > 0 and type(neurons) is int and neurons > 0):
         raise bad("'layers' and 'neurons' must be positive integers")
     if not isinstance(obj["sets"], dict) or set(obj["sets"]) != set(langs):
         raise bad("'sets' must have exactly one entry per language of 'languages'")
@@ -154,10 +154,10 @@ def from_json(obj, where: str = "neuron sets") -> NeuronSets:
             raise bad(f"{what} must be a list of {layers} per-layer lists")
         out = []
         for i, layer in enumerate(value):
-            try:
-                arr = np.asarray(layer, dtype=np.int64)
-            except (TypeError, ValueError):
-                raise bad(f"{what}, layer {i}: neuron indices must be integers") from None
+            # integers only: numpy would read 1.5 as 1 and "7" as 7
+            if not isinstance(layer, list) or not all(type(x) is int for x in layer):
+                raise bad(f"{what}, layer {i}: neuron indices must be integers (a list of them)")
+            arr = np.asarray(layer, dtype=np.int64)
             if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() >= neurons)):
                 raise bad(f"{what}, layer {i}: neuron indices must lie in 0..{neurons - 1}")
             if (np.diff(arr) <= 0).any():
@@ -168,6 +168,8 @@ def from_json(obj, where: str = "neuron sets") -> NeuronSets:
     sets = {lang: per_layer(obj["sets"][lang], f"sets[{lang}]") for lang in langs}
     general = per_layer(obj["general"], "general")
     lam = obj["lambda"]
+    if not isinstance(obj.get("source") or {}, dict):
+        raise bad("'source' must be an object (the store and model the sets come from)")
     try:
         ns = NeuronSets(str(obj["method"]), float(obj["top_rate"]), None if lam is None else float(lam),
                         float(obj["tau"]), list(langs), layers, neurons, sets, general,

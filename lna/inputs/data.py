@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lna.core import languages
 from lna.core.errors import LnaError
+from lna.inputs import schema
 
 HF_IDS = {"mgsm": "juletxara/mgsm", "msvamp": "Mathoctopus/MSVAMP"}
 
@@ -39,6 +40,7 @@ class Question:
     response_ids: list | None = None
     tokenizer: str | None = None
     template: str | None = None  # the template that made `prompt`, where lna's responses file says
+    where: str | None = field(default=None, compare=False, repr=False)  # "file:line" it came from (messages)
 
     def render(self, template) -> str:
         """The prompt: the data's own (verbatim), else `template` (lna.core.config.Template) applied."""
@@ -81,7 +83,7 @@ def _load_all(spec: str) -> tuple[str, list[Question]]:
     if not path.exists():
         raise LnaError(f"dataset {spec!r}: no such file or folder (use mgsm, msvamp, demo, a folder or a .jsonl)")
     if path.is_file():
-        return path.stem, _parse_jsonl(_read_lines(path), path.stem)
+        return path.stem, _parse_jsonl(_read_lines(path), path.stem, path)
     if any(path.glob("mgsm_*.tsv")):
         return "mgsm", _load_mgsm(path)
     if any(path.glob("test_*.json")):
@@ -89,33 +91,45 @@ def _load_all(spec: str) -> tuple[str, list[Question]]:
     raise LnaError(f"{path}: not a dataset folder (expected mgsm_<lang>.tsv or test_<Language>.json files)")
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, what: str = "a JSONL file of prompts") -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise LnaError(f"{path}: not UTF-8 text; give a JSONL file of prompts") from None
+        raise LnaError(f"{path}: not UTF-8 text; give {what}") from None
+    except OSError as err:
+        raise LnaError(f"{path}: cannot read it ({err.strerror or err}); give {what}") from None
 
 
 def _load_mgsm(folder: Path) -> list[Question]:
     out = []
     for f in sorted(folder.glob("mgsm_*.tsv")):
-        code = languages.code_of(f.stem.split("_", 1)[1])
-        with f.open(encoding="utf-8", newline="") as fh:
-            for i, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)):
-                if len(row) != 2:
-                    raise LnaError(f"{f}:{i + 1}: expected 2 tab-separated columns (question, answer)")
-                out.append(Question(f"mgsm/{code}/{i}", code, row[0], row[1].replace(",", "")))
+        code = _code_of_file(f)
+        lines = _read_lines(f, "a TSV file of questions and answers")
+        for i, row in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            if len(row) != 2:
+                raise LnaError(f"{f}:{i + 1}: expected 2 tab-separated columns (question, answer)")
+            out.append(Question(f"mgsm/{code}/{i}", code, row[0], row[1].replace(",", "")))
     return out
+
+
+def _code_of_file(f: Path) -> str:
+    try:
+        return languages.code_of(f.stem.split("_", 1)[1])
+    except LnaError as err:
+        raise LnaError(f"{f}: the file name names no language lna knows ({err})") from None
 
 
 def _load_msvamp(folder: Path) -> list[Question]:
     out = []
     for f in sorted(folder.glob("test_*.json")):
-        code = languages.code_of(f.stem.split("_", 1)[1])
-        for i, line in enumerate(_read_lines(f)):
+        code = _code_of_file(f)
+        for i, line in enumerate(_read_lines(f, "a JSONL file of MSVAMP questions")):
             if line.strip():
                 rec = _json(line, f, i)
-                out.append(Question(f"msvamp/{code}/{i}", code, rec["m_query"], str(rec.get("response", ""))))
+                schema.text(rec, "m_query", f, i + 1, required=True)
+                schema.text(rec, "response", f, i + 1, numbers=True)
+                answer = rec.get("response")
+                out.append(Question(f"msvamp/{code}/{i}", code, rec["m_query"], "" if answer is None else str(answer)))
     return out
 
 
@@ -153,28 +167,32 @@ def _json(line: str, where, i: int) -> dict:
     return rec
 
 
-def _parse_jsonl(lines, name: str) -> list[Question]:
+def _parse_jsonl(lines, name: str, where=None) -> list[Question]:
+    """Questions of JSONL lines; `name` makes their keys, `where` (the file) names them in
+    messages. Each record is checked against lna.inputs.schema first."""
+    where = where or name
     out, seen = [], set()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        rec = _json(line, name, i)
+        rec = _json(line, where, i)
         if "lang" not in rec:
-            raise LnaError(f"{name}:{i + 1}: record has no 'lang'")
-        code = languages.code_of(str(rec["lang"]))
+            raise LnaError(f"{where}:{i + 1}: record has no 'lang'")
+        responses = schema.check_dataset_record(rec, where, i + 1)
+        try:
+            code = languages.code_of(rec["lang"])
+        except LnaError as err:
+            raise LnaError(f"{where}:{i + 1}: 'lang': {err}") from None
         prompt = rec.get("instruction", rec.get("prompt"))
         query = rec.get("query", rec.get("question"))
         if prompt is None and query is None:
-            raise LnaError(f"{name}:{i + 1}: record needs 'instruction', 'prompt', 'query' or 'question'")
-        responses = [a["generated"] if isinstance(a, dict) else a for a in rec.get("answers", [])]
-        responses += rec.get("responses", []) + ([rec["response"]] if "response" in rec else [])
-        if not all(isinstance(r, str) for r in responses):
-            raise LnaError(f"{name}:{i + 1}: responses must be strings")
+            raise LnaError(f"{where}:{i + 1}: record needs 'instruction', 'prompt', 'query' or 'question'")
         key = rec.get("key") or f"{name}/{code}/{rec.get('id', i)}"
         if key in seen:
-            raise LnaError(f"{name}:{i + 1}: duplicate id {rec.get('id')!r}")
+            raise LnaError(f"{where}:{i + 1}: duplicate id {rec.get('id', key)!r}")
         seen.add(key)
-        out.append(Question(key, code, query or "", str(rec.get("answer", "")), prompt, responses,
+        answer = rec.get("answer")
+        out.append(Question(key, code, query or "", "" if answer is None else str(answer), prompt, responses,
                             rec.get("prompt_ids"), rec.get("response_ids"), rec.get("tokenizer"),
-                            rec.get("template")))
+                            rec.get("template"), where=f"{where}:{i + 1}"))
     return out

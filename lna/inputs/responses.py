@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from lna.core import jsonl
+from lna.core.progress import note as say_note
+from lna.inputs import schema
 from lna.core.config import VERBATIM
 from lna.inputs.data import Question
 from lna.core.errors import LnaError
@@ -107,7 +109,7 @@ def plan(questions: list[Question], tokenizer, template, path, *, n: int = 10, t
     """The first half of `prepare`: token ids, the kept responses of `path`, what to sample."""
     tid = tokenizer_id(tokenizer)
     path = Path(path)
-    kept = _read(path, note)
+    kept, repeated = _read(path, note)
     sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
     out = []
     for q in questions:
@@ -130,13 +132,22 @@ def plan(questions: list[Question], tokenizer, template, path, *, n: int = 10, t
     for i, q in enumerate(out):
         if q.response_ids is None:
             batches.setdefault(i // BATCH_QUESTIONS, []).append(i)
-    todo = {}
+    # A batch the file holds in part is sampled again whole, so its records there go first
+    # (the file is rewritten without them): a key is never in the file twice.
+    todo, stale = {}, []
     for b, idx in batches.items():
         if all(out[i].key in kept for i in idx):
             for i in idx:
-                out[i] = _question(kept[out[i].key])
+                out[i] = _question(kept[out[i].key], path, tokenizer)
         else:
             todo[b] = idx
+            stale += [out[i].key for i in idx if out[i].key in kept]
+    if stale or repeated:
+        for key in stale:
+            del kept[key]
+        jsonl.write(path, [{k: v for k, v in rec.items() if k != LINE} for rec in kept.values()])
+        (note or say_note)(f"{path}: {len(stale) + repeated} records of an interrupted batch or repeated "
+                           "are removed; that batch is sampled again whole")
     return Plan(out, todo, path, sampling, kept, tokenizer)
 
 
@@ -151,7 +162,7 @@ def sample(p: Plan, runner, *, progress=None, count=None) -> list[Question]:
     if todo and runner is None:
         raise LnaError(NO_RESPONSES)
     sampled = {out[i].key for idx in todo.values() for i in idx}
-    written = set(p.kept) - sampled
+    written = set(p.kept)  # plan() left no record of a batch to sample in the file
 
     def append(qs):  # fsync'd appends: a crash loses at most the batch being written
         jsonl.append(p.path, [_record(q, s if q.key in sampled else None) for q in qs if q.key not in written])
@@ -202,6 +213,7 @@ def _tokenize(q: Question, tokenizer, prompt: str, tid: str) -> Question:
     if not q.responses:
         return _with_ids(q, prompt, encode(tokenizer, prompt), None, tid)
     if q.tokenizer == tid and q.prompt_ids is not None and q.response_ids is not None:
+        check_ids(tokenizer, replace(q, prompt=prompt))
         return q
     ids = encode(tokenizer, prompt)
     return _with_ids(q, prompt, ids, [encode_response(tokenizer, prompt, ids, r) for r in q.responses], tid)
@@ -212,20 +224,67 @@ def _with_ids(q: Question, prompt: str, prompt_ids, response_ids, tid) -> Questi
                    response_ids=None if response_ids is None else [list(r) for r in response_ids], tokenizer=tid)
 
 
-def _question(rec: dict) -> Question:
-    return Question(rec["key"], rec["lang"], rec.get("query", ""), rec.get("answer", ""), rec["prompt"],
-                    rec["responses"], rec["prompt_ids"], rec["response_ids"], rec["tokenizer"], rec.get("template"))
+def _question(rec: dict, path, tokenizer) -> Question:
+    """A kept record as a Question, its token ids checked against the tokenizer."""
+    q = Question(rec["key"], rec["lang"], rec.get("query") or "", str(rec.get("answer") or ""), rec["prompt"],
+                 rec["responses"], rec["prompt_ids"], rec["response_ids"], rec["tokenizer"], rec.get("template"),
+                 where=f"{path}:{rec[LINE]}")
+    check_ids(tokenizer, q)
+    return q
 
 
-def _read(path: Path, note=None) -> dict:
-    """Records by key (lna.core.jsonl: a torn last line is cut off with a note)."""
-    recs = {}
-    for i, rec in enumerate(jsonl.read(path, "responses", "delete the file to sample again", note)):
+def check_ids(tokenizer, q: Question) -> None:
+    """Token ids given with `q` (trusted over its text, being exactly what lna counts) are in
+    the tokenizer's range and are its text: they decode to it (special tokens kept or
+    skipped), or they are its encoding (a prompt's; a response's after its prompt), which is
+    how lna wrote them. One line naming the file, line and field otherwise."""
+    where, size = q.where or q.key, len(tokenizer)
+    fix = "fix or delete that record (without ids, lna tokenizes the text)"
+    for field, lists in (("prompt_ids", [q.prompt_ids]), ("response_ids", q.response_ids or [])):
+        for j, ids in enumerate(lists):
+            over = next((t for t in ids if t >= size), None)
+            if over is not None:
+                name = field if field == "prompt_ids" else f"{field}[{j}]"
+                raise LnaError(f"{where}: '{name}' holds token id {over}, outside the tokenizer's {size} ids; {fix}")
+    if not (_decodes_to(tokenizer, q.prompt_ids, q.prompt) or list(q.prompt_ids) == encode(tokenizer, q.prompt)):
+        raise LnaError(f"{where}: 'prompt_ids' are not the tokens of its prompt; {fix}")
+    for j, (text, ids) in enumerate(zip(q.responses, q.response_ids or [])):
+        if not (_decodes_to(tokenizer, ids, text)
+                or encode_response(tokenizer, q.prompt, q.prompt_ids, text) == list(ids)):
+            raise LnaError(f"{where}: 'response_ids[{j}]' ({len(ids)} tokens) are not the tokens of its response "
+                           f"{_short(text)}; {fix}")
+
+
+def _decodes_to(tokenizer, ids, text: str) -> bool:
+    return (tokenizer.decode(ids, skip_special_tokens=True) == text
+            or tokenizer.decode(ids, skip_special_tokens=False) == text)
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
+def _read(path: Path, note=None) -> tuple[dict, int]:
+    """(records by key, how many repeat an earlier record exactly: left by lna before 0.3);
+    a torn last line is cut off with a note (lna.core.jsonl); a record that breaks the
+    schema, or repeats a key with other content, is one line naming it."""
+    recs, repeated = {}, 0
+    for line, rec in jsonl.read(path, "responses", "delete the file to sample again", note, numbered=True):
         if not isinstance(rec.get("key"), str):
-            raise LnaError(f"{path}: record {i + 1} has no key: not an lna responses file; "
+            raise LnaError(f"{path}:{line}: record has no key: not an lna responses file; "
                            "give it as --dataset, or delete it to sample again")
-        recs[rec["key"]] = rec
-    return recs
+        schema.check_responses_record(rec, path, line)
+        if rec["key"] in recs:
+            if {k: v for k, v in recs[rec["key"]].items() if k != LINE} != rec:
+                raise LnaError(f"{path}:{line}: repeats key {rec['key']!r} with other content; "
+                               "delete the file to sample again")
+            repeated += 1
+            continue
+        recs[rec["key"]] = {**rec, LINE: line}
+    return recs, repeated
+
+
+LINE = "__line__"  # where a kept record is in the responses file (messages; never written)
 
 
 def _record(q: Question, sampling: dict | None) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.core import runs
+from lna.core import lock, runs
 
 from lna.inputs import data, responses
 
@@ -33,7 +33,7 @@ from lna.models import loading
 
 from lna.identification import neurons
 from lna.core.atomic import atomic_file, staged_dir
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
 from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
@@ -164,6 +164,7 @@ def ablate(runner, samples, settings: dict, targets: list | None = None) -> dict
 def run(opts: Options) -> Path:
     """Validate everything, then compute (resumably) and write DIR/ppl.json, CSVs, heatmaps."""
     say = sayer(opts.progress)
+    lock.acquire(opts.out, "ablation folder")  # first: a device, FIFO or socket is refused as such
     out = runs.out_folder(opts.out)
     ns = neurons.load(opts.neurons)
     info = resolve(opts)
@@ -210,8 +211,16 @@ def run(opts: Options) -> Path:
                    "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
                                    for name, sets in settings.items()},
                    "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    if not ns.source.get("model"):
+        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
+             "identify them from a store of this model for a checked run")
     files = write_outputs(result, out, title=info.display)
     say(f"wrote {', '.join(files)} to {out}")
+    for name, sets in settings.items():  # said with the result it weakens (a failed run says only its error)
+        empty = [lang for lang, per_layer in sets.items() if not sum(len(a) for a in per_layer)]
+        if empty:
+            note(f"{opts.neurons}: the {name} set of {', '.join(empty)} is empty, so deactivating it changed "
+                 "nothing (its row equals the baseline)")
     return out
 
 

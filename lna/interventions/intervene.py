@@ -2,7 +2,8 @@
 one to a loaded transformers model (`lna.steer`, a context manager for notebooks).
 
 An intervention is, per layer, a mask of neurons and the value each masked neuron's
-activation act(gate) is replaced by before the product with up (0 zeroes it). Steering
+activation act(gate) is replaced by before the product with up (0 zeroes it), and
+optionally offsets added to the activations after that (lna-steer's difference of means). Steering
 from language X to Y zeroes X's neurons and sets Y's to a multiple (the strength) of
 their mean activation in Y, known from the store's activation sums:
     mean         sums / tokens: the expected activation on a token of Y (default), or
@@ -31,15 +32,17 @@ class Intervention:
     """Per layer and neuron: whether the activation is replaced, and by what."""
     mask: np.ndarray  # bool [layer, neuron]
     values: np.ndarray  # float32 [layer, neuron] (0 where only zeroed)
+    offsets: np.ndarray | None = None  # float32 [layer, neuron]: added to act(gate) after (None: none)
 
     @property
     def empty(self) -> bool:
-        return not self.mask.any()
+        return not self.mask.any() and (self.offsets is None or not self.offsets.any())
 
 
-def parse_layers(spec: str | None, layers: int) -> list:
+def parse_layers(spec: str | None, layers: int, named: dict | None = None) -> list:
     """`--layers` into named layer groups: "all" (default), or comma-separated groups, each a
-    range "a-b", a layer "a", or ranges joined by "+" ("0-3+12-15"): [(name, sorted layers)]."""
+    range "a-b", a layer "a", ranges joined by "+" ("0-3+12-15"), or a name of `named`
+    ({name: layers}): [(name, sorted layers)]."""
     if spec is None or not spec.strip():
         spec = "all"
     groups = []
@@ -50,6 +53,9 @@ def parse_layers(spec: str | None, layers: int) -> list:
         if part == "all":
             groups.append(("all", list(range(layers))))
             continue
+        if named and part in named:
+            groups.append((part, sorted(named[part])))
+            continue
         chosen = set()
         for piece in part.split("+"):
             lo, _, hi = piece.strip().partition("-")
@@ -57,6 +63,9 @@ def parse_layers(spec: str | None, layers: int) -> list:
                 a, b = int(lo), int(hi or lo)
             except ValueError:
                 raise LnaError(f"--layers {spec!r}: {piece!r} is not a layer or range such as 0-7") from None
+            if a > b:
+                raise LnaError(f"--layers {spec!r}: {piece!r} runs backwards; write the range low to high "
+                               f"({b}-{a})")
             if not 0 <= a <= b < layers:
                 raise LnaError(f"--layers {spec!r}: {piece!r} is outside the model's layers 0-{layers - 1}")
             chosen.update(range(a, b + 1))
@@ -82,9 +91,12 @@ def neuron_mask(ns, lang: str, setting: str = "specific+related") -> np.ndarray:
 
 
 def steering(ns, store, source: str, target: str, strength: float, layers=None, *,
-             setting: str = "specific+related", value: str = "mean", zero_source: bool = True) -> Intervention:
+             setting: str = "specific+related", value: str = "mean", zero_source: bool = True,
+             level: np.ndarray | None = None) -> Intervention:
     """From `source` to `target`: source's neurons zeroed (if zero_source), target's set to
-    strength x their mean activation in target (None: left as they are), in `layers` (None: all)."""
+    strength x their mean activation in target (None: left as they are), in `layers` (None: all).
+    `level` float [layer, neuron]: another per-neuron activation to multiply instead of the
+    mean (lna-steer's quantile method)."""
     if (store.layers, store.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"the store counts {store.layers} x {store.neurons} neurons, the neuron sets "
                        f"{ns.layers} x {ns.neurons}: they come from different models")
@@ -92,7 +104,8 @@ def steering(ns, store, source: str, target: str, strength: float, layers=None, 
     on = neuron_mask(ns, target, setting) if strength is not None else np.zeros_like(off)
     values = np.zeros(off.shape, np.float32)
     if strength is not None:
-        values[on] = (strength * store.mean_activation(target, value))[on]
+        base = store.mean_activation(target, value) if level is None else np.asarray(level, np.float64)
+        values[on] = (strength * base)[on]
     mask = off | on
     if layers is not None:
         keep = np.zeros(ns.layers, bool)
@@ -163,8 +176,9 @@ def steer(model, tokenizer=None, *, neurons=None, store=None, source=None, targe
     act = families.kernel_kwargs(family)
     try:
         for i, layer in enumerate(layer_list):
-            if intervention.mask[i].any():
-                layer.mlp = SteeredMLP(layer.mlp, family, intervention.mask[i], intervention.values[i], act)
+            offsets = None if intervention.offsets is None else intervention.offsets[i]
+            if intervention.mask[i].any() or (offsets is not None and offsets.any()):
+                layer.mlp = SteeredMLP(layer.mlp, family, intervention.mask[i], intervention.values[i], act, offsets)
         yield intervention
     finally:
         for layer, mlp in zip(layer_list, originals):
@@ -188,15 +202,17 @@ def _width(mlp, family) -> int:
 
 
 class SteeredMLP(nn.Module):
-    """down(act(gate) * up) with act replaced by `values` where `mask`, on every token (the
-    fused kernel's set path: a neuron outside the mask is computed bit for bit as before)."""
+    """down(act(gate) * up) with act replaced by `values` where `mask` and `offsets` added, on
+    every token (the fused kernel's set path: a neuron outside the mask and without an offset
+    is computed bit for bit as before)."""
 
-    def __init__(self, mlp, family, mask, values, act):
+    def __init__(self, mlp, family, mask, values, act, offsets=None):
         super().__init__()
         self.inner, self.family, self.act = mlp, family, act
         device = next(mlp.parameters()).device
         self.register_buffer("mask", torch.from_numpy(mask[None]).to(device), persistent=False)
         self.register_buffer("values", torch.from_numpy(values[None]).to(device), persistent=False)
+        self.offsets = None if offsets is None else torch.from_numpy(np.asarray(offsets, np.float32)).to(device)
 
     def forward(self, x):
         from lna.models import families
@@ -206,4 +222,6 @@ class SteeredMLP(nn.Module):
         gate, up = families.gate_up(self.inner, self.family, flat)
         ids = torch.zeros(flat.shape[0], dtype=torch.int32, device=flat.device)
         h = silu_mul(gate, up, masks=self.mask, mask_ids=ids, values=self.values, check_ids=False, **self.act)
+        if self.offsets is not None:  # (act + d) * up = act * up + d * up, as the runner computes it
+            h = h + self.offsets.to(h.dtype) * up
         return self.inner.down_proj(h).view(*x.shape[:-1], -1)

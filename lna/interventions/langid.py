@@ -46,6 +46,7 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+@functools.lru_cache(maxsize=None)  # identify maps all 140 labels a call; the registry's lookup scans
 def code_of(label: str) -> str:
     """lna's code for a py3langid label (the label itself where the registry has none)."""
     from lna.core import languages
@@ -59,15 +60,20 @@ def code_of(label: str) -> str:
 
 
 def identify(text: str) -> tuple[str, float]:
-    """(language code, the identifier's probability), or ("none", 0.0) for a text without letters."""
+    """(language code, its probability), or ("none", 0.0) for a text without letters. The
+    probability is py3langid's normalized one summed over the labels of that code (zh, wuu
+    and yue are all zh: a Chinese sentence splits its probability among them)."""
     import regex
 
     text = regex.sub(r"[\p{C}\uFFFD]+", " ", text)
     if not _letters(text):
         return NONE, 0.0
     check()
-    label, prob = _identifier().classify(text)
-    return code_of(label), float(prob)
+    by_code: dict = {}
+    for label, prob in _identifier().rank(text):
+        code = code_of(label)
+        by_code[code] = by_code.get(code, 0.0) + float(prob)
+    return max(by_code.items(), key=lambda kv: kv[1])
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from lna.profiling import shards
+from lna.core import lock
 from lna.core.errors import LnaError, note
 from lna.storage.manifest import combine
-from lna.storage.store import CountStore, check_compatible, counted_during, open_store, save_store, validate
+from lna.storage.store import (SETTINGS, CountStore, check_compatible, counted_during, open_store, save_store,
+                               validate)
 
 
 def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> CountStore:
@@ -55,6 +57,9 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
                 note(f"{without} has no activation sums: the merged store's sums of {', '.join(lost)} are unknown "
                      "(NaN); lna-steer needs the sums of its target language (lna-profile --sums)")
             out, other = out.with_sums(), other.with_sums()
+        for key in SETTINGS:  # equal where both have them (check_compatible): either one's
+            if not out.meta.get(key) and other.meta.get(key):
+                out.meta[key] = other.meta[key]
         for key, value in ident.items():
             if value is None:
                 out.meta.pop(key, None)
@@ -75,7 +80,7 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
         out.complete = out.complete and other.complete
         out.meta["counted_during"] = counted_during(out.meta.get("counted_during", "force-decoding"),
                                                     other.meta.get("counted_during", "force-decoding"))
-        for key in ("dataset", "backend", "dtype"):
+        for key in ("dataset", "backend"):
             values = [v for v in (out.meta.get(key), other.meta.get(key)) if v]
             if values and values[0] != values[-1]:
                 out.meta[key] = f"{values[0]}+{values[-1]}"
@@ -91,6 +96,7 @@ def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> Cou
 def run(inputs, out, *, force: bool = False, partial: bool = False) -> CountStore:
     """The command: read, check and sum INPUTS, write OUT (refused if it exists, unless force)."""
     out = Path(out)
+    lock.acquire(out, "count store")  # first: a device, FIFO or socket is refused as such
     if out.exists() and not force:
         raise LnaError(f"{out}: already exists; give --force to replace it, or choose another -o")
     stores = [open_store(path) for path in inputs]

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.core import languages
+from lna import kernels
+from lna.core import languages, lock
 
 from lna.inputs import data, responses
 
@@ -72,11 +73,19 @@ def default_out(model: str, dataset: str, shard=None) -> Path:
 
 
 def run(opts: Options) -> Path:
+    with lock.scope():  # the store and the responses file are this run's until it ends
+        return _run(opts)
+
+
+def _run(opts: Options) -> Path:
     shard = shards.parse(opts.shard) if opts.shard else None
     name, questions = data.load(opts.dataset, opts.langs, limit=opts.limit)
     langs = list(dict.fromkeys(q.lang for q in questions))
     _check_given_responses(questions)
     out = Path(opts.out) if opts.out else default_out(opts.model, opts.dataset, shard)
+    resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
+    lock.acquire(out, "count store")
+    lock.acquire(resp_path, "responses file")
     existing = open_store(out) if out.exists() else None  # a non-store is refused, untouched
     say = sayer(opts.progress)
 
@@ -94,6 +103,7 @@ def run(opts: Options) -> Path:
     prompts = responses.template_record(questions, template)
     if opts.template is not None and not prompts["template_text"]:
         say(f"the data gives every prompt verbatim: --template {opts.template} is not applied")
+    _check_dtype(existing, out, model.dtype)
     _check_template(existing, out, prompts)
     sampling = {"n": opts.samples, "temperature": opts.temperature, "top_p": opts.top_p,
                 "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}
@@ -102,14 +112,14 @@ def run(opts: Options) -> Path:
     part = f" (shard {shard}: {len(questions):,} of {n_questions:,} questions)" if shard else ""
     if existing is not None:
         shards.check_resume(out, existing.meta.get("shard"), shard_record)
-    meta = _meta(opts, model, name, prompts, shard_record, layout)
+    meta = _meta(opts, model, name, prompts, shard_record, layout,
+                 sampling if any(not q.responses for q in questions) else None)
     fresh = CountStore.empty(langs, runner.layers, runner.neurons, meta, sums=opts.sums,
                              experts=None if layout is None else (layout.experts, layout.expert_neurons))
     store = _store(existing, fresh, out, opts)
     for lang in langs:
         store = store.with_language(lang)
 
-    resp_path = Path(opts.responses) if opts.responses else responses.path_beside(out)
     plan = responses.plan(questions, runner.tokenizer, template, resp_path, n=opts.samples,
                           temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens,
                           seed=opts.seed)
@@ -237,8 +247,10 @@ class _WhileSampling:
         self.report(int(store.tokens.sum()), None)  # the total is known once every batch is sampled
 
 
-def _meta(opts: Options, model: Opened, dataset: str, prompts: dict, shard_record: dict | None, layout=None) -> dict:
-    """The store's record of what made it."""
+def _meta(opts: Options, model: Opened, dataset: str, prompts: dict, shard_record: dict | None, layout=None,
+          sampling: dict | None = None) -> dict:
+    """The store's record of what made it; `sampling`: the settings of sampled responses, where
+    any are sampled (given ones have none)."""
     runner = model.runner
     info = runner.info  # the runner's own record (a test may hand in another runner)
     return {
@@ -246,9 +258,18 @@ def _meta(opts: Options, model: Opened, dataset: str, prompts: dict, shard_recor
         "model_fingerprint_legacy": getattr(runner, "legacy_fingerprint", None), "revision": info.revision,
         "architecture": info.architecture, "family": info.family.name, "dtype": model.dtype,
         "backend": model.backend, "dataset": dataset, **prompts, "provenance": "profile",
+        "kernel": f"lna.kernels/{kernels.VERSION}",
         **(layout.meta() if layout is not None else {}),
         **({"shard": shard_record} if shard_record else {}),
+        **({"sampling": sampling} if sampling else {}),
     }
+
+
+def _check_dtype(existing: CountStore | None, out: Path, dtype: str) -> None:
+    """A store is resumed in the dtype it was counted in (its counts would mix two)."""
+    if existing is not None and existing.meta.get("dtype") not in (None, dtype):
+        raise LnaError(f"{out} holds counts computed in {existing.meta['dtype']}; this run computes in {dtype}: "
+                       f"pass --dtype {existing.meta['dtype']}, or choose another --out")
 
 
 def _check_template(existing: CountStore | None, out: Path, prompts: dict) -> None:
@@ -268,7 +289,11 @@ def _store(existing: CountStore | None, fresh: CountStore, out: Path, opts: Opti
         return fresh
     check_compatible(existing, fresh, what=f"{out} with this run (it was made by another model or setting)",
                      names=(str(out), opts.model))
-    return _continued(existing, opts.sums, out)
+    store = _continued(existing, opts.sums, out)
+    for key in ("kernel", "sampling"):  # recorded from now on in a store of an older lna
+        if key in fresh.meta:
+            store.meta.setdefault(key, fresh.meta[key])
+    return store
 
 
 def _continued(existing: CountStore, sums: bool, out: Path) -> CountStore:

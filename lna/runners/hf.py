@@ -44,8 +44,10 @@ class _State:
         self.sums = self.active_sums = None  # float64 [layer, language, neuron], updated in place
         self.masks = None  # bool [layer, n_masks, neuron]
         self.values = None  # float32 [layer, n_masks, neuron]: set masked neurons to these (None: zero)
+        self.offsets = None  # float32 [layer, n_masks, neuron]: then add these to act(gate) (None: nothing)
         self.mask_ids = None  # int32 [N] mask per real token (-1: none)
         self.row_ids = None  # int [B] mask per batch row, for every token of the row (generate)
+        self.nonfinite = None  # int32 [layer]: nonzero where a counted gate was NaN or Inf (the kernel's flag)
         self.calls = 0
 
 
@@ -80,11 +82,18 @@ class CountingMLP(nn.Module):
                   masks=None if mask_ids is None else st.masks[layer], mask_ids=mask_ids,
                   values=None if mask_ids is None or st.values is None else st.values[layer],
                   check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
+                  nonfinite=None if st.nonfinite is None or st.lang_ids is None else st.nonfinite[layer:layer + 1],
                   **self.act)
         if self.packed:  # gate and up are views of the one [T, 2I] output
-            h = silu_mul_packed(self.gate_up_proj(flat), **kw)
+            gate_up = self.gate_up_proj(flat)
+            h = silu_mul_packed(gate_up, **kw)
+            up = gate_up[..., gate_up.shape[-1] // 2:]
         else:
-            h = silu_mul(self.gate_proj(flat), self.up_proj(flat), **kw)
+            up = self.up_proj(flat)
+            h = silu_mul(self.gate_proj(flat), up, **kw)
+        if st.offsets is not None and mask_ids is not None:  # (act + d) * up = act * up + d * up
+            d = st.offsets[layer].index_select(0, mask_ids.clamp(min=0).long())
+            h = h + torch.where((mask_ids >= 0)[:, None], d, torch.zeros_like(d)).to(h.dtype) * up
         out = self.down_proj(h)
         if st.index is not None:
             full = out.new_zeros(x.numel() // x.shape[-1], out.shape[-1])
@@ -177,8 +186,10 @@ class HFRunner:
         # float64: the kernel's fp32 partial sums add into it exactly, in any order.
         tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else None
         tokens = np.zeros(len(languages), np.int64)
+        nonfinite = torch.zeros(self.layers, dtype=torch.int32, device=self.device)
         try:
             for rows in self._batches(samples):
+                self.state.nonfinite = nonfinite
                 batch = packing.build_batch(rows, samples, lang_index)
                 self.state.counts = counts
                 if tables:
@@ -188,6 +199,7 @@ class HFRunner:
                 tokens += np.bincount(batch.lang_ids[batch.lang_ids >= 0], minlength=len(languages))
         finally:
             self.state.clear()
+        self._check_finite(nonfinite)
         expected = np.zeros(len(languages), np.int64)
         np.add.at(expected, [lang_index[s.lang] for s in samples], [len(s.response) for s in samples])
         if not np.array_equal(tokens, expected):
@@ -196,23 +208,39 @@ class HFRunner:
             return (counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return counts.cpu().numpy(), tokens
 
-    def _interventions(self, masks, values) -> None:
+    def _check_finite(self, nonfinite) -> None:
+        """Stop where a layer met NaN or Inf gates (the kernels' flag, read with the counts):
+        every later layer's counts and sums would be wrong, silently."""
+        bad = torch.nonzero(nonfinite).flatten().tolist()
+        if bad:
+            dtype = str(self.dtype).removeprefix("torch.")
+            raise LnaError(f"{self.info.name}: NaN or Inf gate activations in layer {bad[0]} (the first; "
+                           f"{len(bad)} layers have them) while counting, so the counts would be wrong; check the "
+                           f"model's weights for NaN/Inf, or compute in another --dtype (now {dtype})")
+
+    def _interventions(self, masks, values, offsets=None) -> None:
         """Put masks bool [n_masks, layer, neuron] (and values float32, same shape, or None:
-        zero) on the device, per layer, for the MLPs."""
+        zero; offsets float32, same shape, added to act(gate) after, or None) on the device,
+        per layer, for the MLPs."""
         self.state.clear()
         if masks is None or not len(masks):
             return
         masks, values = check_interventions(masks, values, self.layers, self.neurons)
+        if offsets is not None:
+            offsets = np.ascontiguousarray(offsets, dtype=np.float32)
+            if offsets.shape != masks.shape:
+                raise LnaError(f"offsets must be shaped like masks {masks.shape}, got {offsets.shape}")
         by_layer = (lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2))).to(self.device))
         self.state.masks = by_layer(masks)
         self.state.values = None if values is None else by_layer(values)
+        self.state.offsets = None if offsets is None else by_layer(offsets)
 
     @torch.inference_mode()
     def nll(self, samples: Sequence[Sample], masks: np.ndarray | None, mask_ids: Sequence[int],
-            values: np.ndarray | None = None) -> np.ndarray:
+            values: np.ndarray | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
         samples = list(samples)
         out = np.zeros(len(samples), np.float64)
-        self._interventions(masks, values)
+        self._interventions(masks, values, offsets)
         try:
             for rows in self._batches(samples, mask_ids):
                 batch = packing.build_batch(rows, samples, {s.lang: 0 for s in samples})
@@ -221,9 +249,10 @@ class HFRunner:
                 hidden = self._forward(batch)
                 pred = torch.from_numpy(batch.pred).to(self.device)
                 target = torch.from_numpy(batch.target).to(self.device)
-                for sl in _slices(len(pred), 4096):  # bound the [positions, vocab] logits
+                for sl in _slices(len(pred), 2048):  # bound the [positions, vocab] logits (and their float64 copy)
                     logits = families.logits(self.model, self.family, hidden.index_select(0, pred[sl]))
-                    nll = torch.nn.functional.cross_entropy(logits, target[sl], reduction="none")
+                    # the loss in float64: fp32's log-sum-exp reads 1e-5 relative low over a sum of tokens
+                    nll = torch.nn.functional.cross_entropy(logits.double(), target[sl], reduction="none")
                     np.add.at(out, batch.target_sample[sl], nll.double().cpu().numpy())
         finally:
             self.state.clear()
@@ -231,16 +260,18 @@ class HFRunner:
 
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int | Sequence[int], masks: np.ndarray | None = None, values: np.ndarray | None = None,
-                 mask_ids: Sequence[int] | None = None, progress=None) -> list[list[list[int]]]:
+                 mask_ids: Sequence[int] | None = None, offsets: np.ndarray | None = None,
+                 progress=None) -> list[list[list[int]]]:
         """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0.
         Interventions: prompt i is generated (every token, its own included) with
-        masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none); prompts with
-        different interventions share batches. progress(x): called at every decoding step
-        with the prompts' worth of work done since the last call (fractions; len(prompts)
-        in all), so a bar moves while a batch generates."""
+        masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none), and then
+        offsets[mask_ids[i]] added to every activation (transformers backend only); prompts
+        with different interventions share batches. progress(x): called at every decoding
+        step with the prompts' worth of work done since the last call (fractions;
+        len(prompts) in all), so a bar moves while a batch generates."""
         return self._generate(prompts, None, None, n=n, temperature=temperature, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed, masks=masks, values=values,
-                              mask_ids=mask_ids, progress=progress)[0]
+                              mask_ids=mask_ids, offsets=offsets, progress=progress)[0]
 
     def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
                           max_new_tokens: int, seed: int | Sequence[int], sums: bool = False, progress=None):
@@ -251,7 +282,7 @@ class HFRunner:
 
     @torch.inference_mode()
     def _generate(self, prompts, langs, languages, *, n, temperature, top_p, max_new_tokens, seed, masks=None,
-                  values=None, mask_ids=None, sums=False, progress=None):
+                  values=None, mask_ids=None, sums=False, offsets=None, progress=None):
         """transformers' generate with static left-padded batches of whole prompts. Counting
         (langs given): a pre-hook on the model sees the tokens of every forward and gives each
         fed response token its language (lna.runners.decode_count); one step more than
@@ -278,6 +309,7 @@ class HFRunner:
             # float64: the kernel's fp32 partial sums add into it exactly, in any order.
             tables = [torch.zeros(shape, dtype=torch.float64, device=self.device) for _ in range(2)] if sums else []
             tokens = np.zeros(len(languages), np.int64)
+            nonfinite = torch.zeros(self.layers, dtype=torch.int32, device=self.device)
         seeds = sample_seeds(seed, len(prompts), n)
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
         # Even batches under the budget: 8 prompts at 6 per batch go as 4 + 4, not 6 + 2 (a
@@ -285,7 +317,9 @@ class HFRunner:
         per_batch = -(-len(prompts) // -(-len(prompts) // per_batch))
         if mask_ids is not None and len(mask_ids) != len(prompts):
             raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
-        self._interventions(masks, values)
+        self._interventions(masks, values, offsets)
+        if counting:
+            self.state.nonfinite = nonfinite  # after _interventions, which clears the state
         ids_of = None
         if self.state.masks is not None and mask_ids is not None:
             ids_of = np.asarray(mask_ids, np.int64)
@@ -340,6 +374,7 @@ class HFRunner:
             self.model.generation_config = saved
             self.state.clear()
         if counting:
+            self._check_finite(nonfinite)
             return (out, counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return out, None, None
 

@@ -167,10 +167,13 @@ class MoERunner(HFRunner):
                 modules += 1
         return modules
 
-    def _interventions(self, masks, values) -> None:
+    def _interventions(self, masks, values, offsets=None) -> None:
         """masks (and values, or None: zero) as ExpertMasks, onto the device per layer."""
         st = self.state
         st.clear()
+        if offsets is not None:
+            raise LnaError(f"{self.info.name}: adding to activations (offsets) is not done for mixture-of-experts "
+                           "models; zero or set them with masks and values")
         if masks is None:
             return
         if not isinstance(masks, ExpertMasks) or (values is not None and not isinstance(values, ExpertMasks)):

@@ -391,7 +391,7 @@ def _intervened(forward, args, kwargs, runner, req_ids, lens, n_tokens, st: _Sta
 
 
 def _score(runner, hidden, step, st: _State):
-    """Add -log p(target) of each scoring row to its sample's total (fp32 logits)."""
+    """Add -log p(target) of each scoring row to its sample's total (fp32 logits, the loss in float64)."""
     device = hidden.device
     rows = torch.from_numpy(step.rows).to(device)
     samples = torch.from_numpy(step.samples).to(device)
@@ -401,7 +401,7 @@ def _score(runner, hidden, step, st: _State):
         if logits is None:  # tensor parallel: the logits were gathered to another rank
             continue
         st.has_logits = True
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits.double(), dim=-1)  # float64, as the hf runner's loss
         picked = logp.gather(1, targets[i:i + SCORE_ROWS, None]).squeeze(1)
         st.nll.index_add_(0, samples[i:i + SCORE_ROWS], -picked.double())
 

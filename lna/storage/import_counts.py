@@ -107,8 +107,15 @@ def _read_npz(path: Path) -> list[TwoPass]:
             if missing:
                 raise LnaError(f"{path}: not the reference count layout (missing {', '.join(missing)})")
             data = {k: z[k] for k in keys}
-    except (OSError, ValueError) as err:
-        raise LnaError(f"{path}: unreadable .npz ({err})") from None
+    except LnaError:
+        raise
+    except Exception as err:  # noqa: BLE001 - empty, truncated, not a zip, pickled objects: all foreign
+        raise LnaError(f"{path}: unreadable .npz ({type(err).__name__}: {err})") from None
+    if data["langs"].ndim != 1:
+        raise LnaError(f"{path}: langs must be a list of language codes")
+    for k in keys[1:]:
+        if data[k].dtype.kind not in "iu":
+            raise LnaError(f"{path}: {k} must hold integers (counts), not {data[k].dtype}")
     langs = [langreg.code_of(str(x)) for x in data["langs"]]
     K = len(langs)
     full, prefix = data["full_counts"], data["prefix_counts"]

@@ -42,6 +42,7 @@ import numpy as np
 
 from lna.storage import integrity
 from lna._version import __version__
+from lna.core.atomic import output_path
 from lna.core.errors import LnaError, note
 from lna.models import fingerprint
 from lna.storage.manifest import Counted, keys_blob
@@ -251,12 +252,26 @@ def validate(store: CountStore) -> None:
 
 
 # -- combining stores (lna merge, and a profile continuing a store) -------------------------
+# Settings that change the counts of the same samples of the same model: stores that record
+# different ones are never summed (one without the record, older or imported, is taken as
+# it is). The backend and the way of counting (counted_during) change only gates within
+# rounding of zero, and join.
+SETTINGS = ("dtype", "template", "template_text", "kernel", "sampling")
+
+
 def check_compatible(a: CountStore, b: CountStore, what: str = "stores", names=("the first", "the second")) -> dict:
-    """Refuse stores that count different things or come from different models; return the
-    model identity of both together (lna.models.fingerprint.combine)."""
+    """Refuse stores that count different things, with other settings (SETTINGS) or from
+    different models; return the model identity of both together
+    (lna.models.fingerprint.combine)."""
     for key in IDENTITY:
         if a.meta.get(key) != b.meta.get(key):
             raise LnaError(f"cannot combine {what}: {key} differs ({a.meta.get(key)!r} vs {b.meta.get(key)!r})")
+    for key in SETTINGS:
+        x, y = a.meta.get(key), b.meta.get(key)
+        if x and y and x != y:  # "" template_text: the data gave the prompts verbatim
+            show = (lambda v: "another text" if key == "template_text" else repr(v))  # noqa: E731
+            raise LnaError(f"cannot combine {what}: their {key} differs ({show(x)} in {names[0]}, {show(y)} in "
+                           f"{names[1]}), so their counts are of different computations; profile them alike")
     ident = lambda m: {"model": m.get("model"), **fingerprint.recorded(m)}  # noqa: E731
     return fingerprint.combine(ident(a.meta), ident(b.meta), names, f"cannot combine {what}")
 
@@ -385,10 +400,11 @@ def _read_samples(reader: integrity.Reader, attrs: dict) -> tuple:
 # -- writing --------------------------------------------------------------------------------
 def save_store(store: CountStore, path) -> Path:
     """Write `store` to `path` atomically; any OSError (a full disk, no permission) becomes
-    one line and leaves the previous store, if any, unchanged and no temporary behind."""
-    path = Path(path)
+    one line and leaves the previous store, if any, unchanged and no temporary behind. A
+    symlink is written through to its target (lna.core.atomic.output_path)."""
+    given, path = Path(path), output_path(path)
     if path.exists() and not is_store(path):
-        raise LnaError(f"{path}: exists and is not an lna count store; choose another output path")
+        raise LnaError(f"{given}: exists and is not an lna count store; choose another output path")
     files = _encode(store)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
@@ -397,11 +413,11 @@ def save_store(store: CountStore, path) -> Path:
         _write_files(tmp, files)
         _swap(tmp, path)
     except OSError as err:
-        raise LnaError(_write_error(path, err)) from None
+        raise LnaError(_write_error(given, err)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale(path)
-    return path
+    return given
 
 
 def _encode(store: CountStore) -> dict:
