@@ -120,3 +120,27 @@ def test_a_non_finite_activation_spoils_only_its_language():
     assert torch.equal(counts, want_counts)
     assert torch.isfinite(sums[0]).all() and torch.isinf(sums[1, 1])
     assert torch.allclose(sums[0], want_sums[0])
+
+
+@pytest.mark.parametrize("tables", ["counts", "counts+sums", "active"])
+@pytest.mark.parametrize("where,flagged", [("response", True), ("prompt", False), ("none", False)])
+def test_the_run_path_flags_a_non_finite_counted_gate(monkeypatch, tables, where, flagged):
+    """nonfinite on the run path as on the one-hot path: set by a NaN or inf gate of a counted
+    token, never by one in a prompt (uncounted)."""
+    gate = torch.randn(96, 8)
+    lang_ids = torch.tensor([-1] * 16 + [0] * 32 + [-1] * 16 + [1] * 32, dtype=torch.int32)
+    if where == "response":
+        gate[70, 3] = float("nan")
+        gate[20, 5] = float("inf")
+    elif where == "prompt":
+        gate[4, 3] = float("nan")
+        gate[50, 1] = float("-inf")
+    kw = {"counts": torch.zeros(2, 8, dtype=torch.int64)} if tables.startswith("counts") else {}
+    if tables in ("counts+sums", "active"):
+        kw["active_sums"] = torch.zeros(2, 8, dtype=torch.float64)
+    if tables == "counts+sums":
+        kw["sums"] = torch.zeros(2, 8, dtype=torch.float64)
+    flag = torch.zeros(1, dtype=torch.int32)
+    taken = spy_runs(monkeypatch)
+    silu_mul(gate, torch.ones(96, 8), lang_ids=lang_ids, nonfinite=flag, backend="torch", **kw)
+    assert taken == [True] and bool(flag) == flagged
