@@ -160,7 +160,14 @@ def measure(opts, record, flush=lambda: None):
                        "non_embedding_params": matmul_params(shape)}
     import torch
 
-    record["gemm_ceiling_flops"] = common.gemm_ceiling(opts.device, getattr(torch, opts.dtype))
+    # the ceiling at each thread count a tool may run with (lna fits its threads to the load)
+    threads, ceilings = torch.get_num_threads(), {}
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        ceilings[n] = common.gemm_ceiling(opts.device, getattr(torch, opts.dtype))
+    torch.set_num_threads(threads)
+    record["gemm_ceiling_flops_by_threads"] = ceilings
+    record["gemm_ceiling_flops"] = ceilings[threads]
     flush()
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
         # The independent reference: batch-1 hooks on gate_proj, with the |gate| nearest 0 per cell.
@@ -228,7 +235,9 @@ def summarize(record, response):
         # matmul work of the tokens lna computes, against the measured GEMM ceiling (attention's
         # score matmuls not counted: the fraction is a lower bound)
         flops = 2 * record["model"]["non_embedding_params"] * record["workload"]["tokens_computed_by_lna"]
-        ratios["lna_fraction_of_gemm_ceiling"] = flops / med["lna"]["count_s"] / record["gemm_ceiling_flops"]
+        by_threads = {int(k): v for k, v in record.get("gemm_ceiling_flops_by_threads", {}).items()}
+        ceiling = by_threads.get(round(med["lna"].get("torch_threads", 0)), record["gemm_ceiling_flops"])
+        ratios["lna_fraction_of_gemm_ceiling"] = flops / med["lna"]["count_s"] / ceiling
     bound = record["workload"]["shared_prompt_bound"]
     if "lna_vs_fastest_peer_counted_tokens_per_s" in ratios:
         ratios["shared_prompt_bound"] = bound
