@@ -71,7 +71,7 @@ def nll(path, samples, dtype=torch.float64):
     model.config._experts_implementation = "eager"
     out = np.zeros(len(samples))
     for i, s in enumerate(samples):
-        ids = torch.tensor([list(s.prompt) + list(s.response)])
+        ids = torch.tensor([[int(t) for t in (*s.prompt, *s.response)]])
         logits = model(ids).logits[0].to(dtype)
         P = len(s.prompt)
         out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
@@ -125,7 +125,7 @@ def nll_intervened(path, samples, masks, mask_ids, values=None, dtype=torch.floa
         if mask_ids[i] >= 0:
             pick = lambda t: None if t is None else ExpertMasks(*(p[mask_ids[i]] for p in t))  # noqa: E731
             hooks = intervene(model, pick(masks), pick(values))
-        ids = torch.tensor([list(s.prompt) + list(s.response)])
+        ids = torch.tensor([[int(t) for t in (*s.prompt, *s.response)]])
         logits = model(ids).logits[0].to(dtype)
         P = len(s.prompt)
         out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()

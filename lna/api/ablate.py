@@ -16,7 +16,8 @@ def ablate(model: str, neurons, responses=None, *, out=None, dataset=None, langs
     """Deactivate each language's neurons and measure the perplexity of every target
     language: the same run as lna-ablate (lna.interventions.ablate.run), into `out` (resumable,
     with its CSVs and heatmaps) or a temporary folder. `neurons`: lna-identify's JSON or a
-    NeuronSets; `responses`: lna-profile's responses JSONL (default: beside the neurons'
+    NeuronSets (for a mixture-of-experts model: the folder or expert_neurons.json of `lna
+    experts`, settings also "experts"); `responses`: lna-profile's responses JSONL (default: beside the neurons'
     store). `options`: lna-ablate's (device, dtype, template, token_budget, ...).
 
     Returns an xarray.DataArray ppl[setting, deactivated, target] (row "baseline": nothing

@@ -31,14 +31,16 @@ def experts(store, out, min_routed, ratio, method, top_rate, tau_quantile, lam, 
 
         counts = counts.select(parse_langs(langs, counts.languages))
     neurons = ex.identify_experts(counts, min_routed=min_routed, **options)
+    neurons.source["store"] = str(store)  # lna-ablate finds the responses beside it
     routing = ex.language_experts(counts, ratio=ratio, min_routed=min_routed)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LnaError(f"{out}: exists and is not a folder; give a folder for the results")
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"languages": routing.languages, "ratio": routing.ratio, "min_routed": routing.min_routed,
+    summary = {"format": "lna-language-experts/1", "languages": routing.languages, "ratio": routing.ratio, "min_routed": routing.min_routed,
                "experts": {lang: a.tolist() for lang, a in routing.experts.items()},
-               "routing_entropy": [[None if v != v else float(v) for v in row] for row in routing.entropy]}
+               "routing_entropy": [[None if v != v else float(v) for v in row] for row in routing.entropy],
+               "source": neurons.source}
     for name, record in (("expert_neurons.json", neurons.to_json()), ("language_experts.json", summary)):
         with atomic_file(out / name, "json") as tmp:
             tmp.write_text(json.dumps(record, indent=1))

@@ -17,7 +17,9 @@ def _strengths(ctx, param, value):
 
 @click.command("steer")
 @model_option()
-@click.option("--neurons", required=True, type=click.Path(), help="Neuron-set JSON from lna-identify.")
+@click.option("--neurons", required=True, type=click.Path(),
+              help="Neuron-set JSON from lna-identify; for a mixture-of-experts model, the folder (or its "
+                   "expert_neurons.json) that `lna experts` wrote.")
 @click.option("--store", required=True, type=click.Path(),
               help="Count store with activation sums (lna-profile --sums, the default): the target's mean activations.")
 @click.option("--from", "source", required=True, help="Language of the prompts, whose neurons are switched off.")
@@ -50,9 +52,10 @@ def _strengths(ctx, param, value):
 @click.option("--setting", type=click.Choice(["specific+related", "specific"]), default="specific+related",
               show_default=True, help="Which neurons of each language: every one listed, or the language-specific "
                                       "ones only.")
-@click.option("--value", type=click.Choice(["mean", "active-mean"]), default="mean", show_default=True,
+@click.option("--value", type=click.Choice(["mean", "active-mean", "constant"]), default="mean", show_default=True,
               help="mean: sums / tokens, the mean activation on the target's tokens; active-mean: "
-                   "active_sums / counts, its mean where it fired.")
+                   "active_sums / counts, its mean where it fired; constant (mixture-of-experts models, whose "
+                   "stores keep no sums): each strength is the value set.")
 @click.option("--dataset", default="mgsm", show_default=True,
               help="The questions in --from: mgsm, msvamp, demo, a folder like MGSM/MSVAMP, or a JSONL.")
 @click.option("--prompts", default=None, type=click.Path(),
@@ -75,8 +78,12 @@ def steer(quiet, **kwargs):
     strength), outputs.jsonl (every answer: ids, text, judgements) and nll.npz (lets a rerun
     resume). Needs the 'steer' extra (pip install 'lna[steer]': the language identifier).
     """
+    from lna.interventions.expert_ablate import is_expert_sets
+    from lna.interventions.steer import experts
     from lna.interventions.steer.run import Options, run
     from lna.interventions.steer.table import markdown
 
-    result = run(Options(progress=not quiet, **kwargs))
+    # the sets of `lna experts`: a mixture-of-experts model, steered through its expert neurons
+    steer_run = experts.run if is_expert_sets(kwargs["neurons"]) else run
+    result = steer_run(Options(progress=not quiet, **kwargs))
     click.echo(markdown(result), nl=False)

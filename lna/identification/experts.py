@@ -122,7 +122,20 @@ def identify_experts(store, *, method: str = "ternary", top_rate: float = 0.01, 
         hit = above[unit, j, neuron]
         sets[lang] = np.column_stack([where[hit], neuron[hit]]).astype(np.int64)
     return ExpertNeuronSets(method, list(store.languages), float(tau), lam, float(top_rate), int(min_routed), sets,
-                            skipped, {"model": store.meta.get("model")})
+                            skipped, source_of(store))
+
+
+def source_of(store) -> dict:
+    """What a result of `store` records of its model: name, identity (lna-ablate checks it
+    against the model it runs) and shape (layers, experts, neurons per expert, always-on
+    widths), so that sets are refused on a model of another shape."""
+    L, E, _, I = store.expert_counts.shape
+    meta = store.meta
+    return {"model": meta.get("model"), "model_name": meta.get("model_name"),
+            "model_fingerprint": meta.get("model_fingerprint"),
+            "model_fingerprint_legacy": meta.get("model_fingerprint_legacy"),
+            "shape": {"layers": int(L), "experts": int(E), "expert_neurons": int(I),
+                      "always_on": [int(w) for w in meta.get("always_on") or [store.neurons] * L]}}
 
 
 # -- language experts -----------------------------------------------------------------------
@@ -226,7 +239,7 @@ def ablation_masks(runner, neurons=None, experts=None):
     routed = np.zeros((n, L, lay.experts, lay.expert_neurons), bool)
     for m in range(n):
         for layer, e, j in np.asarray(neurons[m] if neurons is not None else np.zeros((0, 3)), np.int64).reshape(-1, 3):
-            width = lay.always_on[layer] if e == SHARED else lay.expert_neurons
+            width = lay.always_on[layer] if e == SHARED and 0 <= layer < L else lay.expert_neurons
             if not (0 <= layer < L and -1 <= e < lay.experts and 0 <= j < width):
                 raise LnaError(f"neuron (layer {layer}, expert {e}, neuron {j}) is not in this model "
                                f"({L} layers, {lay.experts} experts of {lay.expert_neurons} neurons)")

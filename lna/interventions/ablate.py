@@ -37,6 +37,7 @@ from lna.core.errors import LnaError, note
 from lna.models.fingerprint import check_runner
 from lna.core.checkpoint import Checkpointer
 from lna.core.progress import Bar, sayer
+from lna.interventions import expert_ablate
 from lna.interventions.masked_nll import evaluate, predicted
 from lna.runners.options import RunnerOptions, open_runner, resolve
 
@@ -166,21 +167,17 @@ def run(opts: Options) -> Path:
     say = sayer(opts.progress)
     lock.acquire(opts.out, "ablation folder")  # first: a device, FIFO or socket is refused as such
     out = runs.out_folder(opts.out)
+    if expert_ablate.is_expert_sets(opts.neurons):  # `lna experts` sets: a mixture-of-experts model
+        return _run_experts(opts, out)
     ns = neurons.load(opts.neurons)
     info = resolve(opts)
+    expert_ablate.refuse_dense_sets(info, opts.neurons)
     check_shape(ns, info.layers, info.neurons, opts.neurons, info.name)
     check_source_model(ns, info, opts)
     settings = dict(setting_sets(ns, s, info.layers, info.neurons) for s in dict.fromkeys(opts.settings))
 
     source, questions = _questions(opts, ns, say)
-    targets = list(dict.fromkeys(q.lang for q in questions))
-    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
-    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
-    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
-    rows = [lang for lang in rows if wanted is None or lang in wanted]
-    settings = {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
-    if not rows:
-        raise LnaError(f"{opts.neurons}: no neuron set for any of {', '.join(targets)}; check --langs")
+    targets, rows, settings = _rows(opts, questions, settings, "neuron set")
 
     model = open_runner(opts, info)
     runner, backend, dtype = model.runner, model.backend, model.dtype
@@ -222,6 +219,63 @@ def run(opts: Options) -> Path:
             note(f"{opts.neurons}: the {name} set of {', '.join(empty)} is empty, so deactivating it changed "
                  "nothing (its row equals the baseline)")
     return out
+
+
+def _run_experts(opts: Options, out: Path) -> Path:
+    """run() for the sets of `lna experts` on a mixture-of-experts model (expert_ablate):
+    rows deactivate expert neurons, always-on neurons or whole experts."""
+    say = sayer(opts.progress)
+    info = resolve(opts)
+    es, settings, checks = expert_ablate.prepare(opts, info)
+    check_source_model(es, info, opts)
+    source, questions = _questions(opts, es, say)
+    targets, rows, settings = _rows(opts, questions, settings, "expert set")
+
+    model = open_runner(opts, info)
+    runner, backend, dtype = model.runner, model.backend, model.dtype
+    expert_ablate.check_loaded(checks, runner, opts)
+    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
+    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
+    if empty:
+        raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
+
+    p = expert_ablate.plan(settings, runner, str(opts.neurons))
+    identity = {**model.identity, "masks": expert_ablate.digest(p.masks), "samples": _samples_digest(samples)}
+    state = out / STATE
+    nll = _resume(state, identity, p.n_forward, len(samples))
+    say(f"ablating expert sets of {len(rows)} languages x {len(settings)} settings = {p.n_forward} forward "
+        f"settings over {sum(map(predicted, samples)):,} response tokens of {len(samples):,} samples "
+        f"with {backend} on {runner.device} -> {out}")
+    nll = _measure(runner, samples, p, nll, state, identity, opts)
+    result = matrices(nll, samples, targets, rows, p)
+    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
+                   "backend": backend, "forward_settings": p.n_forward, "deactivated": p.sizes,
+                   "deactivated_experts": {name: {lang: len(sets[lang][1]) for lang in sets}
+                                           for name, sets in settings.items()},
+                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    if not es.source.get("model"):
+        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
+             "identify them from a store of this model for a checked run")
+    files = write_outputs(result, out, title=info.display)
+    say(f"wrote {', '.join(files)} to {out}")
+    empty = [f"{name} {lang}" for name, sizes in p.sizes.items() for lang, n in sizes.items() if not n]
+    if empty:  # said with the result it weakens, as for dense sets
+        note(f"{opts.neurons}: the sets {', '.join(empty)} are empty, so deactivating them changed nothing "
+             "(their rows equal the baseline)")
+    return out
+
+
+def _rows(opts: Options, questions, settings: dict, what: str) -> tuple:
+    """(targets, deactivated rows, settings kept to those rows): the data's languages first,
+    then the sets' others, as --langs keeps them."""
+    targets = list(dict.fromkeys(q.lang for q in questions))
+    wanted = None if opts.langs is None or opts.langs.strip().lower() == "all" else set(targets)
+    listed = list(dict.fromkeys(lang for sets in settings.values() for lang in sets))
+    rows = [lang for lang in targets if lang in listed] + [lang for lang in listed if lang not in targets]
+    rows = [lang for lang in rows if wanted is None or lang in wanted]
+    if not rows:
+        raise LnaError(f"{opts.neurons}: no {what} for any of {', '.join(targets)}; check --langs")
+    return targets, rows, {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
 
 
 def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: dict, opts: Options) -> np.ndarray:
@@ -315,7 +369,7 @@ def _resume(state: Path, identity: dict, n_rows: int, n_samples: int) -> np.ndar
 
 def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) -> None:
     """Per-sample NLLs, written atomically (a kill leaves the previous state intact)."""
-    names = [[] for _ in range(len(p.masks))]
+    names = [[] for _ in range(p.n_forward - 1)]  # p.masks may be ExpertMasks (expert_ablate)
     for name, ids in p.ids.items():
         for lang, m in ids.items():
             if m >= 0:

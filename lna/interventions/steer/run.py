@@ -38,7 +38,7 @@ from lna.core import jsonl, languages, runs
 
 from lna.inputs import responses
 
-from lna.interventions import intervene, langid
+from lna.interventions import expert_ablate, expert_steer, intervene, langid
 from lna.interventions.steer import judge, methods
 from lna.interventions.steer.inputs import check_templates, questions_of, references_of
 from lna.interventions.steer.methods import Planner
@@ -98,10 +98,18 @@ def run(opts: Options) -> dict:
         raise LnaError(f"--quantile {opts.quantile}: give a quantile between 0 and 1, such as 0.9")
     if opts.search is not None and not 0 < opts.search <= 1:
         raise LnaError(f"--search {opts.search}: give the share of fluent-target outputs to reach, in (0, 1]")
+    if expert_ablate.is_expert_sets(opts.neurons):
+        raise LnaError(f"{opts.neurons}: the sets of `lna experts`; lna-steer runs them with "
+                       "lna.interventions.steer.experts.run")
+    if opts.value == expert_steer.VALUE:
+        raise LnaError(f"--value {opts.value} is for mixture-of-experts models (their stores keep no activation "
+                       "sums); a dense model is steered to mean activations: --value mean or active-mean")
     ns = neurons.load(opts.neurons)
     from lna.storage.store import open_store
 
     store = open_store(opts.store)
+    if store.has_experts:
+        _refuse_moe(f"{opts.store}: a mixture-of-experts count store")
     empty = []
     for lang in (src, tgt):
         store.index(lang)  # one line if the store lacks it
@@ -111,6 +119,8 @@ def run(opts: Options) -> dict:
     if "diffmean" in chosen:
         store.mean_activation(src, opts.value)
     info = resolve(opts)
+    if expert_ablate.is_moe(info):
+        _refuse_moe(f"{info.name}: a mixture-of-experts model")
     if (info.layers, info.neurons) != (ns.layers, ns.neurons):
         raise LnaError(f"{opts.neurons}: neuron sets of {ns.layers} x {ns.neurons} neurons, but {info.name} has "
                        f"{info.layers} x {info.neurons}; steer the model they came from")
@@ -182,6 +192,11 @@ def run(opts: Options) -> dict:
     return result
 
 
+def _refuse_moe(what: str):
+    raise LnaError(f"{what}, but --neurons holds a dense model's neuron sets; steer a mixture-of-experts model with "
+                   "the sets of `lna experts STORE -o DIR` (--neurons DIR --value constant; docs/moe.md)")
+
+
 def _ppl_threshold(grid: dict, refs, tgt: str, opts: Options) -> tuple:
     """(max_ppl, what it is): --max-ppl, else ppl_factor x the unsteered model's perplexity of
     the target references, else of its own (baseline) outputs."""
@@ -209,8 +224,11 @@ class Session:
     def measure(self, rows: list, state: Path) -> dict:
         """{"tokens": [row][prompt] output ids, "nll": {"refs": [row, ref], "outputs": [row, prompt]}}."""
         live = [r for r in rows if r.intervention is not None]
-        masks = np.stack([r.intervention.mask for r in live]) if live else np.zeros((0, 1, 1), bool)
-        values = np.stack([r.intervention.values for r in live]) if live else np.zeros((0, 1, 1), np.float32)
+        if live and isinstance(live[0].intervention, expert_steer.ExpertIntervention):
+            masks, values = expert_steer.stack([r.intervention for r in live])  # ExpertMasks tables
+        else:
+            masks = np.stack([r.intervention.mask for r in live]) if live else np.zeros((0, 1, 1), bool)
+            values = np.stack([r.intervention.values for r in live]) if live else np.zeros((0, 1, 1), np.float32)
         ids, m = [], 0
         for r in rows:
             ids.append(-1 if r.intervention is None or r.intervention.empty else m)
@@ -313,14 +331,15 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
     """NLL sums: "refs" float64 [rows, references] (each row's intervention on every
     reference), "outputs" float64 [rows, prompts] (no intervention, on each row's outputs;
     NaN where an output is empty)."""
-    from lna.interventions.masked_nll import evaluate
+    from lna.interventions.masked_nll import evaluate, mask_rows
 
     gen = [Sample(f"{r.name}|{k}", opts.source, tuple(prompts[q]), tuple(outputs[f"{r.name}|{k}"]))
            for r in rows for q, k in enumerate(keys)]
     scored = [s for s in gen if s.response]
     # evaluate's rows: 0 without intervention, m + 1 with masks[m]; rows[i] uses ids[i] + 1.
     order = [m + 1 for m in ids]
-    nll = {"refs": np.full((1 + len(masks), len(refs)), np.nan), "outputs": np.full((1, len(scored)), np.nan)}
+    n_masks = mask_rows(masks)  # masks may be ExpertMasks (a mixture-of-experts model)
+    nll = {"refs": np.full((1 + n_masks, len(refs)), np.nan), "outputs": np.full((1, len(scored)), np.nan)}
     if state.is_file():
         try:
             with np.load(state) as z:
@@ -330,7 +349,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
         if any(kept[k].shape != nll[k].shape for k in nll):
             raise LnaError(f"{state}: from another run; delete it to start over")
         nll = kept
-    unused = sorted(set(range(1 + len(masks))) - set(order))  # not asked for (empty ones use the baseline row)
+    unused = sorted(set(range(1 + n_masks)) - set(order))  # not asked for (empty ones use the baseline row)
     nll["refs"][unused] = 0.0
 
     def write():
@@ -353,7 +372,7 @@ def _perplexities(runner, rows, ids, masks, values, prompts, keys, outputs, refs
                 nll["refs"] = evaluate(runner, refs, masks, values=values, nll=nll["refs"],
                                        token_budget=opts.token_budget, on_chunk=on_chunk)
             if scored:
-                nll["outputs"] = evaluate(runner, scored, masks[:0], nll=nll["outputs"],
+                nll["outputs"] = evaluate(runner, scored, np.zeros((0,), bool), nll=nll["outputs"],
                                           token_budget=opts.token_budget, on_chunk=on_chunk)
         saver.save()
     by_key = dict(zip((s.key for s in scored), nll["outputs"][0]))
