@@ -11,6 +11,7 @@ _accumulate) in the whole.
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import bench_peers_setup  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="/tmp/lna_peers/smollm-135m")
+    ap.add_argument("--model", default=str(Path(tempfile.gettempdir()) / "lna_peers" / "smollm-135m-float32"),
+                    help="the model folder (bench_peers.py builds the same one there)")
     ap.add_argument("--mgsm", default=str(HERE.parents[1] / "shared" / "data" / "mgsm"))
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--responses", type=int, default=2)
