@@ -74,6 +74,9 @@ setup(
         "ray": ["ray>=2.40"],
         # lna-steer's language identifier: py3langid ships its model in the wheel (4.6 MB, numpy only).
         "steer": ["py3langid>=0.4"],
+        # benches/bench_peers.py only: the tools a user would compare lna with (tested with
+        # nnsight 0.8.1 and transformer-lens 4.3.0, whose TransformerBridge it uses).
+        "peers": ["nnsight>=0.8", "transformer-lens>=4.3"],
     },
     entry_points={
         "console_scripts": [

@@ -17,6 +17,9 @@ results file after every measurement (a run cut short keeps what it measured):
               and sampled ones counted while sampling vs force-decoded again (bench_gpu_smoke.py)
   candidates  the speed work's candidates side by side: fused vs separate gate_up GEMM,
               attention for packed rows, launch configurations (bench_gpu_candidates.py)
+  peers       lna against transformers hooks, nnsight and TransformerLens (those installed) on a
+              random-weight Llama-2-7B shape in bf16: counts verified, counting tokens/s, load
+              time, peak memory (bench_peers.py)
 Results: <stage>_cuda.json and gpu_check_cuda.json (stages, times, the summary) in
 benches/results and in $OUT when set; a dry run writes *_dryrun.json to a temporary folder
 (or --results). The last lines printed are a one-screen summary.
@@ -42,8 +45,9 @@ STAGES = (  # name, module, the most seconds it may take on the GPU (the budget 
     ("profile", "bench_profile", 150),
     ("smoke", "bench_gpu_smoke", 60),
     ("candidates", "bench_gpu_candidates", 120),
+    ("peers", "bench_peers", 170),
 )
-BUDGET = {"cuda": 380, "dry": 900}  # seconds for all stages; the run call's timeout_s leaves ~100 s more
+BUDGET = {"cuda": 520, "dry": 1100}  # seconds for all stages; the run call's timeout_s leaves ~100 s more
 DRY_CAP_FACTOR = 4  # a dry run's stages take ~20 s on a busy 2-core machine: a cap is no constraint there
 MIN_START = {"cuda": 25, "dry": 5}  # a stage with less time left is skipped
 GRACE = 20  # seconds past its deadline a stage gets to write and exit before it is killed
@@ -277,6 +281,16 @@ def summary(check, results) -> list:
         default = next((r for r in cfgs if r.get("default")), {})
         lines.append(f"  launch configs: best {cfgs[0].get('block_t')}x{cfgs[0].get('block_i')} w{cfgs[0].get('num_warps')}"
                      f" {cfgs[0]['ms_count']} ms vs default {default.get('ms_count', '?')} ms")
+    pr = results.get("peers", {})
+    if isinstance(pr.get("medians"), dict) and pr["medians"]:
+        med, ratios = pr["medians"], pr.get("ratios", {})
+        lines.append("peers (counted tok/s, load s): " + ", ".join(
+            f"{t} {num(m.get('counted_tokens_per_s'))}, {num(m.get('load_s'), '.1f')}" for t, m in med.items()
+            if "counted_tokens_per_s" in m) + f"; lna {num(ratios.get('lna_vs_fastest_peer_counted_tokens_per_s'), '.2f')}x "
+            f"the fastest peer (target >= 5x; shared prompts alone: {num(ratios.get('shared_prompt_bound'), '.2f')}x)")
+        lines.append("  counts vs batch-1 reference: " + ", ".join(
+            f"{t} {v['differing_cells']} cells" for t, v in pr.get("verification", {}).items())
+            + (f"; not run: {', '.join(pr['skipped_tools'])}" if pr.get("skipped_tools") else ""))
     failed = {n: s["errors"] for n, s in check["stages"].items() if s.get("errors")}
     for name, errors in failed.items():
         lines += [f"ERROR {name}/{key}: {text[:160]}" for key, text in list(errors.items())[:3]]

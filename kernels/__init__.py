@@ -57,8 +57,9 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
     drifts nor depends on the order of the GPU's atomics. A float32 table rounds at every
     partial, in the order the atomics land.
     Uncounted tokens never reach the sums; a counted token with a non-finite activation (an
-    overflowed model) makes that neuron's sums non-finite, for every language (one-hot
-    matmuls), where the reference would spoil only its own language's.
+    overflowed model) makes that neuron's sums non-finite: its own language's where the ids
+    come in runs of one language on CPU (as the reference), every language's otherwise
+    (one-hot matmuls).
     masks bool [n_masks, I] with mask_ids int [...] (-1: none), and values
     float32 [n_masks, I] or None: where masks[mask_ids[t], j], the activation becomes
     values[mask_ids[t], j] rounded to the dtype (0 when values is None) before the product;

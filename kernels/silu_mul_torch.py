@@ -5,18 +5,26 @@ Same function as reference.silu_mul_native, without Python loops over tokens or 
 The output is computed as the reference computes it (the activation in torch, then the
 product in the input dtype), so the two agree bit for bit.
 
-Counting is a matmul: one_hot[lang, t] @ (gate[t, j] > 0) sums the active rows of each
-language at once, and the activation sums are the same product with act(gate) (in fp32,
-exact products of 0/1 and a 16-bit or fp32 value) in the same loop. It runs over blocks
-of tokens through small reused buffers: the comparison writes floats straight into one
-(no bool tensor, no conversion pass) and the block stays in cache for the matmuls, where a
-[T, I] temporary would cost a fresh allocation and two more passes over memory.
+Counting is a matmul, over blocks of tokens small enough that a block's 0/1 mask (or its
+fp32 activations) stays in cache between the pass that writes it and the matmul that reads
+it. Where the ids come in runs of one language (lna's packed rows: a row's prompt, then its
+responses, all of one language), each run's blocks are summed by ones[1, n] @ mask[n, I]
+into that language's row alone, and uncounted runs (prompts) are never touched: no pass
+over prompt tokens, no work for the other languages. Where the ids interleave, one_hot[lang,
+t] @ mask[t, I] sums every language at once. Activation sums are the same products with
+act(gate) (in fp32: exact products of 0/1 and a 16-bit or fp32 value) in the same loop.
+The float32 accumulators hold exact integers below 2**24 per cell; they are emptied into
+the caller's integer table before they could get there.
 """
+from contextlib import contextmanager
+
 import torch
 
 from .reference import activation_native
 
-BLOCK_ELEMENTS = 2**20  # 4 MiB of float32 per block
+BLOCK_ELEMENTS = 2**20  # 4 MiB of float32 per block (interleaved ids)
+RUN_BLOCK_ELEMENTS = 2**17  # 512 KiB of float32 per block of a run: it stays in L2 between its passes
+MIN_RUN_TOKENS = 16  # runs this long on average, or the one-hot path (a Python step per run)
 EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
 
 
@@ -24,7 +32,8 @@ def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=No
                    sums=None, active_sums=None, values=None, activation="silu", nonfinite=None):
     act = activation_native(gate, activation)
     if counts is not None or sums is not None or active_sums is not None:
-        _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite)
+        with _one_thread(gate):
+            _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite)
     if masks is not None:
         # masks[mask_ids[t]] for every token, False for tokens without a mask.
         picked = mask_ids.clamp(min=0)
@@ -45,8 +54,13 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite=None):
     off the fp32 sums where they are taken (act is non-finite with its gate, and a sum with
     it), else from the block in cache (x - x is 0 for finite x only)."""
     n_tokens, width = gate.shape
+    if n_tokens == 0 or width == 0:
+        return
+    runs = _runs(lang_ids)
+    if runs is not None:
+        return _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite)
     counted = lang_ids >= 0
-    if n_tokens == 0 or width == 0 or not counted.any():
+    if not counted.any():
         return
     device = gate.device
     tables = [t for t in (counts, sums, active_sums) if t is not None]
@@ -92,6 +106,85 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite=None):
             if active_sums is not None:
                 # act has the sign of gate (and is 0 with it), so its positive part is act where gate > 0.
                 acc_active.addmm_(weights, torch.clamp_min(block, 0, out=chosen[:n]))
+    if nonfinite is not None and (sums is not None or counts is None):
+        spoiled = acc_sums if acc_sums is not None else acc_active
+        nonfinite.bitwise_or_((spoiled - spoiled).ne(0).any().to(nonfinite.dtype))
+    for table, acc in ((counts, acc_counts), (sums, acc_sums), (active_sums, acc_active)):
+        if table is not None:
+            table += acc.to(table.dtype)
+
+
+@contextmanager
+def _one_thread(gate):
+    """Counting on CPU in one torch thread: its blocks are cache-sized, and splitting each
+    across threads costs a barrier per op, where a thread descheduled by other work on a
+    shared machine stalls the rest (measured: the count's share of a forward fell from ~20%
+    to ~1% on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    if gate.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _runs(lang_ids):
+    """[(start, stop, lang)] of the maximal runs of one counted language (uncounted runs
+    left out), or None where the ids interleave (runs shorter than MIN_RUN_TOKENS on
+    average) or live on a GPU (reading them back would sync every layer)."""
+    if lang_ids.device.type != "cpu":
+        return None
+    n = lang_ids.numel()
+    cuts = torch.nonzero(lang_ids[1:] != lang_ids[:-1]).flatten() + 1
+    if (cuts.numel() + 1) * MIN_RUN_TOKENS > n:
+        return None
+    starts = [0] + cuts.tolist()
+    stops = starts[1:] + [n]
+    return [(a, b, k) for a, b, k in zip(starts, stops, lang_ids[starts].tolist()) if k >= 0]
+
+
+def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None):
+    """_accumulate where the counted tokens come in runs of one language: each block of a
+    run adds ones[1, n] @ block into its language's row of an fp32 accumulator. nonfinite as
+    in _accumulate (every row of a run is counted)."""
+    if not runs:
+        return
+    width = gate.shape[1]
+    rows = max(8, min(max(b - a for a, b, _ in runs), RUN_BLOCK_ELEMENTS // width))
+    ones = torch.ones(1, rows)
+    fp32 = act.dtype == torch.float32
+    mask = torch.empty(rows, width) if counts is not None else None
+    wide = torch.empty(rows, width) if (sums is not None or active_sums is not None) and not fp32 else None
+    positive = torch.empty(rows, width) if active_sums is not None else None
+    tables = [t for t in (counts, sums, active_sums) if t is not None]
+    acc_counts, acc_sums, acc_active = (torch.zeros(tables[0].shape) if t is not None else None
+                                        for t in (counts, sums, active_sums))
+    in_acc = 0  # rows summed into acc_counts since it was last emptied
+    for start, stop, lang in runs:
+        for a in range(start, stop, rows):
+            b = min(a + rows, stop)
+            n = b - a
+            weights = ones[:, :n]
+            if counts is not None:
+                if in_acc + n >= EXACT_LIMIT:
+                    counts += acc_counts.to(counts.dtype)
+                    acc_counts.zero_()
+                    in_acc = 0
+                acc_counts[lang:lang + 1].addmm_(weights, torch.gt(gate[a:b], 0, out=mask[:n]))
+                in_acc += n
+                if nonfinite is not None and sums is None:
+                    g = gate[a:b]
+                    nonfinite.bitwise_or_((g - g).ne_(0).any().to(nonfinite.dtype))
+            if acc_sums is not None or acc_active is not None:
+                block = act[a:b] if fp32 else wide[:n].copy_(act[a:b])
+                if acc_sums is not None:
+                    acc_sums[lang:lang + 1].addmm_(weights, block)
+                if acc_active is not None:
+                    # act has the sign of gate (and is 0 with it): its positive part is act where gate > 0.
+                    acc_active[lang:lang + 1].addmm_(weights, torch.clamp_min(block, 0, out=positive[:n]))
     if nonfinite is not None and (sums is not None or counts is None):
         spoiled = acc_sums if acc_sums is not None else acc_active
         nonfinite.bitwise_or_((spoiled - spoiled).ne(0).any().to(nonfinite.dtype))

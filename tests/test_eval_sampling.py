@@ -123,3 +123,49 @@ def test_a_folder_of_another_run_is_refused(tiny_models, tmp_path, capsys):
     assert eval_cli("--model", tiny_models["llama"], "--max-new-tokens", "5", *args) == 1
     assert "sampled with" in capsys.readouterr().err
     assert (tmp_path / "ev" / "responses.jsonl").read_bytes() == before
+
+
+def test_the_bar_moves_at_every_decoding_step_and_batches_are_even(tiny_models, tmp_path, monkeypatch):
+    """The answer bar moves while a batch generates (not once per 8 questions), ends exactly at
+    the number of questions, and 8 prompts over a budget of 6 go as 4 + 4, not 6 + 2."""
+    from lna.inputs import responses
+    from lna.runners.hf import HFRunner
+
+    runner = HFRunner(tiny_models["llama"], token_budget=6 * 20)
+    batches, real = [], runner.model.generate
+
+    def generate(*args, **kw):
+        batches.append(len(kw["input_ids"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(runner.model, "generate", generate)
+    prompts = [[1] + [5 + q] * (2 + q % 3) for q in range(8)]  # 3-5 tokens: 6 per batch at 5 + 15
+    steps = []
+    got = runner.generate(prompts, n=1, temperature=0, top_p=1.0, max_new_tokens=15, seed=0, progress=steps.append)
+    assert batches == [4, 4]
+    assert len(steps) >= 2 * 10 and abs(sum(steps) - 8) < 1e-9  # per step, every prompt accounted once
+    assert got == runner.generate(prompts, n=1, temperature=0, top_p=1.0, max_new_tokens=15, seed=0)
+
+    class CountingBar:
+        def __init__(self, total):
+            self.updates = []
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def update(self, n):
+            self.updates.append(n)
+
+    bars = []
+    from lna.core import config
+    from lna.inputs import data
+
+    _, questions = data.load("demo", "en", limit=3)
+    questions = [q.__class__(q.key, q.lang, q.query, q.answer) for q in questions]
+    template = config.template_for(tiny_models["llama"], "plain")[1]
+    responses.prepare(questions, runner.tokenizer, template, tmp_path / "r.jsonl", runner=runner, n=1,
+                      temperature=0, max_new_tokens=10, progress=lambda total: bars.append(CountingBar(total)) or bars[-1])
+    assert len(bars[0].updates) > 3 and abs(sum(bars[0].updates) - 3) < 1e-9

@@ -60,17 +60,17 @@ def test_an_edited_results_value_fails_the_check(tmp_path):
     check names them; rendering again makes them match the new value."""
     root = copy_repo(tmp_path)
     assert render.check(root) == []
-    path = root / "benches" / "results" / "profile_cpu.json"
+    path = root / "benches" / "results" / "identify_cpu.json"
     data = json.loads(path.read_text())
-    old = data["counted_tokens_per_s"]["lna"]
-    data["counted_tokens_per_s"]["lna"] = old * 3 + 1
+    data["seconds"]["lna"] = 0.4217
     path.write_text(json.dumps(data))
     problems = render.check(root)
     assert problems and all("differs from benches/results" in p for p in problems), problems
     assert any("figure performance " in p for p in problems) and any("figure performance-summary " in p
                                                                     for p in problems), problems
     assert render.render(root) == [] and render.check(root) == []
-    assert f"{old * 3 + 1:,.0f} counted tok/s" in (root / "docs" / "performance.md").read_text()
+    assert "| 0.42 s (median" in (root / "docs" / "performance.md").read_text()
+    assert "7B counts on CPU: 0.42 s" in (root / "README.md").read_text()
 
 
 def test_an_edited_figure_in_a_document_fails_the_check(tmp_path):

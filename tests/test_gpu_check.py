@@ -34,7 +34,7 @@ def test_dry_run_passes_every_stage(dry_run):
     run, files, results_untouched = dry_run
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     check = files["gpu_check_dryrun"]
-    assert list(check["stages"]) == ["kernels", "profile", "smoke", "candidates"]
+    assert list(check["stages"]) == ["kernels", "profile", "smoke", "candidates", "peers"]
     for name, stage in check["stages"].items():
         assert stage["status"] == "ok" and stage["complete"], (name, stage)
         assert files[f"{name}_dryrun"]["dry_run"] and files[f"{name}_dryrun"]["versions"]["torch"]
@@ -73,6 +73,13 @@ def test_dry_run_end_to_end_and_smoke_agree_with_naive_hooks(dry_run):
     for way, counted in (("while_sampling", "sampling"), ("force_decoded", "force-decoding")):
         assert sampled[way]["counted_during"] == counted and sampled[way]["tokens_match"]
         assert sampled[way]["count_flips"] <= 2 and sampled[way]["differences_explained_by_gates_within_1e-05"]
+    peers = files["peers_dryrun"]
+    # every tool counted in the first round; fp32, so only near-zero gates may flip
+    assert set(peers["verification"]) == {"lna", "hooks_b1"}
+    for tool, v in peers["verification"].items():
+        assert v["differing_cells"] <= 2 and (v["max_nearest_abs_gate_at_differing"] or 0) < 1e-5, (tool, v)
+    assert peers["medians"]["lna"]["counted_tokens_per_s"] > 0 and peers["workload"]["shared_prompt_bound"] > 1
+    assert all(run["counts_equal_first_round"] for e in peers["rounds"] for run in e["tools"].values())
     candidates = files["candidates_dryrun"]
     assert max(candidates["attention"]["max_abs_difference_vs_dense"].values()) < 1e-2
     assert candidates["flex_attention"]["max_abs_difference_vs_dense"] < 5e-2

@@ -174,13 +174,17 @@ def sample(p: Plan, runner, *, progress=None, count=None) -> list[Question]:
         for idx in todo.values():
             prompts = [out[i].prompt_ids for i in idx]
             seeds = [question_seed(s["seed"], out[i].key) for i in idx]
+            # A runner that streams progress moves the bar at every decoding step (a batch of
+            # long greedy answers takes minutes on a CPU); the others, once per batch.
+            streamed = bar is not None and getattr(runner, "streams_progress", False)
+            step = {"progress": bar.update} if streamed else {}
             if count is None:
-                gen = runner.generate(prompts, seed=seeds, **kw)
+                gen = runner.generate(prompts, seed=seeds, **kw, **step)
             else:
                 langs = [out[i].lang for i in idx]
                 languages = list(dict.fromkeys(langs))
                 gen, *counted = runner.generate_counting(prompts, langs, languages, seed=seeds,
-                                                         sums=getattr(count, "sums", False), **kw)
+                                                         sums=getattr(count, "sums", False), **kw, **step)
             for i, resp in zip(idx, gen):
                 out[i].response_ids = [list(r) for r in resp]
                 out[i].responses = [p.tokenizer.decode(r, skip_special_tokens=True) for r in resp]
@@ -188,7 +192,7 @@ def sample(p: Plan, runner, *, progress=None, count=None) -> list[Question]:
                 append([out[i] for i in idx])
                 if count is not None:
                     count([out[i] for i in idx], languages, *counted)
-            if bar:
+            if bar and not streamed:
                 bar.update(len(idx))
     append(out)
     return out

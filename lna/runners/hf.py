@@ -20,6 +20,7 @@ from torch import nn
 from lna.models import families, fingerprint, loading
 
 from lna.runners import packing
+from lna.core import threads
 from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
 from lna.runners import decode_count
@@ -103,10 +104,14 @@ class CountingMLP(nn.Module):
 class HFRunner:
     """Force-decoding with transformers: `count`, `generate` and `nll` of the Runner protocol."""
 
+    streams_progress = True  # generate(progress=f) calls f at every decoding step (lna.inputs.responses)
+
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32",
                  token_budget: int = 8192, max_row_tokens: int = 2048, revision: str | None = None,
                  info: loading.ModelInfo | None = None):
         info = info or loading.resolve(model, revision)  # given: resolved once per run (lna.runners.options)
+        if str(device) == "cpu":
+            threads.fit_to_load()  # no more threads than the cores other work leaves free
         net, tokenizer = loading.load(info, device=device, dtype=dtype)
         # From the files, not the loaded tensors: the same for every backend and dtype.
         self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens, fingerprint.legacy(info))
@@ -255,26 +260,29 @@ class HFRunner:
 
     def generate(self, prompts, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int | Sequence[int], masks: np.ndarray | None = None, values: np.ndarray | None = None,
-                 mask_ids: Sequence[int] | None = None, offsets: np.ndarray | None = None) -> list[list[list[int]]]:
+                 mask_ids: Sequence[int] | None = None, offsets: np.ndarray | None = None,
+                 progress=None) -> list[list[list[int]]]:
         """Temperature 0 is greedy (argmax at every step); n > 1 needs temperature > 0.
         Interventions: prompt i is generated (every token, its own included) with
         masks[mask_ids[i]] zeroed, or set to values[mask_ids[i]] (-1: none), and then
         offsets[mask_ids[i]] added to every activation (transformers backend only); prompts
-        with different interventions share batches."""
+        with different interventions share batches. progress(x): called at every decoding
+        step with the prompts' worth of work done since the last call (fractions;
+        len(prompts) in all), so a bar moves while a batch generates."""
         return self._generate(prompts, None, None, n=n, temperature=temperature, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed, masks=masks, values=values,
-                              mask_ids=mask_ids, offsets=offsets)[0]
+                              mask_ids=mask_ids, offsets=offsets, progress=progress)[0]
 
     def generate_counting(self, prompts, langs, languages, *, n: int, temperature: float, top_p: float,
-                          max_new_tokens: int, seed: int | Sequence[int], sums: bool = False):
+                          max_new_tokens: int, seed: int | Sequence[int], sums: bool = False, progress=None):
         """`generate`, counting each response token when it is fed back (lna.runners.base)."""
         language_slots(langs, languages, len(prompts))
         return self._generate(prompts, list(langs), list(languages), n=n, temperature=temperature, top_p=top_p,
-                              max_new_tokens=max_new_tokens, seed=seed, sums=sums)
+                              max_new_tokens=max_new_tokens, seed=seed, sums=sums, progress=progress)
 
     @torch.inference_mode()
     def _generate(self, prompts, langs, languages, *, n, temperature, top_p, max_new_tokens, seed, masks=None,
-                  values=None, mask_ids=None, sums=False, offsets=None):
+                  values=None, mask_ids=None, sums=False, offsets=None, progress=None):
         """transformers' generate with static left-padded batches of whole prompts. Counting
         (langs given): a pre-hook on the model sees the tokens of every forward and gives each
         fed response token its language (lna.runners.decode_count); one step more than
@@ -304,6 +312,9 @@ class HFRunner:
             nonfinite = torch.zeros(self.layers, dtype=torch.int32, device=self.device)
         seeds = sample_seeds(seed, len(prompts), n)
         per_batch = max(1, self.token_budget // max(1, n * (max(len(p) for p in prompts) + max_new_tokens)))
+        # Even batches under the budget: 8 prompts at 6 per batch go as 4 + 4, not 6 + 2 (a
+        # decoding step costs about the same at 2 rows as at 4).
+        per_batch = -(-len(prompts) // -(-len(prompts) // per_batch))
         if mask_ids is not None and len(mask_ids) != len(prompts):
             raise LnaError(f"mask_ids must give one id per prompt ({len(prompts)}), got {len(mask_ids)}")
         self._interventions(masks, values, offsets)
@@ -337,6 +348,10 @@ class HFRunner:
                     rows = [seeds[start + q] + k for q in range(len(chunk)) for k in range(n)]
                     sampler = RowSampler(rows, max_new_tokens + counting, width, temperature, top_p, self.device)
                     draw = dict(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([sampler]))
+                ticker = None
+                if progress is not None:
+                    ticker = _Ticker(progress, len(chunk), max_new_tokens + counting)
+                    draw.setdefault("logits_processor", LogitsProcessorList()).append(ticker)
                 try:
                     gen = self.model.generate(
                         input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens + counting,
@@ -347,6 +362,8 @@ class HFRunner:
                         hook.remove()
                         post.remove()
                         tracker.detach()
+                if ticker is not None:
+                    ticker.finish()
                 responses = [_until_eos(g, eos) for g in gen]
                 if counting:
                     tracker.check(responses, self.info.name)
@@ -360,6 +377,26 @@ class HFRunner:
             self._check_finite(nonfinite)
             return (out, counts.cpu().numpy(), tokens, *(t.cpu().numpy() for t in tables))
         return out, None, None
+
+
+class _Ticker:
+    """A logits processor that leaves the scores alone and reports progress at every decoding
+    step: `prompts` prompts' worth over at most `steps` steps, the rest when the batch ends
+    (early when every row has stopped)."""
+
+    def __init__(self, progress, prompts: int, steps: int):
+        self.progress, self.prompts, self.step, self.done = progress, prompts, prompts / max(1, steps), 0.0
+
+    def __call__(self, input_ids, scores):
+        if self.done + self.step < self.prompts:
+            self.done += self.step
+            self.progress(self.step)
+        return scores
+
+    def finish(self):
+        if self.prompts > self.done:
+            self.progress(self.prompts - self.done)
+        self.done = self.prompts
 
 
 def _until_eos(ids: list[int], eos: set) -> list[int]:
