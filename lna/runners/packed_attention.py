@@ -13,17 +13,19 @@ own keys <= i), sliding windows measured in positions: what the dense mask allow
 Dense (the reference, as vLLM's forward_native): the padded [B, S] batch with an additive 4D
 mask per attention type (packing.attention_mask) through the model's own attention. It is
 used where the packed path cannot compute the model's attention exactly, decided once per
-model: by its config (DENSE_CONFIG), then by a probe forward at the first batch that checks
+model: by its config (DENSE_CONFIG; and off the CPU, where one SDPA launch per segment is not
+yet measured against the mask), then by a probe forward at the first batch that checks
 every layer's attention comes through `attention` with only the arguments it honours (HONOURED;
 a soft cap, attention sinks, position biases or anything unknown falls back).
 """
+import contextlib
 import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lna.runners import packing
+from lna.runners import packed_ops, packing
 
 NAME = "lna_packed"
 # config entries (of the text config) whose attention the packed path does not compute
@@ -142,7 +144,12 @@ class Forward:
                           for i in range(layers)}
         self.configs = {id(c): c for c in [decoder.config, text_config] +
                         [m.config for m in decoder.modules() if hasattr(m, "config")]}.values()
+        self.swaps = packed_ops.Swaps(decoder)  # fused RMSNorm and rotary in the packed forward
+        self.fast_ops = True
         why = [what for key, what in DENSE_CONFIG.items() if getattr(text_config, key, None)]
+        if torch.device(device).type != "cpu":  # per-segment launches are not yet measured against the mask there
+            why.append(f"on {torch.device(device).type} the dense path stays the default (the packed one is "
+                       "measured on CPU only)")
         self.packed = False if why else None  # None: decided by the probe at the first batch
         self.why_dense = why[0] if why else None
 
@@ -189,9 +196,10 @@ class Forward:
         try:
             for c, _ in saved:
                 c._attn_implementation = NAME
-            out = self.decoder(input_ids=torch.from_numpy(np.ascontiguousarray(ids))[None].to(self.device),
-                               position_ids=torch.from_numpy(np.ascontiguousarray(pos))[None].to(self.device),
-                               attention_mask=None, use_cache=False)
+            with self.swaps if self.fast_ops else contextlib.nullcontext():
+                out = self.decoder(input_ids=torch.from_numpy(np.ascontiguousarray(ids))[None].to(self.device),
+                                   position_ids=torch.from_numpy(np.ascontiguousarray(pos))[None].to(self.device),
+                                   attention_mask=None, use_cache=False)
         finally:
             _active.segments = None
             for c, impl in saved:
