@@ -261,6 +261,24 @@ def _peers_rows(r):
     return rows
 
 
+def _packed_attention_row(r):
+    """The latest run of bench_packed_attention: the packed forward against the dense mask."""
+    run = r("packed_attention_cpu")["runs"][-1]
+    f, fs, w = run["fraction_of_gemm_ceiling"], run["fraction_with_needed_scores"], run["workload"]
+    loads = [a[0] for a in run["load_average_per_run"]]
+    return [f"packed attention (real tokens only, attention per prompt and response) against the dense 4D mask: "
+            f"lna's count, {n(w['tokens_computed'])} tokens ({n(w['padded_tokens_dense'])} padded), modes alternated "
+            f"{len(run['seconds']['dense'])} rounds in one process",
+            f"CPU, 1 torch thread, 1 pinned core, load {min(loads):.1f}-{max(loads):.1f}; commit {run['commit'][:7]}, "
+            f"{run['date'][:10]}",
+            f"matmul work {pct(f['packed'], False)} of the fp32 GEMM ceiling packed, {pct(f['dense'], False)} dense "
+            f"({pct(fs['packed'], False)} and {pct(fs['dense'], False)} with the score FLOPs the pattern needs); packed "
+            f"{x(run['speedup_packed_over_dense'])} the dense, its fused RMSNorm and rotary {x(run['speedup_fast_ops'])}; "
+            f"counts: {run['counts_differing_cells']} of {n(run['count_cells'])} cells differ (by at most "
+            f"{run['max_abs_count_difference']})",
+            f">= 70%: {met(f['packed'], 0.7, False)}"]
+
+
 GPU_FILES = ("kernels_cuda", "profile_cuda", "smoke_cuda", "candidates_cuda", "ablate_cuda", "vllm_runner_cuda")
 
 
@@ -273,7 +291,7 @@ def _gpu_row(r):
 
 
 def performance(r):
-    rows = [*_peers_rows(r), _identify_row(r), *_integrity_rows(r), *_profile_row(r), _store_sums_row(r), _silu_mul_row(r),
+    rows = [*_peers_rows(r), _packed_attention_row(r), _identify_row(r), *_integrity_rows(r), *_profile_row(r), _store_sums_row(r), _silu_mul_row(r),
             _ablate_row(r), _vllm_row(r), *_sampling_rows(r), _row_sampler_row(r), _gpu_row(r)]
     return table(["what", "measured under", "result", "target"], rows)
 

@@ -18,12 +18,10 @@ import torch
 from torch import nn
 
 from lna.models import families, fingerprint, loading
-
-from lna.runners import packed_attention, packing
 from lna.core import threads
 from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
-from lna.runners import decode_count
+from lna.runners import decode_count, packed_attention, packing
 from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
 from lna.inputs.samples import Sample, sample_seeds
 from lna.runners.row_sampler import RowSampler
