@@ -232,6 +232,24 @@ def test_what_the_packed_path_cannot_honour_falls_back_to_dense(built, case, why
         naive.assert_counts_equal(counts, ref, amb)
 
 
+def test_a_model_that_fails_the_packed_layout_runs_dense(built):
+    path = built("llama")
+    runner = HFRunner(path, token_budget=200, max_row_tokens=100)
+    attn = runner.decoder.layers[0].self_attn
+
+    def forward(hidden_states, position_embeddings=None, attention_mask=None, **k):
+        if attention_mask is None:  # the packed layout: no mask
+            raise RuntimeError("this model wants a mask")
+        return type(attn).forward(attn, hidden_states, position_embeddings, attention_mask, **k)
+    attn.forward = forward
+    samples = random_samples(9, LANGS, questions=3)
+    counts, _ = runner.count(samples, LANGS)
+    assert runner.run_batch.packed is False
+    assert runner.run_batch.why_dense == "the packed probe forward failed: RuntimeError: this model wants a mask"
+    ref, amb = naive.counts(path, samples, LANGS)
+    naive.assert_counts_equal(counts, ref, amb)
+
+
 def test_fallback_by_config_is_decided_at_setup(built):
     runner = HFRunner(built("gemma2"))
     assert runner.run_batch.packed is False

@@ -221,6 +221,9 @@ class Forward:
         try:
             with torch.inference_mode():
                 self._run(seg, ids, pos)
+        except Exception as e:  # a model that refuses the packed layout runs as before
+            self.why_dense = f"the packed probe forward failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            return False
         finally:
             vars(state).update(saved)
         bad = [(layer, why) for layer, why in seg.problems if why]
