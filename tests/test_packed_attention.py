@@ -215,6 +215,7 @@ def _wrap_attention(runner, layer, extra=None, bypass=False):
     ({"extra": {"s_aux": torch.zeros(2)}}, "layer 1: attention arguments s_aux"),
     ({"extra": {"alibi_slopes": torch.ones(2)}}, "layer 1: attention arguments alibi_slopes"),
     ({"extra": {"sliding_window": 8}}, "layer 1: sliding window 8 where lna's mask uses None"),
+    ({"extra": {"is_causal": False}}, "layer 1: non-causal attention, or attention weights asked for"),
     ({"bypass": True}, "layer 1's attention does not go through transformers' attention interface"),
 ])
 def test_what_the_packed_path_cannot_honour_falls_back_to_dense(built, case, why):

@@ -92,7 +92,7 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
                                       scaling=scaling, **kwargs)
     layer = getattr(module, "layer_idx", None)
     if seg.problems is not None:
-        seg.problems.append((layer, _problem(seg, layer, query, key, attention_mask, dropout, kwargs)))
+        seg.problems.append((layer, _problem(seg, module, query, key, attention_mask, dropout, kwargs)))
         if seg.problems[-1][1]:
             return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), None
     heads, kv_heads = query.shape[1], key.shape[1]
@@ -108,8 +108,9 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     return out, None
 
 
-def _problem(seg, layer, query, key, attention_mask, dropout, kwargs) -> str | None:
+def _problem(seg, module, query, key, attention_mask, dropout, kwargs) -> str | None:
     """Why this call's attention is not what `attention` computes (None: it is)."""
+    layer = getattr(module, "layer_idx", None)
     if layer not in seg.window_of:
         return f"an attention module without a layer index ({layer!r})"
     if attention_mask is not None:
@@ -120,7 +121,7 @@ def _problem(seg, layer, query, key, attention_mask, dropout, kwargs) -> str | N
         return f"{query.shape[1]} query heads over {key.shape[1]} key heads"
     if dropout:
         return f"attention dropout {dropout}"
-    if kwargs.get("is_causal", True) is False or kwargs.get("output_attentions"):
+    if False in (kwargs.get("is_causal", True), getattr(module, "is_causal", True)) or kwargs.get("output_attentions"):
         return "non-causal attention, or attention weights asked for"
     if "sliding_window" in kwargs and kwargs["sliding_window"] != seg.window_of[layer]:
         return f"sliding window {kwargs['sliding_window']} where lna's mask uses {seg.window_of[layer]}"
