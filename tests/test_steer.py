@@ -250,7 +250,7 @@ def test_command_perplexities_equal_the_runner(made, result):
 
 
 def test_rerun_resumes_and_an_interrupted_run_gives_the_same_table(made, result, monkeypatch):
-    from lna.interventions.steer import run as steering
+    from lna.interventions.steer import session as steering
     from lna.runners.hf import HFRunner
 
     out, res = result
