@@ -16,7 +16,8 @@ from lna.core.errors import LnaError
 from lna.core import config
 from lna.identification import neurons as neuron_file
 from lna.identification.neurons import NeuronSets
-from lna.storage.store import CountStore, open_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store
 
 DATA = [  # verbatim short prompts in three languages, with responses (references)
     {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5."]},
