@@ -38,9 +38,9 @@ def _expert_silu_mul_kernel(
     for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         row_ok = rows < t_end
-        g32, _, _ = _product_tile(gate_ptr, up_ptr, out_ptr, rows, row_ok, cols, col_ok, stride_gt, stride_gi, stride_ut,
-                                  stride_ui, stride_ot, mask_id_ptr, masks_e, values_e, n_masks, stride_mm, stride_vm,
-                                  GELU, PRECISE, MASK, SET, INTERPRET)
+        g32, _, _ = _product_tile(gate_ptr, up_ptr, out_ptr, rows, row_ok, cols, col_ok, stride_gt, stride_gi,
+                                  stride_ut, stride_ui, stride_ot, mask_id_ptr, masks_e, values_e, n_masks, stride_mm,
+                                  stride_vm, GELU, PRECISE, MASK, SET, INTERPRET)
         if COUNT:
             hit, counted = _languages(lang_ptr, rows, row_ok, n_langs, LANGS_PAD)
             acc = _count_tile(acc, hit, g32 > 0)
