@@ -68,7 +68,7 @@ from typing import Sequence
 import numpy as np
 
 from lna.models import fingerprint, loading
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, first_line
 from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
 from lna.inputs.samples import Sample, sample_seeds
 from lna.runners import vllm_requests
@@ -126,7 +126,7 @@ class VllmRunner:
         except LnaError:
             raise
         except Exception as e:  # vLLM's own errors: keep the cause, say where it came from
-            raise LnaError(f"vLLM could not start {model}: {_first_line(e)}") from e
+            raise LnaError(f"vLLM could not start {model}: {first_line(e, None, traceback_last=True)}") from e
         ranks = sorted(ranks, key=lambda r: r["rank"])
         if len({(r["layers"], r["neurons"]) for r in ranks}) != 1:
             raise LnaError(f"vLLM ranks disagree on the MLP shape: {ranks}")
@@ -348,11 +348,6 @@ class VllmRunner:
         if too_long:
             raise LnaError(f"{len(too_long)} {what}s are too long for max_model_len={self.max_model_len} "
                            f"(longest {max(too_long)} tokens + {extra}); raise max_model_len")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
 
 
 def _eos_ids(path, tokenizer) -> set:

@@ -43,7 +43,7 @@ import numpy as np
 from lna.storage import integrity
 from lna._version import __version__
 from lna.core.atomic import output_path
-from lna.core.errors import LnaError, note
+from lna.core.errors import LnaError, first_line, note
 from lna.storage.counts import SUMS, CountStore
 from lna.storage.manifest import Counted, keys_blob
 
@@ -75,7 +75,7 @@ def _attributes(path: Path) -> dict | None:
     except (OSError, ValueError, AttributeError) as err:
         if (path / "counts").is_dir():
             raise LnaError(f"{path}: damaged count store: zarr.json is unreadable "
-                           f"({integrity._first_line(err)}); {integrity.RECREATE}") from None
+                           f"({first_line(err, 100)}); {integrity.RECREATE}") from None
         return None
     return attrs if isinstance(attrs, dict) and attrs.get("format") in FORMATS else None
 
@@ -107,7 +107,7 @@ def open_store(path, *, allow_partial: bool = True, sums: bool = True) -> CountS
     try:
         root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     except Exception as err:  # noqa: BLE001 - zarr raises many kinds for a damaged group
-        raise LnaError(f"{path}: damaged count store ({integrity._first_line(err)}); {integrity.RECREATE}") from None
+        raise LnaError(f"{path}: damaged count store ({first_line(err, 100)}); {integrity.RECREATE}") from None
     reader = integrity.Reader(path, root, languages)
     counts = reader.read("counts", by_language=True)
     tokens = reader.read("tokens")
