@@ -29,8 +29,8 @@ EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
 
 
 def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
-                   sums=None, active_sums=None, values=None, activation="silu", nonfinite=None):
-    act = activation_native(gate, activation)
+                   sums=None, active_sums=None, values=None, activation="silu", nonfinite=None, out=None):
+    act = activation_native(gate, activation) if out is None else _activation_into(gate, activation, out)
     if counts is not None or sums is not None or active_sums is not None:
         with _one_thread(gate):
             _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite)
@@ -44,6 +44,13 @@ def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=No
         else:
             torch.where(chosen, values.to(act.dtype)[picked], act, out=act)
     return act.mul_(up)
+
+
+def _activation_into(gate, activation, out):
+    """activation_native(gate) written into out (the same aten kernel, so the same values)."""
+    if activation == "silu":
+        return torch.ops.aten.silu.out(gate, out=out)
+    return torch.ops.aten.gelu.out(gate, approximate="tanh", out=out)
 
 
 def _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite=None):
