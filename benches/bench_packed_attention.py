@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label", default="")
     opts = ap.parse_args()
+    origin = common.provenance()  # the code as it was when the run began (a tree may change during it)
     import numpy as np
     import torch
 
@@ -117,7 +118,7 @@ def main():
                                        shape["hidden_size"] // shape["num_attention_heads"], shape["num_hidden_layers"])
     med = {m: statistics.median(t) for m, t in times.items()}
     ceiling = statistics.median(ceilings)
-    entry = {"label": opts.label, **common.provenance(), "threads": 1, "pinned": "one core (common.one_core)",
+    entry = {"label": opts.label, **origin, "threads": 1, "pinned": "one core (common.one_core)",
              "model": {"shape": opts.shape, **shape, "dtype": "float32", "weights": "random",
                        "non_embedding_params": matmul_params(shape)},
              "workload": {"languages": langs, "questions_per_language": opts.questions,
