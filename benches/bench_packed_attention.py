@@ -2,14 +2,14 @@
 fraction of the measured fp32 GEMM ceiling.
 
     python benches/bench_packed_attention.py [--questions 2] [--responses 2] [--rounds 3] [--label after]
-    python benches/bench_packed_attention.py --shape tinyllama-1.1b --questions 1 \
-        --responses 1 --rounds 2
+    python benches/bench_packed_attention.py --shape tinyllama-1.1b --questions 1 --responses 1 --rounds 2
 
 bench_peers' model and workload (a random-weight model of a real shape, bench_peers_setup.SHAPES:
 SmolLM-135M by default, where hidden 576 leaves the elementwise work large beside the GEMMs;
 TinyLlama-1.1B's hidden 2048 for a larger one; MGSM questions in ten languages, given
-responses). One torch thread pinned to one core (common.one_core: the machine is shared); three modes alternated round by round in one process on the same runner: dense
-(the 4D-mask reference), packed with transformers' RMSNorm and rotary, and packed with
+responses). One torch thread pinned to one core (common.one_core: the machine is shared);
+three modes alternated round by round in one process on the same runner: dense (the 4D-mask
+reference), packed with transformers' RMSNorm and rotary, and packed with
 lna.runners.packed_ops' (the default); counts of dense and packed compared. The fraction of
 the ceiling is bench_peers': 2 x non-embedding params x tokens computed / count seconds /
 ceiling (the median of 1024^3 GEMMs timed beside every run; a lower bound, as it leaves out
