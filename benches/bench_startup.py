@@ -181,10 +181,14 @@ def main(argv=None):
                 cpu[run].append(used)
             print(f"round {r + 1}: " + ", ".join(f"{s}/{v}{'@' + t if t else ''} {times[(s, v, t)][-1]:.2f} "
                                                  f"({cpu[(s, v, t)][-1]:.2f} CPU)" for s, v, t in runs), flush=True)
-    pin = os.sched_getaffinity(0)
+    import torch
+
+    pin, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))  # as each launch ran: torch's default on its pinned cores
     mach = common.machine("cpu")
     os.sched_setaffinity(0, pin)
+    torch.set_num_threads(threads)
     result = {}
     for (shape, variant, tree), ts in times.items():
         med, med_cpu = statistics.median(ts), statistics.median(cpu[(shape, variant, tree)])
