@@ -15,20 +15,16 @@ of an independent batch-1 hook count behind every difference).
 Writes benches/results/count_while_sampling_<device>.json.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # per engine; two engines run side by side
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="lna-vllm-cache-"))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_profile  # noqa: E402  (model shapes, shared with the other benches)
 import common  # noqa: E402
+
+common.vllm_on_cpu(kv_cache_gib=1)  # before vLLM is imported
+import bench_profile  # noqa: E402  (model shapes, shared with the other benches)
 from bench_vllm_runner import save_model  # noqa: E402
 from bench_count_agreement import reference  # noqa: E402
 

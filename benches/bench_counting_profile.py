@@ -33,6 +33,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--label", default="")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--attention", choices=["packed", "dense"], default="packed",
+                    help="the runner's forward: packed on the real tokens (default where the model allows) "
+                         "or the dense 4D-mask reference (lna.runners.packed_attention)")
     opts = ap.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -56,10 +59,14 @@ def main():
 
     variants = {"no_count": no_count, "counts": lambda: runner.count(samples, languages),
                 "counts_sums": lambda: runner.count(samples, languages, sums=True)}
-    runner.count(samples[:4], languages)  # warm-up
+    runner.count(samples[:4], languages)  # warm-up (and the packed path's probe)
+    if opts.attention == "dense":
+        runner.run_batch.packed = False
     entry = {"label": opts.label, "machine": common.machine("cpu"), "versions": common.versions(),
              **common.provenance(),  # each entry its own commit, date and argv: the file keeps every run
-             "response_tokens": sum(len(s.response) for s in samples), "batches": len(batches), "variants": {}}
+             "response_tokens": sum(len(s.response) for s in samples), "batches": len(batches),
+             "attention": "packed" if runner.run_batch.packed else "dense", "torch_threads": torch.get_num_threads(),
+             "variants": {}}
     load_before = common.load_average()
     for name, fn in variants.items():
         t = time.perf_counter()

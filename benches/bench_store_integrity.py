@@ -34,7 +34,8 @@ from lna.models import fingerprint  # noqa: E402
 from lna.storage import integrity
 from lna.storage.import_counts import import_counts  # noqa: E402
 from lna.storage.manifest import Counted  # noqa: E402
-from lna.storage.store import CountStore, open_store, save_store  # noqa: E402
+from lna.storage.counts import CountStore  # noqa: E402
+from lna.storage.store import open_store, save_store  # noqa: E402
 
 DATA = Path(os.environ.get("LNA_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 NPZ = DATA / "reference" / "mistralmathoctopus7b-mgsm-counts.npz"

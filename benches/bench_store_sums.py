@@ -16,7 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from lna.storage.store import CountStore, open_store, save_store  # noqa: E402
+from lna.storage.counts import CountStore  # noqa: E402
+from lna.storage.store import open_store, save_store  # noqa: E402
 
 SHAPE = (32, 10, 14336)
 

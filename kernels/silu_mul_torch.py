@@ -106,10 +106,19 @@ def _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite=None):
             if active_sums is not None:
                 # act has the sign of gate (and is 0 with it), so its positive part is act where gate > 0.
                 acc_active.addmm_(weights, torch.clamp_min(block, 0, out=chosen[:n]))
+    _flush((counts, sums, active_sums), (acc_counts, acc_sums, acc_active), nonfinite)
+
+
+def _flush(tables, accs, nonfinite) -> None:
+    """The end of both accumulations: the fp32 accumulators (counts, sums, active sums) added
+    to their tables, and, where the sums were accumulated, a non-finite activation of a counted
+    row read from them once (it spoils them: x - x is 0 for finite x only)."""
+    counts, sums, _ = tables
+    _, acc_sums, acc_active = accs
     if nonfinite is not None and (sums is not None or counts is None):
         spoiled = acc_sums if acc_sums is not None else acc_active
         nonfinite.bitwise_or_((spoiled - spoiled).ne(0).any().to(nonfinite.dtype))
-    for table, acc in ((counts, acc_counts), (sums, acc_sums), (active_sums, acc_active)):
+    for table, acc in zip(tables, accs):
         if table is not None:
             table += acc.to(table.dtype)
 
@@ -185,9 +194,4 @@ def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None)
                 if acc_active is not None:
                     # act has the sign of gate (and is 0 with it): its positive part is act where gate > 0.
                     acc_active[lang:lang + 1].addmm_(weights, torch.clamp_min(block, 0, out=positive[:n]))
-    if nonfinite is not None and (sums is not None or counts is None):
-        spoiled = acc_sums if acc_sums is not None else acc_active
-        nonfinite.bitwise_or_((spoiled - spoiled).ne(0).any().to(nonfinite.dtype))
-    for table, acc in ((counts, acc_counts), (sums, acc_sums), (active_sums, acc_active)):
-        if table is not None:
-            table += acc.to(table.dtype)
+    _flush((counts, sums, active_sums), (acc_counts, acc_sums, acc_active), nonfinite)

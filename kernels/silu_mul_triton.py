@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import (INTERPRET, _activation, _add_table, _count_tile, _intervene_mul, _languages, _sum_tile,
-                           _to32, gelu_flag, langs_pad, unit_stride)
+from .triton_tiles import (INTERPRET, _add_table, _count_tile, _languages, _product_tile, _sum_tile, gelu_flag,
+                           langs_pad, unit_stride)
 
 COUNT_EXACT_LIMIT = 2**24  # fp32 accumulators hold every integer below this exactly
 
@@ -54,16 +54,9 @@ def _silu_mul_kernel(
     for t0 in range(t_begin, t_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         row_ok = rows < t_end
-        rows64 = rows.to(tl.int64)
-        ok = row_ok[:, None] & col_ok[None, :]
-        gate = tl.load(gate_ptr + rows64[:, None] * stride_gt + cols[None, :] * stride_gi, mask=ok, other=0.0)
-        up = tl.load(up_ptr + rows64[:, None] * stride_ut + cols[None, :] * stride_ui, mask=ok, other=0.0)
-        g32 = _to32(gate, INTERPRET)
-        act = _activation(g32, gate.dtype, GELU, PRECISE, INTERPRET)  # the raw activation, in gate's dtype
-        act32 = _to32(act, INTERPRET)
-        out = _intervene_mul(act32, _to32(up, INTERPRET), gate.dtype, rows, row_ok, cols, col_ok, mask_id_ptr,
-                             masks_ptr, values_ptr, n_masks, stride_mm, stride_vm, MASK, SET, INTERPRET)
-        tl.store(out_ptr + rows64[:, None] * stride_ot + cols[None, :], out, mask=ok)
+        g32, act, act32 = _product_tile(gate_ptr, up_ptr, out_ptr, rows, row_ok, cols, col_ok, stride_gt, stride_gi,
+                                        stride_ut, stride_ui, stride_ot, mask_id_ptr, masks_ptr, values_ptr, n_masks,
+                                        stride_mm, stride_vm, GELU, PRECISE, MASK, SET, INTERPRET)
         if COUNT or SUMS or ACTIVE_SUMS:  # after the store, as a count-only tile always was (fewer live registers)
             hit, counted = _languages(lang_ptr, rows, row_ok, n_langs, LANGS_PAD)
             fired = g32 > 0

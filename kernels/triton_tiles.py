@@ -1,4 +1,5 @@
-"""Tile functions shared by the Triton kernels (silu_mul_triton and gemm_silu_mul): the
+"""Tile functions shared by the Triton kernels (silu_mul_triton, expert_count_triton and
+gemm_silu_mul): the product tile (load, activation, interventions, store), the
 activation, the per-language counts and sums of a tile, the interventions and the product,
 and the atomic update of a [languages, neurons] table.
 
@@ -52,6 +53,26 @@ def _activation(g32, dtype: tl.constexpr, GELU: tl.constexpr, PRECISE: tl.conste
     if GELU:  # where torch's 1 + tanh(y) is exactly 0 in fp32 (tanh(y) rounds to -1), so is its GELU
         a = tl.where(z > 18.021826694558577, 0.0 * g32, a)
     return _round(a, dtype, INTERPRET)
+
+
+@triton.jit
+def _product_tile(gate_ptr, up_ptr, out_ptr, rows, row_ok, cols, col_ok, stride_gt, stride_gi, stride_ut, stride_ui,
+                  stride_ot, mask_id_ptr, masks_ptr, values_ptr, n_masks, stride_mm, stride_vm, GELU: tl.constexpr,
+                  PRECISE: tl.constexpr, MASK: tl.constexpr, SET: tl.constexpr, INTERPRET: tl.constexpr):
+    """One [rows, cols] tile of the product: gate and up loaded, act(gate) * up (intervened)
+    stored to out. Returns (gate in fp32, act in gate's dtype, act in fp32) for the tile's
+    statistics."""
+    rows64 = rows.to(tl.int64)
+    ok = row_ok[:, None] & col_ok[None, :]
+    gate = tl.load(gate_ptr + rows64[:, None] * stride_gt + cols[None, :] * stride_gi, mask=ok, other=0.0)
+    up = tl.load(up_ptr + rows64[:, None] * stride_ut + cols[None, :] * stride_ui, mask=ok, other=0.0)
+    g32 = _to32(gate, INTERPRET)
+    act = _activation(g32, gate.dtype, GELU, PRECISE, INTERPRET)  # the raw activation, in gate's dtype
+    act32 = _to32(act, INTERPRET)
+    out = _intervene_mul(act32, _to32(up, INTERPRET), gate.dtype, rows, row_ok, cols, col_ok, mask_id_ptr,
+                         masks_ptr, values_ptr, n_masks, stride_mm, stride_vm, MASK, SET, INTERPRET)
+    tl.store(out_ptr + rows64[:, None] * stride_ot + cols[None, :], out, mask=ok)
+    return g32, act, act32
 
 
 @triton.jit

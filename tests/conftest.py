@@ -122,18 +122,24 @@ def one_line_error(capsys, code) -> str:
     return one_line((code, "", capsys.readouterr().err), "error:")
 
 
+def interrupt_after(monkeypatch, cls, method: str, after: int):
+    """Ctrl-C inside a run: cls.method raises KeyboardInterrupt once `after` calls have
+    returned. Returns a function that puts the real method back."""
+    real, calls = getattr(cls, method), []
+
+    def dying(self, *args, **kw):
+        calls.append(1)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(cls, method, dying)
+    return lambda: monkeypatch.setattr(cls, method, real)
+
+
 def interrupt_counting(monkeypatch, after: int):
     """Ctrl-C during lna-profile: HFRunner.count raises KeyboardInterrupt once `after` calls
     (chunks) have returned. Returns a function that puts the real count back."""
     from lna.runners.hf import HFRunner
 
-    real, calls = HFRunner.count, []
-
-    def dying(self, samples, languages, **kw):
-        calls.append(1)
-        if len(calls) > after:
-            raise KeyboardInterrupt
-        return real(self, samples, languages, **kw)
-
-    monkeypatch.setattr(HFRunner, "count", dying)
-    return lambda: monkeypatch.setattr(HFRunner, "count", real)
+    return interrupt_after(monkeypatch, HFRunner, "count", after)

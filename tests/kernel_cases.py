@@ -71,3 +71,11 @@ def assert_sums_rule(table, initial, gate, lang_ids, activation="silu", *, activ
     """The sums rule (tolerance.check_sums)."""
     report = check_sums(table, initial, gate, lang_ids, activation, active=active, partials=partials)
     assert report["ok"], report["why"]
+
+
+def random_gates(tokens: int, width: int, langs: int, seed: int):
+    """A silu_mul case: gate and up standard normal [tokens, width], language ids in
+    [-1, langs) (-1: not counted), and the generator that drew them (for more)."""
+    gen = torch.Generator().manual_seed(seed)
+    gate, up = torch.randn(2, tokens, width, generator=gen).unbind(0)
+    return gate, up, torch.randint(-1, langs, (tokens,), generator=gen), gen

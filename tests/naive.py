@@ -113,18 +113,29 @@ def nll(path, samples, masks=None, mask_ids=None, dtype=torch.float64, values=No
     """Sum of response-token NLLs per sample; masks zero act(gate) (or set it to values, then
     add offsets) via a hook on the activation."""
     model = load(path, dtype)
+    def hooks(i):
+        if masks is None or mask_ids[i] < 0:
+            return []
+        pick = lambda t: None if t is None else t[mask_ids[i]]  # noqa: E731
+        return intervene(model, masks[mask_ids[i]], pick(values), pick(offsets))
+
+    return responses_nll(model, samples, hooks, dtype)
+
+
+def responses_nll(model, samples, hooks_of, dtype) -> np.ndarray:
+    """Sum of response-token NLLs per sample, one sequence at a time (logits in dtype),
+    under the hooks that hooks_of(i) puts on the model for sample i (removed after it)."""
     out = np.zeros(len(samples))
     for i, s in enumerate(samples):
-        hooks = []
-        if masks is not None and mask_ids[i] >= 0:
-            hooks = intervene(model, masks[mask_ids[i]], None if values is None else values[mask_ids[i]],
-                              None if offsets is None else offsets[mask_ids[i]])
-        ids = torch.tensor([list(s.prompt) + list(s.response)])
-        logits = model(ids).logits[0].to(dtype)
-        P = len(s.prompt)
-        out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
-        for h in hooks:
-            h.remove()
+        hooks = hooks_of(i)
+        try:
+            ids = torch.tensor([[int(t) for t in (*s.prompt, *s.response)]])
+            logits = model(ids).logits[0].to(dtype)
+            P = len(s.prompt)
+            out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
+        finally:
+            for h in hooks:
+                h.remove()
     return out
 
 

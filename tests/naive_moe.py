@@ -5,7 +5,7 @@ its experts is then recomputed from the expert's own weights, expert by expert."
 import numpy as np
 import torch
 
-from naive import AMBIGUOUS, layers, load
+from naive import AMBIGUOUS, layers, load, responses_nll
 
 
 def parts(layer):
@@ -69,13 +69,7 @@ def nll(path, samples, dtype=torch.float64):
     per-expert loop (its grouped matmul has no float64 kernel)."""
     model = load(path, dtype)
     model.config._experts_implementation = "eager"
-    out = np.zeros(len(samples))
-    for i, s in enumerate(samples):
-        ids = torch.tensor([[int(t) for t in (*s.prompt, *s.response)]])
-        logits = model(ids).logits[0].to(dtype)
-        P = len(s.prompt)
-        out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
-    return out
+    return responses_nll(model, samples, lambda i: [], dtype)
 
 
 def intervene(model, masks, values=None):
@@ -119,16 +113,11 @@ def nll_intervened(path, samples, masks, mask_ids, values=None, dtype=torch.floa
 
     model = load(path, dtype)
     model.config._experts_implementation = "eager"
-    out = np.zeros(len(samples))
-    for i, s in enumerate(samples):
-        hooks = []
-        if mask_ids[i] >= 0:
-            pick = lambda t: None if t is None else ExpertMasks(*(p[mask_ids[i]] for p in t))  # noqa: E731
-            hooks = intervene(model, pick(masks), pick(values))
-        ids = torch.tensor([[int(t) for t in (*s.prompt, *s.response)]])
-        logits = model(ids).logits[0].to(dtype)
-        P = len(s.prompt)
-        out[i] = torch.nn.functional.cross_entropy(logits[P - 1:-1], ids[0, P:], reduction="sum").item()
-        for h in hooks:
-            h.remove()
-    return out
+
+    def hooks(i):
+        if mask_ids[i] < 0:
+            return []
+        pick = lambda t: None if t is None else ExpertMasks(*(p[mask_ids[i]] for p in t))  # noqa: E731
+        return intervene(model, pick(masks), pick(values))
+
+    return responses_nll(model, samples, hooks, dtype)

@@ -14,7 +14,8 @@ from lna.cli.identify import identify
 from lna.cli.import_counts import import_counts
 from lna.cli.merge import merge
 from lna.cli.report import report
-from lna.storage.store import CountStore, open_store, save_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store, save_store
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"import-counts": import_counts, "identify": identify, "report": report, "merge": merge}

@@ -10,7 +10,8 @@ from lna.cli.compare import compare
 from lna.core.errors import LnaError
 from lna.identification.identify import identify
 from lna.identification.neurons import NeuronSets
-from lna.storage.store import CountStore, save_store
+from lna.storage.counts import CountStore
+from lna.storage.store import save_store
 
 LANGS = ["en", "zh", "ja"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import profile_cli
+from conftest import interrupt_after, profile_cli
 import naive
 from lna.inputs import data as data_module, responses
 from lna.cli import run
@@ -189,33 +189,21 @@ def test_interrupted_count_while_sampling_resumes_without_double_counting(model,
     args = ["--model", model, "--dataset", data, "-n", "2", "--max-new-tokens", "10"]
     assert profile_cli(*args, "--out", str(tmp_path / "whole.zarr")) == 0
     whole = open_store(tmp_path / "whole.zarr")
-    real = HFRunner.generate_counting
-
-    def dies_after(calls):
-        seen = {"n": 0}
-
-        def dying(self, *a, **k):
-            seen["n"] += 1
-            if seen["n"] > calls:
-                raise KeyboardInterrupt
-            return real(self, *a, **k)
-        return dying
-
     # 1. Ctrl-C: the finished batches are saved with their counts
-    monkeypatch.setattr(HFRunner, "generate_counting", dies_after(2))
+    resume = interrupt_after(monkeypatch, HFRunner, "generate_counting", after=2)
     cut = tmp_path / "cut.zarr"
     assert profile_cli(*args, "--out", str(cut), "--checkpoint-every", "1000") == 130
     partial = open_store(cut)
     assert not partial.complete and 0 < partial.tokens.sum() < whole.tokens.sum()
     assert len(read_responses(tmp_path / "cut.responses.jsonl")) == 4  # two batches of two questions
-    monkeypatch.setattr(HFRunner, "generate_counting", real)
+    resume()
     assert profile_cli(*args, "--out", str(cut)) == 0
     again = open_store(cut, allow_partial=False)
     assert np.array_equal(again.counts, whole.counts) and np.array_equal(again.tokens, whole.tokens)
     assert again.meta["counted_during"] == "sampling"
 
     # 2. a kill: nothing saved at the stop (as after SIGKILL), the file holds three batches
-    monkeypatch.setattr(HFRunner, "generate_counting", dies_after(3))
+    interrupt_after(monkeypatch, HFRunner, "generate_counting", after=3)
     monkeypatch.setattr(profile_module, "_save", lambda store, out, complete=False: None)
     killed = tmp_path / "killed.zarr"
     assert profile_cli(*args, "--out", str(killed)) == 130

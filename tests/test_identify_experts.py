@@ -6,7 +6,7 @@ import pytest
 
 from lna.core.errors import LnaError
 from lna.identification import experts as ex
-from lna.storage.store import CountStore
+from lna.storage.counts import CountStore
 
 LANGS = ["en", "zh", "sw"]
 L, E, I, TOKENS = 3, 6, 40, 10_000

@@ -8,7 +8,7 @@ import torch
 
 import naive
 import naive_moe
-from conftest import random_samples
+from conftest import interrupt_after, random_samples
 from lna.core.errors import LnaError
 from lna.models.tiny import build_tiny
 from lna.runners.moe import CountingExperts, ExpertMasks, MoERunner, _MoEState
@@ -185,18 +185,10 @@ def test_profile_and_experts_end_to_end(moe_models, tmp_path, monkeypatch):
     assert np.array_equal(store.counts, counts) and np.array_equal(store.tokens, tokens)
     assert np.array_equal(store.expert_counts, tables.counts) and np.array_equal(store.routed, tables.routed)
 
-    real, calls = MoERunner.count, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(MoERunner, "count", dying)
+    resume = interrupt_after(monkeypatch, MoERunner, "count", after=1)
     cut = tmp_path / "cut.zarr"
     assert run(profile, "lna-profile", [*args, "--out", str(cut)]) == 130
-    monkeypatch.setattr(MoERunner, "count", real)
+    resume()
     assert run(profile, "lna-profile", [*args, "--out", str(cut)]) == 0
     again = open_store(cut)
     assert np.array_equal(again.expert_counts, store.expert_counts) and np.array_equal(again.routed, store.routed)

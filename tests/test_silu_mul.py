@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_cases import ACTIVATIONS, DTYPES, assert_dtype_rule, make_inputs
+from kernel_cases import ACTIVATIONS, DTYPES, assert_dtype_rule, make_inputs, random_gates
 
 from lna.kernels import silu_mul, silu_mul_native, silu_mul_packed
 from lna.kernels.silu_mul_torch import silu_mul_torch
@@ -84,9 +84,7 @@ def test_triton_multi_program_configs(config):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_many_languages_and_int64_ids(backend):
     """More languages than the 16 rows of the padded one-hot, int64 ids and counts."""
-    gen = torch.Generator().manual_seed(3)
-    gate, up = torch.randn(2, 97, 300, generator=gen).unbind(0)
-    lang_ids = torch.randint(-1, 21, (97,), generator=gen)
+    gate, up, lang_ids, _ = random_gates(97, 300, 21, seed=3)
     counts = torch.zeros(21, 300, dtype=torch.int64)
     expected = counts.clone()
     silu_mul_native(gate, up, lang_ids, expected)
@@ -174,9 +172,7 @@ def test_torch_path_blocks_and_flushes(monkeypatch):
 
     monkeypatch.setattr(module, "BLOCK_ELEMENTS", 8 * 30)  # 8 tokens per block
     monkeypatch.setattr(module, "EXACT_LIMIT", 20)
-    gen = torch.Generator().manual_seed(8)
-    gate, up = torch.randn(2, 70, 30, generator=gen).unbind(0)
-    lang_ids = torch.randint(-1, 3, (70,), generator=gen)
+    gate, up, lang_ids, gen = random_gates(70, 30, 3, seed=8)
     lang_ids[16:40] = -1  # whole blocks of prompt tokens
     counts = torch.randint(0, 9, (3, 30), generator=gen, dtype=torch.int32)
     expected = counts.clone()

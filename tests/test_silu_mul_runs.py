@@ -6,7 +6,7 @@ and the float32 accumulator emptied before it could lose exactness.
 """
 import pytest
 import torch
-from kernel_cases import DTYPES, assert_sums_rule, make_sum_table
+from kernel_cases import DTYPES, assert_sums_rule, make_sum_table, random_gates
 
 import lna.kernels.silu_mul_torch as module
 from lna.kernels import silu_mul, silu_mul_native
@@ -87,9 +87,7 @@ def test_runs_split_into_blocks_and_flush_exactly(monkeypatch):
 
 
 def test_interleaved_ids_take_the_one_hot_path(monkeypatch):
-    gen = torch.Generator().manual_seed(1)
-    gate, up = torch.randn(2, 500, 16, generator=gen).unbind(0)
-    lang_ids = torch.randint(-1, 3, (500,), generator=gen)
+    gate, up, lang_ids, _ = random_gates(500, 16, 3, seed=1)
     counts = torch.zeros(3, 16, dtype=torch.int64)
     expected = counts.clone()
     taken = spy_runs(monkeypatch)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import interrupt_after
 import naive
 from lna import cli
 from lna.inputs import data, responses
@@ -16,7 +17,8 @@ from lna.core.errors import LnaError
 from lna.core import config
 from lna.identification import neurons as neuron_file
 from lna.identification.neurons import NeuronSets
-from lna.storage.store import CountStore, open_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store
 
 DATA = [  # verbatim short prompts in three languages, with responses (references)
     {"lang": "en", "prompt": "Q: 2+3?\nA:", "responses": [" 2+3 = 5. The answer is 5."]},
@@ -250,26 +252,18 @@ def test_command_perplexities_equal_the_runner(made, result):
 
 
 def test_rerun_resumes_and_an_interrupted_run_gives_the_same_table(made, result, monkeypatch):
-    from lna.interventions.steer import run as steering
+    from lna.interventions.steer import session as steering
     from lna.runners.hf import HFRunner
 
     out, res = result
     assert steer_cli(made, out) == 0  # everything done: nothing recomputed, same table
     assert json.loads((out / "steer.json").read_text()) == res
     monkeypatch.setattr(steering, "BATCH", 4)
-    real, calls = HFRunner.generate, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(HFRunner, "generate", dying)
+    resume = interrupt_after(monkeypatch, HFRunner, "generate", after=2)
     cut = made["root"] / "cut"
     assert steer_cli(made, cut) == 130
     assert len((cut / "outputs.jsonl").read_text().splitlines()) == 8 and not (cut / "steer.json").exists()
-    monkeypatch.setattr(HFRunner, "generate", real)
+    resume()
     assert steer_cli(made, cut) == 0
     again = json.loads((cut / "steer.json").read_text())
     assert again["rows"] == res["rows"]

@@ -20,7 +20,8 @@ from conftest import random_samples
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
 from lna.profiling.merge import merge
-from lna.storage.store import CountStore, open_store, save_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store, save_store
 
 LANGS = ["en", "zh", "ja", "sw"]
 TOLERANCE = 1e-6

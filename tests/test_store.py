@@ -9,7 +9,8 @@ import legacy
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
 from lna.profiling.merge import merge
-from lna.storage.store import CountStore, check_compatible, is_store, open_store, save_store
+from lna.storage.counts import CountStore, check_compatible
+from lna.storage.store import is_store, open_store, save_store
 
 STRONG = "weights-sha256:" + "ab" * 16
 

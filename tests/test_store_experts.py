@@ -11,7 +11,8 @@ import pytest
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
 from lna.profiling.merge import merge
-from lna.storage.store import CountStore, open_store, save_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store, save_store
 
 
 def make_moe(langs=("en", "zh"), layers=3, experts=4, width=6, always_on=5, seed=0, meta=None):

@@ -85,32 +85,11 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
            info=None) -> list[Path]:
     settings.check()
     _imports()
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
-    from trl import DPOConfig, DPOTrainer
-
     from lna.models import loading
-    from lna.align.lora_merge import DTYPES, save_merged
 
     out = Path(out)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LnaError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    gpu = device.startswith("cuda")
-    dtype = "bfloat16" if gpu else "float32"
-    save_dtype = save_dtype or dtype
-    if save_dtype not in DTYPES:
-        raise LnaError(f"unknown --save-dtype {save_dtype!r}: use one of {', '.join(DTYPES)}")
-    train_rows = [_row(p) for p in pairs if p["split"] == "train"]
-    if not train_rows:
-        raise LnaError("no training pairs: no question had a correct response that outscored another "
-                       "(sample more responses, or check the answers)")
-    dev_rows = [_row(p) for p in pairs if p["split"] == "dev"]
-    random.Random(settings.seed).shuffle(dev_rows)
-    dev_rows = dev_rows[:settings.eval_pairs]
-
+    device, dtype, save_dtype = _precision(device, save_dtype)
+    train_rows, dev_rows = _split(pairs, settings)
     info = info or loading.resolve(model, revision)
     digest = hashlib.sha256(json.dumps(train_rows, ensure_ascii=False).encode()).hexdigest()[:16]
     record = {"model": model, "settings": asdict(settings), "save_dtype": save_dtype, "dtype": dtype,
@@ -125,24 +104,51 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     tokenizer = loading.load_tokenizer(info)  # one line where the folder has none
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    net = AutoModelForCausalLM.from_pretrained(info.path, dtype=getattr(torch, dtype))
-    state_dir = out / "trainer"
-    args = DPOConfig(
-        output_dir=str(state_dir), beta=settings.beta, learning_rate=settings.lr, max_steps=settings.steps,
-        per_device_train_batch_size=settings.micro_batch, per_device_eval_batch_size=settings.micro_batch,
-        gradient_accumulation_steps=settings.batch // settings.micro_batch,
-        lr_scheduler_type=settings.scheduler, warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm, optim="adamw_torch", max_length=settings.max_length,
-        save_strategy="steps", save_steps=settings.save_every, save_total_limit=1,
-        eval_strategy="steps" if dev_rows else "no", eval_steps=settings.save_every,
-        logging_steps=settings.logging_steps, report_to="none", disable_tqdm=not progress, seed=settings.seed,
-        bf16=gpu, use_cpu=not gpu, gradient_checkpointing=gpu,  # CPU runs are small: speed over memory
-    )
-    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=list(settings.lora_targets), bias="none", task_type="CAUSAL_LM")
     provenance = {"base": model, "base_revision": info.revision, "method": "dpo+lora", "pairs_digest": digest,
                   "beta": settings.beta, "lr": settings.lr, "batch": settings.batch, "steps": settings.steps,
                   "lora": {"r": settings.lora_r, "alpha": settings.lora_alpha, "targets": list(settings.lora_targets)}}
+    callbacks = _callbacks(out, tokenizer, provenance, save_dtype, say)
+    trainer = _trainer(info, tokenizer, train_rows, dev_rows, settings, out / "trainer", dtype, device, progress,
+                       callbacks)
+    resume = _last_state(out / "trainer")
+    say(f"train: DPO+LoRA on {len(train_rows):,} pairs ({len(dev_rows):,} dev), {settings.steps} steps of "
+        f"{settings.batch}, {dtype} on {device}" + (f", resuming from {resume.name}" if resume else ""))
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return checkpoints(out)
+
+
+def _precision(device: str | None, save_dtype: str | None) -> tuple:
+    """(device, training dtype, dtype of the merged checkpoints): bf16 on a GPU, fp32 on CPU."""
+    import torch
+
+    from lna.align.lora_merge import DTYPES
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LnaError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    save_dtype = save_dtype or dtype
+    if save_dtype not in DTYPES:
+        raise LnaError(f"unknown --save-dtype {save_dtype!r}: use one of {', '.join(DTYPES)}")
+    return device, dtype, save_dtype
+
+
+def _split(pairs: list[dict], settings: TrainSettings) -> tuple:
+    """(train rows, dev rows): the dev pairs shuffled by the seed and cut to eval_pairs."""
+    train_rows = [_row(p) for p in pairs if p["split"] == "train"]
+    if not train_rows:
+        raise LnaError("no training pairs: no question had a correct response that outscored another "
+                       "(sample more responses, or check the answers)")
+    dev_rows = [_row(p) for p in pairs if p["split"] == "dev"]
+    random.Random(settings.seed).shuffle(dev_rows)
+    return train_rows, dev_rows[:settings.eval_pairs]
+
+
+def _callbacks(out: Path, tokenizer, provenance: dict, save_dtype: str, say) -> list:
+    """The trainer's callbacks: a merged checkpoint at every save, the log in train_log.jsonl."""
+    from transformers import TrainerCallback
+
+    from lna.align.lora_merge import save_merged
 
     class Checkpoints(TrainerCallback):
         """A merged model folder at every save (and at the start of a resumed run whose
@@ -168,6 +174,33 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
 
             jsonl.append(out / "train_log.jsonl", [{"step": state.global_step, **(logs or {})}])
 
+    return [Checkpoints(), Log()]
+
+
+def _trainer(info, tokenizer, train_rows, dev_rows, settings: TrainSettings, state_dir: Path, dtype: str,
+             device: str, progress: bool, callbacks: list):
+    """TRL's DPOTrainer with PEFT's LoRA on the model, configured as the study's script."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    gpu = device.startswith("cuda")
+    net = AutoModelForCausalLM.from_pretrained(info.path, dtype=getattr(torch, dtype))
+    args = DPOConfig(
+        output_dir=str(state_dir), beta=settings.beta, learning_rate=settings.lr, max_steps=settings.steps,
+        per_device_train_batch_size=settings.micro_batch, per_device_eval_batch_size=settings.micro_batch,
+        gradient_accumulation_steps=settings.batch // settings.micro_batch,
+        lr_scheduler_type=settings.scheduler, warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm, optim="adamw_torch", max_length=settings.max_length,
+        save_strategy="steps", save_steps=settings.save_every, save_total_limit=1,
+        eval_strategy="steps" if dev_rows else "no", eval_steps=settings.save_every,
+        logging_steps=settings.logging_steps, report_to="none", disable_tqdm=not progress, seed=settings.seed,
+        bf16=gpu, use_cpu=not gpu, gradient_checkpointing=gpu,  # CPU runs are small: speed over memory
+    )
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=list(settings.lora_targets), bias="none", task_type="CAUSAL_LM")
     if not progress:  # nor the bars of TRL's dataset preparation
         from datasets.utils.logging import disable_progress_bar
 
@@ -175,16 +208,12 @@ def _train(model: str, pairs: list[dict], out, settings: TrainSettings, *, devic
     set_seed(settings.seed)  # LoRA's A is random: seeded, two runs (or a run and its resume) agree
     trainer = DPOTrainer(model=net, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
-                         processing_class=tokenizer, peft_config=lora, callbacks=[Checkpoints(), Log()])
+                         processing_class=tokenizer, peft_config=lora, callbacks=callbacks)
     if not progress:  # quiet: no per-log prints (the log still goes to train_log.jsonl)
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume = _last_state(state_dir)
-    say(f"train: DPO+LoRA on {len(train_rows):,} pairs ({len(dev_rows):,} dev), {settings.steps} steps of "
-        f"{settings.batch}, {dtype} on {device}" + (f", resuming from {resume.name}" if resume else ""))
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return checkpoints(out)
+    return trainer
 
 
 def _row(p: dict) -> dict:

@@ -321,8 +321,7 @@ class Counter:
         recorded by content, so lna merge refuses a store that counted any of them already."""
         from lna.api.store import Store
         from lna.storage.manifest import Counted, sample_ids
-        from lna.storage.store import counted_during
-        from lna.storage.store import CountStore
+        from lna.storage.counts import CountStore, counted_during
 
         if self._active:
             raise LnaError("lna.count: call store() after the `with` block")

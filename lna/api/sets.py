@@ -14,7 +14,8 @@ import numpy as np
 
 from lna.core.errors import LnaError
 from lna.identification import neurons
-from lna.storage.store import CountStore, open_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store
 
 
 class NeuronSets(neurons.NeuronSets):

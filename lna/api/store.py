@@ -1,7 +1,8 @@
 """`lna.profile` and `lna.open`: a count store as a Python object (`Store`).
 
-`Store` is lna.storage.store.CountStore (the one reader and writer of stores) with what a
-notebook wants on top: where it lives, a labelled xarray view, and a useful repr.
+`Store` is lna.storage.counts.CountStore (read and written by lna.storage.store, the one
+reader and writer of stores) with what a notebook wants on top: where it lives, a labelled
+xarray view, and a useful repr.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from lna.core.errors import LnaError
-from lna.storage.store import CountStore, open_store, save_store
+from lna.storage.counts import CountStore
+from lna.storage.store import open_store, save_store
 
 
 class Store(CountStore):

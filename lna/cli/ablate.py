@@ -1,14 +1,12 @@
 """`lna-ablate --model M --neurons NEURONS.json -o DIR`: PPL with each language's neurons off."""
 import click
 
-from lna.cli.options import model_option, runner_options
+from lna.cli.options import model_option, neurons_option, resumed_out_option, runner_options
 
 
 @click.command("ablate")
 @model_option()
-@click.option("--neurons", required=True, type=click.Path(),
-              help="Neuron-set JSON from lna-identify; for a mixture-of-experts model, the folder (or its "
-                   "expert_neurons.json) that `lna experts` wrote.")
+@neurons_option()
 @click.option("--responses", default=None, type=click.Path(),
               help="Responses JSONL written by lna-profile (default: the one beside the neurons' store).")
 @click.option("--dataset", default=None, help="Instead of --responses: a dataset that carries responses (JSONL).")
@@ -19,8 +17,7 @@ from lna.cli.options import model_option, runner_options
               help="specific, specific+related, or a neuron-set JSON file (named by its stem); repeatable. "
                    "Mixture-of-experts models also: experts (each language's experts off whole, from "
                    "language_experts.json beside the sets), or a file of `lna experts`.")
-@click.option("-o", "--out", required=True, type=click.Path(),
-              help="Output folder (an unfinished run there is resumed).")
+@resumed_out_option()
 @click.option("--allow-other-model", is_flag=True, help="Ablate neuron sets identified on another model.")
 @runner_options
 def ablate(quiet, **kwargs):

@@ -33,6 +33,19 @@ def model_option(required: bool = True, help: str = MODEL_HELP):
     return click.option("--model", required=required, default=None, help=help)
 
 
+def neurons_option():
+    """--neurons of the commands that apply neuron sets (lna-ablate, lna-steer)."""
+    return click.option("--neurons", required=True, type=click.Path(),
+                        help="Neuron-set JSON from lna-identify; for a mixture-of-experts model, the folder (or its "
+                             "expert_neurons.json) that `lna experts` wrote.")
+
+
+def resumed_out_option():
+    """-o of the commands that resume an unfinished run in their output folder."""
+    return click.option("-o", "--out", required=True, type=click.Path(),
+                        help="Output folder (an unfinished run there is resumed).")
+
+
 def runner_options(f=None, *, backend: str | None = None, device: str | None = None, dtype: str | None = None,
                    template: str | None = None, token_budget: str | None = None, checkpoints: bool = True):
     """The fields of lna.runners.options.RunnerOptions (but --model) with --limit, --quiet and,

@@ -2,7 +2,7 @@
 language through the language neurons, and measure it."""
 import click
 
-from lna.cli.options import POSITIVE, model_option, runner_options
+from lna.cli.options import POSITIVE, model_option, neurons_option, resumed_out_option, runner_options
 
 
 def _strengths(ctx, param, value):
@@ -17,15 +17,12 @@ def _strengths(ctx, param, value):
 
 @click.command("steer")
 @model_option()
-@click.option("--neurons", required=True, type=click.Path(),
-              help="Neuron-set JSON from lna-identify; for a mixture-of-experts model, the folder (or its "
-                   "expert_neurons.json) that `lna experts` wrote.")
+@neurons_option()
 @click.option("--store", required=True, type=click.Path(),
               help="Count store with activation sums (lna-profile --sums, the default): the target's mean activations.")
 @click.option("--from", "source", required=True, help="Language of the prompts, whose neurons are switched off.")
 @click.option("--to", "target", required=True, help="Language to steer to, whose neurons are set.")
-@click.option("-o", "--out", required=True, type=click.Path(),
-              help="Output folder (an unfinished run there is resumed).")
+@resumed_out_option()
 @click.option("--strengths", default="1,2,4", show_default=True, callback=_strengths,
               help="Multiples of the target's mean activation to set its neurons to, one setting each "
                    "(besides the baseline and 'off': source neurons zeroed only).")

@@ -85,9 +85,10 @@ def _load_all(spec: str) -> tuple[str, list[Question]]:
     if path.is_file():
         return path.stem, _parse_jsonl(_read_lines(path), path.stem, path)
     if any(path.glob("mgsm_*.tsv")):
-        return "mgsm", _load_mgsm(path)
+        return "mgsm", _load_files(path, "mgsm_*.tsv", "a TSV file of questions and answers", _mgsm_questions)
     if any(path.glob("test_*.json")):
-        return "msvamp", _load_msvamp(path)
+        return "msvamp", _load_files(path, "test_*.json", "a JSONL file of MSVAMP questions",
+                                     _msvamp_questions)
     raise LnaError(f"{path}: not a dataset folder (expected mgsm_<lang>.tsv or test_<Language>.json files)")
 
 
@@ -100,15 +101,34 @@ def _read_lines(path: Path, what: str = "a JSONL file of prompts") -> list[str]:
         raise LnaError(f"{path}: cannot read it ({err.strerror or err}); give {what}") from None
 
 
-def _load_mgsm(folder: Path) -> list[Question]:
+def _load_files(folder: Path, pattern: str, what: str, questions) -> list[Question]:
+    """The questions of a dataset folder, one language a file (named as `pattern`, read as
+    `what`), in file-name order; questions(lines, file, code) parses one file."""
     out = []
-    for f in sorted(folder.glob("mgsm_*.tsv")):
+    for f in sorted(folder.glob(pattern)):
         code = _code_of_file(f)
-        lines = _read_lines(f, "a TSV file of questions and answers")
-        for i, row in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)):
-            if len(row) != 2:
-                raise LnaError(f"{f}:{i + 1}: expected 2 tab-separated columns (question, answer)")
-            out.append(Question(f"mgsm/{code}/{i}", code, row[0], row[1].replace(",", "")))
+        out += questions(_read_lines(f, what), f, code)
+    return out
+
+
+def _mgsm_questions(lines: list, f: Path, code: str) -> list[Question]:
+    out = []
+    for i, row in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)):
+        if len(row) != 2:
+            raise LnaError(f"{f}:{i + 1}: expected 2 tab-separated columns (question, answer)")
+        out.append(Question(f"mgsm/{code}/{i}", code, row[0], row[1].replace(",", "")))
+    return out
+
+
+def _msvamp_questions(lines: list, f: Path, code: str) -> list[Question]:
+    out = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            rec = _json(line, f, i)
+            schema.text(rec, "m_query", f, i + 1, required=True)
+            schema.text(rec, "response", f, i + 1, numbers=True)
+            answer = rec.get("response")
+            out.append(Question(f"msvamp/{code}/{i}", code, rec["m_query"], "" if answer is None else str(answer)))
     return out
 
 
@@ -117,20 +137,6 @@ def _code_of_file(f: Path) -> str:
         return languages.code_of(f.stem.split("_", 1)[1])
     except LnaError as err:
         raise LnaError(f"{f}: the file name names no language lna knows ({err})") from None
-
-
-def _load_msvamp(folder: Path) -> list[Question]:
-    out = []
-    for f in sorted(folder.glob("test_*.json")):
-        code = _code_of_file(f)
-        for i, line in enumerate(_read_lines(f, "a JSONL file of MSVAMP questions")):
-            if line.strip():
-                rec = _json(line, f, i)
-                schema.text(rec, "m_query", f, i + 1, required=True)
-                schema.text(rec, "response", f, i + 1, numbers=True)
-                answer = rec.get("response")
-                out.append(Question(f"msvamp/{code}/{i}", code, rec["m_query"], "" if answer is None else str(answer)))
-    return out
 
 
 def _load_hf(name: str) -> list[Question]:

@@ -12,13 +12,10 @@ set is the baseline itself (nothing to zero, so its row equals the baseline exac
 masks of a chunk of samples go to the runner in one call with per-sample mask ids, so rows
 of different settings share batches through the masked kernel.
 
-Resume: per-sample NLLs of every mask are kept in DIR/nll.npz (NaN = not yet computed),
-rewritten atomically once `checkpoint_every` seconds have passed since the last save (checked
-after every batch) and when the run stops (error, Ctrl-C, SIGTERM). A rerun checks that
-the model, dtype, masks and samples are the same, computes the missing cells only, and
-sums in sample order, so its result equals an uninterrupted run's.
+Resume: per-sample NLLs of every mask are kept in DIR/nll.npz (lna.interventions.ablate_state);
+a rerun checks that the model, dtype, masks and samples are the same, computes the missing
+cells only, and sums in sample order, so its result equals an uninterrupted run's.
 """
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,23 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from lna.core import lock, runs
-
-from lna.inputs import data, responses
-
-from lna.models import loading
-
-from lna.identification import neurons
-from lna.core.atomic import atomic_file, staged_dir
+from lna.core.atomic import staged_dir
 from lna.core.errors import LnaError, note
-from lna.models.fingerprint import check_runner
-from lna.core.checkpoint import Checkpointer
-from lna.core.progress import Bar, sayer
-from lna.interventions import expert_ablate
+from lna.core.progress import sayer
+from lna.identification import neurons
+from lna.inputs import data, responses
+from lna.interventions import ablate_state, expert_ablate
 from lna.interventions.masked_nll import evaluate, predicted
+from lna.models import loading
+from lna.models.fingerprint import check_runner
 from lna.runners.options import RunnerOptions, open_runner, resolve
 
 SETTINGS = ("specific", "specific+related")
-STATE = "nll.npz"
 
 
 @dataclass(kw_only=True)
@@ -180,39 +172,26 @@ def run(opts: Options) -> Path:
     targets, rows, settings = _rows(opts, questions, settings, "neuron set")
 
     model = open_runner(opts, info)
-    runner, backend, dtype = model.runner, model.backend, model.dtype
+    runner = model.runner
     if not opts.allow_other_model:
         try:
             check_runner(ns.source, runner, f"{opts.neurons} and --model {opts.model}")
         except LnaError as err:
             raise LnaError(f"{err}; pass --allow-other-model to ablate them anyway") from None
-    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
-    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
-    if empty:
-        raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
-
+    samples = _samples(questions, model, targets, source)
     p = plan(settings, runner.layers, runner.neurons)
-    identity = {**model.identity, "masks": _digest(p.masks), "samples": _samples_digest(samples)}
-    state = out / STATE
-    nll = _resume(state, identity, p.n_forward, len(samples))
+    state, identity, nll = ablate_state.start(out, model.identity, ablate_state.mask_digest(p.masks), samples,
+                                              p.n_forward)
     todo = [s for i, s in enumerate(samples) if np.isnan(nll[:, i]).any()]
     shared = sum(len(ids) for ids in p.ids.values()) - len(p.masks)
     say(f"ablating {len(rows)} languages x {len(settings)} settings = {p.n_forward} forward settings "
         f"(baseline included; {shared} empty or duplicate sets shared) over {sum(map(predicted, samples)):,} "
         f"response tokens of {len(samples):,} samples ({len(samples) - len(todo):,} done) "
-        f"with {backend} on {runner.device} -> {out}")
-    nll = _measure(runner, samples, p, nll, state, identity, opts)
-    result = matrices(nll, samples, targets, rows, p)
-    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
-                   "backend": backend, "forward_settings": p.n_forward,
-                   "deactivated": {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
-                                   for name, sets in settings.items()},
-                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
-    if not ns.source.get("model"):
-        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
-             "identify them from a store of this model for a checked run")
-    files = write_outputs(result, out, title=info.display)
-    say(f"wrote {', '.join(files)} to {out}")
+        f"with {model.backend} on {runner.device} -> {out}")
+    nll = ablate_state.measure(runner, samples, p, nll, state, identity, opts)
+    deactivated = {name: {lang: int(sum(len(a) for a in per_layer)) for lang, per_layer in sets.items()}
+                   for name, sets in settings.items()}
+    _finish(opts, out, info, model, source, ns.source, nll, samples, targets, rows, p, {"deactivated": deactivated})
     for name, sets in settings.items():  # said with the result it weakens (a failed run says only its error)
         empty = [lang for lang, per_layer in sets.items() if not sum(len(a) for a in per_layer)]
         if empty:
@@ -232,37 +211,47 @@ def _run_experts(opts: Options, out: Path) -> Path:
     targets, rows, settings = _rows(opts, questions, settings, "expert set")
 
     model = open_runner(opts, info)
-    runner, backend, dtype = model.runner, model.backend, model.dtype
+    runner = model.runner
     expert_ablate.check_loaded(checks, runner, opts)
-    samples = responses.samples(responses.tokenized(questions, runner.tokenizer, model.template))
-    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
-    if empty:
-        raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
-
+    samples = _samples(questions, model, targets, source)
     p = expert_ablate.plan(settings, runner, str(opts.neurons))
-    identity = {**model.identity, "masks": expert_ablate.digest(p.masks), "samples": _samples_digest(samples)}
-    state = out / STATE
-    nll = _resume(state, identity, p.n_forward, len(samples))
+    state, identity, nll = ablate_state.start(out, model.identity, expert_ablate.digest(p.masks), samples, p.n_forward)
     say(f"ablating expert sets of {len(rows)} languages x {len(settings)} settings = {p.n_forward} forward "
         f"settings over {sum(map(predicted, samples)):,} response tokens of {len(samples):,} samples "
-        f"with {backend} on {runner.device} -> {out}")
-    nll = _measure(runner, samples, p, nll, state, identity, opts)
-    result = matrices(nll, samples, targets, rows, p)
-    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": dtype,
-                   "backend": backend, "forward_settings": p.n_forward, "deactivated": p.sizes,
-                   "deactivated_experts": {name: {lang: len(sets[lang][1]) for lang in sets}
-                                           for name, sets in settings.items()},
-                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
-    if not es.source.get("model"):
-        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
-             "identify them from a store of this model for a checked run")
-    files = write_outputs(result, out, title=info.display)
-    say(f"wrote {', '.join(files)} to {out}")
+        f"with {model.backend} on {runner.device} -> {out}")
+    nll = ablate_state.measure(runner, samples, p, nll, state, identity, opts)
+    _finish(opts, out, info, model, source, es.source, nll, samples, targets, rows, p,
+            {"deactivated": p.sizes, "deactivated_experts": {name: {lang: len(sets[lang][1]) for lang in sets}
+                                                             for name, sets in settings.items()}})
     empty = [f"{name} {lang}" for name, sizes in p.sizes.items() for lang, n in sizes.items() if not n]
     if empty:  # said with the result it weakens, as for dense sets
         note(f"{opts.neurons}: the sets {', '.join(empty)} are empty, so deactivating them changed nothing "
              "(their rows equal the baseline)")
     return out
+
+
+def _samples(questions, model, targets: list, source) -> list:
+    """The questions' responses as samples under the runner's tokenizer and template; one line
+    if a target language has no response tokens."""
+    samples = responses.samples(responses.tokenized(questions, model.runner.tokenizer, model.template))
+    empty = [t for t in targets if not any(s.lang == t and predicted(s) for s in samples)]
+    if empty:
+        raise LnaError(f"{source}: no response tokens for {', '.join(empty)}; leave them out with --langs")
+    return samples
+
+
+def _finish(opts: Options, out: Path, info, model, source, sets_source: dict, nll, samples, targets, rows, p,
+            deactivated: dict) -> None:
+    """The matrices and the run's record, written all or nothing (write_outputs)."""
+    result = matrices(nll, samples, targets, rows, p)
+    result.update({"model": opts.model, "neurons": str(opts.neurons), "data": str(source), "dtype": model.dtype,
+                   "backend": model.backend, "forward_settings": p.n_forward, **deactivated,
+                   "tokens": {t: int(sum(predicted(s) for s in samples if s.lang == t)) for t in targets}})
+    if not sets_source.get("model"):
+        note(f"{opts.neurons} names no source model, so nothing shows that its neurons are {info.name}'s; "
+             "identify them from a store of this model for a checked run")
+    files = write_outputs(result, out, title=info.display)
+    sayer(opts.progress)(f"wrote {', '.join(files)} to {out}")
 
 
 def _rows(opts: Options, questions, settings: dict, what: str) -> tuple:
@@ -276,25 +265,6 @@ def _rows(opts: Options, questions, settings: dict, what: str) -> tuple:
     if not rows:
         raise LnaError(f"{opts.neurons}: no {what} for any of {', '.join(targets)}; check --langs")
     return targets, rows, {name: {lang: sets[lang] for lang in rows if lang in sets} for name, sets in settings.items()}
-
-
-def _measure(runner, samples, p: Plan, nll: np.ndarray, state: Path, identity: dict, opts: Options) -> np.ndarray:
-    """Fill the NaN cells of `nll` batch by batch; save the state by time and on any stop
-    (error, Ctrl-C, SIGTERM) so that finished batches are never lost."""
-    tokens = np.array([predicted(s) for s in samples])
-    # evaluate fills nll in place: each save writes every cell finished so far
-    saver = Checkpointer(lambda: _save_state(state, nll, samples, identity, p), every=opts.checkpoint_every)
-
-    with Bar(opts.progress, int((np.isnan(nll) * tokens).sum()), "ablate", "tok") as bar:
-        def on_chunk(_, n_tokens):
-            saver.changed()
-            bar.update(n_tokens)
-            saver.tick()
-
-        with saver.on_stop():
-            nll = evaluate(runner, samples, p.masks, nll=nll, token_budget=opts.token_budget, on_chunk=on_chunk)
-        saver.flush()
-    return nll
 
 
 def check_source_model(ns: neurons.NeuronSets, info: loading.ModelInfo, opts: Options) -> None:
@@ -334,51 +304,6 @@ def _questions(opts: Options, ns: neurons.NeuronSets, say):
         raise LnaError(f"{spec}: no responses for {', '.join(missing)}; ablation measures perplexity on "
                        "responses: run lna-profile first and pass its X.responses.jsonl with --responses")
     return spec, questions
-
-
-def _digest(masks: np.ndarray) -> str:
-    h = hashlib.sha256(str(masks.shape).encode())
-    h.update(np.packbits(masks).tobytes())
-    return "sha256:" + h.hexdigest()[:32]
-
-
-def _samples_digest(samples) -> str:
-    by_lang: dict = {}
-    for s in samples:
-        by_lang.setdefault(s.lang, []).append(s)
-    return hashlib.sha256(json.dumps({k: responses.digest(v) for k, v in by_lang.items()}).encode()).hexdigest()[:32]
-
-
-def _resume(state: Path, identity: dict, n_rows: int, n_samples: int) -> np.ndarray:
-    fresh = np.full((n_rows, n_samples), np.nan)
-    if not state.exists():
-        return fresh
-    try:
-        with np.load(state) as z:
-            kept, nll = json.loads(str(z["identity"])), z["nll"]
-    except Exception:  # torn or foreign file: say so rather than guess
-        raise LnaError(f"{state}: not a readable lna-ablate state; delete it to start over") from None
-    what = {"model_fingerprint": "model", "dtype": "dtype", "backend": "backend",
-            "masks": "neuron sets or --setting", "samples": "responses or --langs/--limit"}
-    changed = [what.get(k, k) for k in identity if kept.get(k) != identity[k]]
-    if changed or nll.shape != fresh.shape:
-        raise LnaError(f"{state.parent}: holds a run with other {', '.join(changed) or 'settings'}; "
-                       f"choose another -o or delete {state} to start over")
-    return nll.astype(np.float64)
-
-
-def _save_state(state: Path, nll: np.ndarray, samples, identity: dict, p: Plan) -> None:
-    """Per-sample NLLs, written atomically (a kill leaves the previous state intact)."""
-    names = [[] for _ in range(p.n_forward - 1)]  # p.masks may be ExpertMasks (expert_ablate)
-    for name, ids in p.ids.items():
-        for lang, m in ids.items():
-            if m >= 0:
-                names[m].append(f"{name}/{lang}")
-    with atomic_file(state) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, nll=nll, keys=np.array([s.key for s in samples]),
-                 langs=np.array([s.lang for s in samples]), tokens=np.array([predicted(s) for s in samples]),
-                 rows=np.array(["baseline"] + [",".join(n) for n in names]),
-                 identity=np.array(json.dumps(identity)))
 
 
 # -- outputs --------------------------------------------------------------------------------------

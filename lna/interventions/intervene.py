@@ -144,7 +144,7 @@ def steer(model, tokenizer=None, *, neurons=None, store=None, source=None, targe
 
     Either steering from `source` to `target` language with `neurons` (lna-identify's JSON,
     a path or lna.identification.neurons.NeuronSets) and `store` (a count store with activation sums, path
-    or lna.storage.store.CountStore), at `strength` times the target's mean activation, in `layers`
+    or lna.storage.counts.CountStore), at `strength` times the target's mean activation, in `layers`
     (an iterable of layer indices or a --layers string; None: all); or explicit
     `zero={layer: indices}` and `set={layer: (indices, values)}`; or a ready `intervention`.
     `tokenizer` is accepted for symmetry with the runners and unused. Yields the
@@ -161,7 +161,8 @@ def steer(model, tokenizer=None, *, neurons=None, store=None, source=None, targe
             if neurons is None or store is None or source is None or target is None:
                 raise LnaError("steering from one language to another needs neurons=, store=, source= and target=")
             from lna.identification import neurons as neuron_sets
-            from lna.storage.store import CountStore, open_store
+            from lna.storage.counts import CountStore
+            from lna.storage.store import open_store
 
             ns = neuron_sets.load(neurons) if not hasattr(neurons, "sets") else neurons
             st = store if isinstance(store, CountStore) else open_store(store)

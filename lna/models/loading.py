@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lna.models import families, moe
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, first_line
 
 SUPPORTED = families.supported()
 DTYPES = ("float32", "bfloat16", "float16")
@@ -188,7 +188,7 @@ def load(info: ModelInfo, *, device: str = "cpu", dtype: str = "float32"):
             info.path, config=config, dtype=getattr(torch, dtype),
             attn_implementation=families.attn_implementation(config))
     except (OSError, ValueError, SafetensorError) as err:  # damaged or incomplete weight files
-        raise LnaError(f"{info.path}: could not load the weights ({_first_line(err)}); "
+        raise LnaError(f"{info.path}: could not load the weights ({first_line(err)}); "
                        + _complete_it(info.name, info.revision)) from None
     model = model.to(device).eval()
     if not isinstance(info.family, moe.MoEFamily):  # MoE models: checked by lna.runners.moe
@@ -203,12 +203,6 @@ def load_tokenizer(info: ModelInfo):
     try:
         return AutoTokenizer.from_pretrained(info.path)
     except (OSError, ValueError, TypeError, ImportError) as err:
-        raise LnaError(f"{info.path}: no tokenizer that transformers can load ({_first_line(err)}); "
+        raise LnaError(f"{info.path}: no tokenizer that transformers can load ({first_line(err)}); "
                        "it needs tokenizer.json (or tokenizer.model and tokenizer_config.json): "
                        + _complete_it(info.name, info.revision)) from None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
-

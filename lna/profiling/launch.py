@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lna.core.atomic import writing
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, first_line
 from lna.core.progress import sayer
 from lna.profiling.profile import Options, default_out
 
@@ -182,13 +182,8 @@ def _why(exc) -> str:
         return f"its worker process died ({name}: killed, out of memory, or its node was lost)"
     cause = getattr(exc, "cause", None)
     if cause is not None:
-        return f"{type(cause).__name__}: {_first_line(cause)}"
-    return f"{name}: {_first_line(exc)}"
-
-
-def _first_line(err) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:200]
+        return f"{type(cause).__name__}: {first_line(cause)}"
+    return f"{name}: {first_line(exc)}"
 
 
 def _stop(ray, refs: list) -> None:
@@ -227,7 +222,7 @@ def _connect(ray, address: str | None, verbose: bool) -> bool:
         auth = ("; a cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token and its token "
                 "(~/.ray/auth_token or RAY_AUTH_TOKEN) for an address given explicitly"
                 if address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ else "")
-        raise LnaError(f"could not connect to a Ray cluster {where} ({_first_line(err)}); start one with "
+        raise LnaError(f"could not connect to a Ray cluster {where} ({first_line(err)}); start one with "
                        f"`ray start --head` and give its address (host:6379, or auto on one of its nodes){auth}"
                        ) from None
     return True

@@ -30,8 +30,8 @@ from lna.profiling import shards
 from lna.core import lock
 from lna.core.errors import LnaError, note
 from lna.storage.manifest import combine
-from lna.storage.store import (SETTINGS, CountStore, check_compatible, counted_during, open_store, save_store,
-                               validate)
+from lna.storage.counts import SETTINGS, CountStore, check_compatible, counted_during, validate
+from lna.storage.store import open_store, save_store
 
 
 def merge(stores: list[CountStore], names=None, *, partial: bool = False) -> CountStore:

@@ -43,7 +43,8 @@ from lna.storage.manifest import Counted, legacy_done, sample_ids
 from lna.runners.packing import chunks
 from lna.core.progress import Bar, sayer
 from lna.runners.options import Opened, RunnerOptions, open_runner
-from lna.storage.store import CountStore, check_compatible, counted_during, open_store, save_store
+from lna.storage.counts import CountStore, check_compatible, counted_during
+from lna.storage.store import open_store, save_store
 
 
 @dataclass(kw_only=True)
@@ -186,7 +187,7 @@ def _save(store: CountStore, out: Path, complete: bool = False) -> None:
     save_store(store, out)
 
 
-COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.storage.store.counted_during)
+COUNTED_DURING = "counted_during"  # store meta: "sampling", "force-decoding" or both (lna.storage.counts.counted_during)
 
 
 def _mark_counted_during(store: CountStore, way: str) -> None:

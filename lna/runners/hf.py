@@ -6,10 +6,10 @@ projections or from one packed gate_up_proj, read as views without a copy) throu
 fused kernel (lna.kernels.silu_mul) and, in the same pass, counts gate > 0 per language
 on response tokens (and, if asked, sums act(gate) per language into float64 tables), or
 applies interventions: per token, a neuron passes, is zeroed, or is set to a value.
-Batches are shared-prompt packed rows (lna.runners.packing) with a 4D mask
-(one per attention type where layers mix full and sliding-window attention); the MLPs see
-real tokens only (padding is gathered out), so no padded token is ever computed through
-them or counted.
+Batches are shared-prompt packed rows (lna.runners.packing), run on their real tokens only
+with per-segment attention (lna.runners.packed_attention; where a model's attention cannot
+run that way, as a padded batch with a 4D mask whose padding the MLPs gather out), so no
+padded token is ever computed through the MLPs or counted.
 """
 from typing import Sequence
 
@@ -18,12 +18,10 @@ import torch
 from torch import nn
 
 from lna.models import families, fingerprint, loading
-
-from lna.runners import packing
 from lna.core import threads
 from lna.core.errors import LnaError
 from lna.kernels import silu_mul, silu_mul_packed
-from lna.runners import decode_count
+from lna.runners import decode_count, packed_attention, packing
 from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
 from lna.inputs.samples import Sample, sample_seeds
 from lna.runners.row_sampler import RowSampler
@@ -146,6 +144,8 @@ class HFRunner:
         self.state = _State()
         self.eos = eos_ids(net.generation_config.eos_token_id, tokenizer)
         self.counting_modules = self._install(info)
+        self.run_batch = packed_attention.Forward(self.decoder, text, self.layers, self.layer_types,
+                                                  self.sliding_window, self.dtype, self.device)
 
     def _install(self, info) -> int:
         """Put the counting modules into the model; returns how many run per forward."""
@@ -156,24 +156,14 @@ class HFRunner:
 
     # -- one packed forward -----------------------------------------------------------
     def _forward(self, batch: packing.Batch):
-        """Hidden states [B*S, H] after the final norm, with the state set for the MLPs."""
-        dev = self.device
-        seg = torch.from_numpy(batch.segment).to(dev)
-        pos = torch.from_numpy(batch.position_ids).to(dev)
-        if self.layer_types:
-            mask = {t: packing.attention_mask(seg, pos, self.dtype,
-                                              self.sliding_window if t == "sliding_attention" else None)
-                    for t in self.layer_types}
-        else:
-            mask = packing.attention_mask(seg, pos, self.dtype, self.sliding_window)
-        self.state.index = torch.from_numpy(batch.real).to(dev)
+        """Hidden states after the final norm, with the state set for the MLPs, and the rows
+        of them that batch.pred names (lna.runners.packed_attention)."""
         self.state.calls = 0
-        out = self.decoder(input_ids=torch.from_numpy(batch.input_ids).to(dev), attention_mask=mask,
-                           position_ids=pos, use_cache=False)
+        hidden, pred = self.run_batch(batch, self.state)
         if self.state.calls != self.counting_modules:  # a layer bypassed its MLP: counts would be wrong
             raise LnaError(f"{self.info.name}: {self.state.calls} of {self.counting_modules} MLPs ran; "
                            "model not supported")
-        return out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+        return hidden, pred
 
     def _batches(self, samples, settings=None):
         rows = packing.plan_rows(list(samples), self.max_row_tokens, settings)
@@ -248,8 +238,8 @@ class HFRunner:
                 batch = packing.build_batch(rows, samples, {s.lang: 0 for s in samples})
                 ids = torch.from_numpy(batch.mask_ids).to(self.device)
                 self.state.mask_ids = ids if self.state.masks is not None and (ids >= 0).any() else None
-                hidden = self._forward(batch)
-                pred = torch.from_numpy(batch.pred).to(self.device)
+                hidden, pred = self._forward(batch)
+                pred = torch.from_numpy(pred).to(self.device)
                 target = torch.from_numpy(batch.target).to(self.device)
                 for sl in _slices(len(pred), 2048):  # bound the [positions, vocab] logits (and their float64 copy)
                     logits = families.logits(self.model, self.family, hidden.index_select(0, pred[sl]))

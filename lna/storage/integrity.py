@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, first_line
 
 RECREATE = "re-run lna-profile (or lna import-counts) to recreate it"
 
@@ -106,7 +106,7 @@ class Reader:
         except KeyError:
             self.fail(name, "missing (no zarr.json)")
         except Exception as err:  # noqa: BLE001 - a damaged zarr.json fails in many ways
-            self.fail(name, f"unreadable metadata ({_first_line(err)})")
+            self.fail(name, f"unreadable metadata ({first_line(err, 100)})")
 
     def read(self, name: str, by_language: bool = False) -> np.ndarray:
         arr = self.array(name)
@@ -118,8 +118,8 @@ class Reader:
                     try:
                         arr[:, k, :]
                     except Exception as lang_err:  # noqa: BLE001
-                        self.fail(name, f"chunk unreadable, truncated or corrupted ({_first_line(lang_err)})", lang)
-            self.fail(name, f"unreadable, truncated or corrupted ({_first_line(err)})")
+                        self.fail(name, f"chunk unreadable, truncated or corrupted ({first_line(lang_err, 100)})", lang)
+            self.fail(name, f"unreadable, truncated or corrupted ({first_line(err, 100)})")
 
     def chunk_files(self, name: str, k: int | None = None, axis: int = 1) -> list:
         """The chunk files of array `name` (those holding language k of an array whose
@@ -202,7 +202,3 @@ def check_legacy(reader: Reader, counts, tokens) -> None:
 
 def _rel(reader: Reader, f: Path) -> str:
     return str(f.relative_to(reader.path))
-
-
-def _first_line(err: Exception) -> str:
-    return ((str(err).splitlines() or [type(err).__name__])[0] or type(err).__name__)[:100]

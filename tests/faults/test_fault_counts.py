@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from faults.faultkit import Unchanged, one_line, only, write_jsonl
-from lna.storage.store import check_compatible
+from lna.storage.counts import check_compatible
 from lna.storage.store import open_store
 
 

@@ -151,7 +151,7 @@ def test_responses_append_fails_mid_sampling(model, tmp_path, disk_fills, lna, m
 def test_steer_outputs_fail_mid_run_and_the_rerun_completes(made, model, tmp_path, disk_fills, lna, monkeypatch):
     """lna-steer appends each batch of answers to outputs.jsonl: the append that hits the full
     disk is cut back off (whole lines stay), and the rerun continues from them."""
-    from lna.interventions.steer import run as steering
+    from lna.interventions.steer import session as steering
 
     monkeypatch.setattr(steering, "BATCH", 2)
     args = ["steer", "-q", "--model", model, "--neurons", made["neurons"], "--store", made["store"], "--from", "en",
