@@ -199,19 +199,22 @@ def test_hashing_while_loading_gives_the_identity_and_stops_with_a_failed_load(t
         pass
     assert identity.result() == (fingerprint.PREFIX + _reference(path), legacy.fingerprint(path))
     shutil.rmtree(tmp_path / "cache")
-    started = []
+    import threading
+
+    began, stopped = threading.Event(), []
 
     def slow(file, stop=None):  # a hash long enough to be stopped midway
-        started.append(file)
-        assert stop is not None and stop.wait(10)
+        began.set()
+        stopped.append(stop is not None and stop.wait(10))
         return None
 
     monkeypatch.setattr(fingerprint, "_stream_sha256", slow)
     with pytest.raises(RuntimeError, match="load failed"):
         with fingerprint.hashing(info(path)) as identity:
+            assert began.wait(10)  # the load fails while the weights are being hashed
             raise RuntimeError("load failed")
     identity._thread.join(10)
-    assert not identity._thread.is_alive() and started  # stopped, not left reading
+    assert not identity._thread.is_alive() and stopped == [True]  # stopped, not left reading
     assert identity.result()[0] is None
     assert not (tmp_path / "cache" / "identity").exists() or not any((tmp_path / "cache" / "identity").iterdir())
 
