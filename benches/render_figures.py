@@ -214,6 +214,48 @@ def _row_sampler_row(r):
             f"{min(ratios):.2f}x-{max(ratios):.2f}x its time", "-"]
 
 
+def _loads(values) -> str:
+    return f"load {min(values):.1f}-{max(values):.1f}" if values else "load unknown"
+
+
+def _startup_row(r):
+    d = r("startup_cpu")
+    res, trees = d["results"], list(d["trees"])
+    shape = "smollm-135m" if "smollm-135m" in res else next(iter(res))
+    by = res[shape]
+    machine = (f"CPU, 1 core per launch; {_loads(d['load_average_per_launch'])}; "
+               f"{when(d)}")
+
+    def fig(variant):
+        got = by.get(variant, {})
+        return ", ".join(f"{t} {got[t]['median_cpu_s']:.2f} s ({got[t]['over_floor_cpu_s']:+.2f})"
+                         for t in trees if t in got)
+
+    names = {"lna_profile": "lna-profile", "lna_profile_cold": "lna-profile, identity not cached",
+             "lna_eval": "lna-eval", "lna_ablate": "lna-ablate"}
+    parts = [f"{names[v]}: {fig(v)}" for v in names if v in by]
+    commits = ", ".join(f"{t} = {(c['commit'] or '?')[:7]}" for t, c in d["trees"].items())
+    return [f"start-up, launch to the model's first forward (CPU seconds of the process), random {shape} shape "
+            f"({n(d['models'][shape]['weights_mib'])} MiB of float32 weights), one question; median of {d['rounds']} "
+            f"alternated rounds, each a fresh process; {commits}", machine,
+            f"a plain transformers script loading the same model and tokenizer: "
+            f"{by['floor']['plain']['median_cpu_s']:.2f} s; " + "; ".join(parts) + " (in brackets: over that floor)",
+            "at the floor"]
+
+
+def _eval_generate_row(r):
+    d = r("eval_generate_cpu")
+    w, v = d["workload"], d["variants"]
+    return [f"lna-eval's greedy answers: {w['questions']} MGSM questions ({', '.join(w['langs'])}), "
+            f"{w['max_new_tokens']} new tokens, random smollm-135m shape; median of {d['rounds']} alternated rounds",
+            f"CPU, 1 torch thread; 1 core; {_loads(d['load_average_per_timing'])}; {when(d)}",
+            f"lna {v['lna']['tokens_per_cpu_s']:.1f} tok/s (per CPU second) in batches of "
+            f"{max(w['lna_batch_sizes'])} = {x(v['plain']['cpu_ratio_to_lna'] ** -1)} plain transformers generate "
+            f"batched alike; one question per call (lna-eval's split before at its default 1024 new tokens) "
+            f"{x(v['lna_b1']['cpu_ratio_to_lna'])}, plain batch 1 {x(v['plain_b1']['cpu_ratio_to_lna'])}; answers "
+            f"equal token for token", ">= 1x plain generate"]
+
+
 def _load_span(run) -> str:
     before, after = run.get("load_average_before"), run.get("load_average_after")
     vals = [v[0] for v in (before, after) if v]
@@ -304,8 +346,9 @@ def _gpu_row(r):
 
 
 def performance(r):
-    rows = [*_peers_rows(r), *_packed_attention_rows(r), _identify_row(r), *_integrity_rows(r), *_profile_row(r), _store_sums_row(r), _silu_mul_row(r),
-            _ablate_row(r), _vllm_row(r), *_sampling_rows(r), _row_sampler_row(r), _gpu_row(r)]
+    rows = [*_peers_rows(r), *_packed_attention_rows(r), _identify_row(r), *_integrity_rows(r), *_profile_row(r),
+            _store_sums_row(r), _silu_mul_row(r), _ablate_row(r), _vllm_row(r), *_sampling_rows(r),
+            _row_sampler_row(r), _startup_row(r), _eval_generate_row(r), _gpu_row(r)]
     return table(["what", "measured under", "result", "target"], rows)
 
 

@@ -169,3 +169,35 @@ def test_the_bar_moves_at_every_decoding_step_and_batches_are_even(tiny_models, 
     responses.prepare(questions, runner.tokenizer, template, tmp_path / "r.jsonl", runner=runner, n=1,
                       temperature=0, max_new_tokens=10, progress=lambda total: bars.append(CountingBar(total)) or bars[-1])
     assert len(bars[0].updates) > 3 and abs(sum(bars[0].updates) - 3) < 1e-9
+
+
+def test_eval_answers_eight_questions_per_generate_call_on_cpu(tiny_models, tmp_path, monkeypatch):
+    """lna-eval's greedy answers go 8 questions to a generate call (its batch of questions) on the
+    CPU too: under the runners' CPU force-decoding budget (2048 tokens) long answers went a few
+    at a time (one at its default 1024 new tokens); a --token-budget the user gives still rules."""
+    from transformers import GenerationMixin
+
+    from lna.evaluation import eval as ev
+
+    calls = []
+    real = GenerationMixin.generate
+
+    def generate(self, *args, **kw):
+        calls.append(tuple(kw["input_ids"].shape))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(GenerationMixin, "generate", generate)
+    args = ("--model", tiny_models["llama"], "--dataset", "demo", "--langs", "en", "--limit", "8", "--template",
+            "plain", "--max-new-tokens", "300", "--device", "cpu")
+    assert eval_cli(*args, "-o", tmp_path / "default") == 0
+    width = max(w for _, w in calls)
+    assert [rows for rows, _ in calls] == [8]
+    assert 2048 // (width + 300) < 8 <= ev.GENERATE_BUDGET // (width + 300)  # the CPU default split them
+    calls.clear()
+    budget = 3 * (width + 300)  # three prompts' worth: 8 go as 3 + 3 + 2
+    assert eval_cli(*args, "--token-budget", budget, "-o", tmp_path / "given") == 0
+    assert [rows for rows, _ in calls] == [3, 3, 2]
+    first = [json.loads(line)["response_ids"] for line in (tmp_path / "default" / "responses.jsonl").open()]
+    again = [json.loads(line)["response_ids"] for line in (tmp_path / "given" / "responses.jsonl").open()]
+    assert len(first) == 8 and all(len(r[0]) for r in first)
+    assert first == again  # the same greedy answers, whatever the batches

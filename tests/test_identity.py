@@ -11,6 +11,7 @@ import pytest
 
 from conftest import one_line
 import legacy
+from lna.core import errors
 from lna.models import fingerprint, loading
 from lna.cli import run
 from lna.cli.ablate import ablate
@@ -110,6 +111,112 @@ def test_local_weights_are_hashed_once(tiny_models, tmp_path, monkeypatch):
     st = (path / "model.safetensors").stat()
     os.utime(path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # rewritten in place
     assert fingerprint.of(info(path)) == first and len(calls) == 2
+
+
+def test_a_file_rewritten_with_its_mtime_set_back_is_hashed_again(tiny_models, tmp_path, monkeypatch):
+    """The cache key holds ctime too: a weight changed in place, its size and mtime restored
+    (as cp -p or rsync -t leave them), is not taken for the old file."""
+    import time
+
+    path = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], path)
+    monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)
+    first = fingerprint.of(info(path))
+    weights = path / "model.safetensors"
+    st = weights.stat()
+    time.sleep(0.05)  # file times tick in jiffies
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the last byte of the last tensor
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_size == st.st_size and weights.stat().st_mtime_ns == st.st_mtime_ns
+    second = fingerprint.of(info(path))
+    assert second != first
+    assert second == fingerprint.PREFIX + _reference(path)
+
+
+def _reference(path) -> str:
+    """The identity computed independently (sha256 of the config and of the weight file)."""
+    cfg = json.loads((path / "config.json").read_text())
+    for key in ("torch_dtype", "dtype", "transformers_version", "_name_or_path"):
+        cfg.pop(key, None)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    h.update(f"model.safetensors\0{hashlib.sha256((path / 'model.safetensors').read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("damage", ["another digest", "digest and check redone badly", "truncated", "not json",
+                                    "another file's stat", "empty"])
+def test_a_damaged_cache_entry_is_ignored_never_believed(tiny_models, tmp_path, monkeypatch, capsys, damage):
+    """Fault injection: whatever happened to a cache entry, the identity stays the files'
+    sha256 (hashed again, the entry rewritten), with one note line."""
+    path = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], path)
+    monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)
+    truth = fingerprint.PREFIX + _reference(path)
+    assert fingerprint.of(info(path)) == truth
+    entry = next((tmp_path / "cache" / "identity").iterdir())
+    good = entry.read_text()
+    rec = json.loads(good)
+    if damage == "another digest":
+        rec["sha256"] = "0" * 64
+        entry.write_text(json.dumps(rec))
+    elif damage == "digest and check redone badly":
+        rec["sha256"], rec["check"] = "f" * 64, "0" * 16
+        entry.write_text(json.dumps(rec))
+    elif damage == "truncated":
+        entry.write_text(good[: len(good) // 2])
+    elif damage == "not json":
+        entry.write_bytes(b"\x00\xff" * 10)
+    elif damage == "another file's stat":
+        rec["inode"] += 1
+        rec["check"] = fingerprint._check({k: v for k, v in rec.items() if k != "check"})
+        entry.write_text(json.dumps(rec))
+    else:
+        entry.write_text("")
+    capsys.readouterr()
+    real, calls = fingerprint._stream_sha256, []
+    monkeypatch.setattr(fingerprint, "_stream_sha256", lambda f: calls.append(f) or real(f))
+    monkeypatch.setattr(errors, "_noted", set())  # notes print once per process
+    assert fingerprint.of(info(path)) == truth
+    assert len(calls) == 1  # hashed again
+    err = capsys.readouterr().err
+    assert f"{entry}: a damaged identity cache entry; ignored" in err
+    assert all(line.startswith("note: ") for line in err.splitlines())
+    assert json.loads(entry.read_text())["sha256"] == json.loads(good)["sha256"]  # rewritten whole
+    assert fingerprint.of(info(path)) == truth and len(calls) == 1  # and believed again
+
+
+def test_hashing_while_loading_gives_the_identity_and_stops_with_a_failed_load(tiny_models, tmp_path,
+                                                                               monkeypatch):
+    path = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], path)
+    monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)
+    with fingerprint.hashing(info(path)) as identity:
+        pass
+    assert identity.result() == (fingerprint.PREFIX + _reference(path), legacy.fingerprint(path))
+    shutil.rmtree(tmp_path / "cache")
+    import threading
+
+    began, stopped = threading.Event(), []
+
+    def slow(file, stop=None):  # a hash long enough to be stopped midway
+        began.set()
+        stopped.append(stop is not None and stop.wait(10))
+        return None
+
+    monkeypatch.setattr(fingerprint, "_stream_sha256", slow)
+    with pytest.raises(RuntimeError, match="load failed"):
+        with fingerprint.hashing(info(path)) as identity:
+            assert began.wait(10)  # the load fails while the weights are being hashed
+            raise RuntimeError("load failed")
+    identity._thread.join(10)
+    assert not identity._thread.is_alive() and stopped == [True]  # stopped, not left reading
+    assert identity.result()[0] is None
+    assert not (tmp_path / "cache" / "identity").exists() or not any((tmp_path / "cache" / "identity").iterdir())
 
 
 def test_weight_files_follow_the_index(tmp_path):

@@ -27,7 +27,8 @@ from lna.cli.options import model_option, runner_options, sampling_options
                   max_new_tokens_help="As the study's evaluation (vllm_test.py).")
 @runner_options(dtype="Default: bfloat16 on cuda, float32 on cpu.",
                 template="Prompt template in configs/models.yaml (default: by model).",
-                token_budget="Tokens per generation batch (default: 16384 cuda, 2048 cpu).", checkpoints=False)
+                token_budget="Tokens per generation batch: rows x (prompt + --max-new-tokens) (default: 16384).",
+                checkpoints=False)
 @click.option("--table", "table_mode", is_flag=True,
               help="Combine SOURCES (accuracy.json files or lna-eval folders) into one table: -o DIR.")
 @click.option("--names", default=None, help="With --table: comma-separated row names (default: each result's name).")

@@ -30,6 +30,11 @@ from lna.reports.tables import row_names
 from lna.runners.options import RunnerOptions
 
 RESPONSES = "responses.jsonl"
+# Tokens per generation batch (rows x (prompt + max new tokens)) on every device, unless
+# --token-budget says otherwise. The runners' CPU default (2048) is sized for force-decoding's
+# forwards; under it a greedy answer of 1024 tokens went one question at a time, while a CPU
+# decodes 8 rows in about twice the time of one (benches/results/eval_generate_cpu.json).
+GENERATE_BUDGET = 16384
 
 
 @dataclass(kw_only=True)
@@ -111,10 +116,17 @@ def _given(opts: Options, say) -> tuple[dict, list]:
             "sampling": None}, questions
 
 
-def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
-    """The model's own responses to the dataset's questions, sampled into DIR/responses.jsonl."""
+def open_model(opts: Options):
+    """The runner (lna.runners.options.Opened) that answers: generation batches under
+    GENERATE_BUDGET unless --token-budget is given; then the template, which the tokenizer
+    decides (chat where it has one)."""
     from lna.runners.options import open_runner
 
+    return open_runner(replace(opts, token_budget=opts.token_budget or GENERATE_BUDGET))
+
+
+def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
+    """The model's own responses to the dataset's questions, sampled into DIR/responses.jsonl."""
     if not opts.model:
         raise LnaError("give --model M to sample responses, or --responses FILE to score a responses file")
     if opts.temperature < 0 or not 0 < opts.top_p <= 1:
@@ -129,7 +141,7 @@ def _sampled(opts: Options, out: Path, say) -> tuple[dict, list]:
     questions = [replace(q, responses=[], response_ids=None, prompt_ids=None, tokenizer=None) for q in questions]
     for q in questions:
         accuracy.gold_of(q, dataset)
-    model = open_runner(opts)  # then the template: the tokenizer decides the default (chat where it has one)
+    model = open_model(opts)
     runner, backend, dtype, template = model.runner, model.backend, model.dtype, model.template
     sampling = {"n": opts.samples, "temperature": opts.temperature, "top_p": opts.top_p,
                 "max_new_tokens": opts.max_new_tokens, "seed": opts.seed}

@@ -11,9 +11,13 @@ weight file is hashed once - sha256 streams ~1.1 GB/s per core on this project's
 CPU machine, so a 7B model's 14.5 GB take ~13 s on one core, ~4.4 s in its usual three
 shards on three free cores (hashed in parallel), plus the disk read where the files are
 not in the page cache (benches/results/store_integrity_cpu.json) - and the digest is cached
-under the lna cache keyed by (path, size, mtime_ns, inode), so later runs cost a stat per
-file. A sample of each tensor would be cheaper but could miss a change; the hub cache
-makes the full hash free where most models live.
+under the lna cache keyed by (path, size, mtime_ns, ctime_ns, inode), so later runs cost a
+stat per file (ctime: a file rewritten and its mtime set back still misses the cache). An
+entry that does not check out (its own checksum, the file's stat) is ignored with a note and
+the file hashed again: a damaged cache costs a hash, never a wrong identity. The runners
+hash while the model loads (`hashing`), on the cores that loading leaves free, from the
+page cache that it fills. A sample of each tensor would be cheaper but could miss a change;
+the hub cache makes the full hash free where most models live.
 
 `HFRunner.wrap` (a model built in memory) is "unsaved": it never matches anything.
 Artefacts of lna 0.1 carry its weaker fingerprint (config.json and the first rows of two
@@ -23,6 +27,8 @@ import hashlib
 import json
 import os
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from lna.core.errors import LnaError, note
@@ -36,18 +42,85 @@ WEAKER = ("records the older, weaker model identity of lna 0.1 (config.json and 
           "with this lna for the full identity")
 
 
-def of(info) -> str:
-    """The identity of a resolved model (lna.models.loading.ModelInfo): config and weight files."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def of(info, stop: threading.Event | None = None) -> str | None:
+    """The identity of a resolved model (lna.models.loading.ModelInfo): config and weight files.
+    `stop` (set by another thread): give up between blocks and return None."""
     files = weight_files(info.path)
-    # hashlib releases the GIL: the shards of a large model hash in parallel
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(file_sha256, files))
+    digests = _digests(files, stop)
+    if digests is None:
+        return None
     h = hashlib.sha256(json.dumps(_config(info.path), sort_keys=True).encode())
     for f, digest in zip(files, digests):
         h.update(f"{f.relative_to(info.path).as_posix()}\0{digest}\n".encode())
     return PREFIX + h.hexdigest()[:32]
+
+
+def _digests(files: list, stop=None) -> list | None:
+    """file_sha256 of each file, the shards of a large model in parallel (hashlib and file
+    reads release the GIL), on daemon threads: a run that fails or is interrupted exits
+    without waiting for a 14 GB hash. None where `stop` was set."""
+    out, errors, todo, lock = [None] * len(files), [], iter(range(len(files))), threading.Lock()
+
+    def work():
+        while not errors and not (stop is not None and stop.is_set()):
+            with lock:
+                k = next(todo, None)
+            if k is None:
+                return
+            try:
+                out[k] = file_sha256(files[k], stop)
+            except BaseException as err:  # re-raised in the caller's thread
+                errors.append(err)
+
+    workers = [threading.Thread(target=work, daemon=True, name="lna-hash")
+               for _ in range(max(1, min(len(files), os.cpu_count() or 1)))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    return None if any(d is None for d in out) else out
+
+
+class Hashing:
+    """`of` and `legacy` of a model computed on a background thread (see `hashing`)."""
+
+    def __init__(self, info):
+        self.info, self.stop, self._out = info, threading.Event(), {}
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lna-identity")
+        self._thread.start()
+
+    def _run(self):
+        try:
+            self._out["value"] = of(self.info, self.stop)
+        except BaseException as err:  # re-raised by result(), in the caller's thread
+            self._out["error"] = err
+
+    def result(self) -> tuple:
+        """(identity, lna 0.1's identity), once the hash is done; its error, if it failed."""
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"], legacy(self.info)
+
+
+@contextmanager
+def hashing(info):
+    """Hash the model's weight files while the block runs (the model loads): the first run on
+    a local model reads them once for both, on the cores loading leaves free; later runs
+    find the digests in the cache. A block that raises stops the hash (nothing cached).
+
+        with fingerprint.hashing(info) as identity:
+            net, tokenizer = loading.load(info)
+        strong, weak = identity.result()
+    """
+    pending = Hashing(info)
+    try:
+        yield pending
+    except BaseException:
+        pending.stop.set()
+        raise
 
 
 def weight_files(path: Path) -> list:
@@ -74,38 +147,70 @@ def weight_files(path: Path) -> list:
     return files
 
 
-def file_sha256(file: Path) -> str:
+def file_sha256(file: Path, stop: threading.Event | None = None) -> str | None:
+    """The sha256 of a weight file: a hub blob's name, else from the cache, else read (and
+    cached when large). None where `stop` was set before the hash was done."""
     real = Path(os.path.realpath(file))
     if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
         return real.name  # Hugging Face cache: LFS blobs are named by their sha256
     st = real.stat()
     if st.st_size < CACHE_MIN_BYTES:
-        return _stream_sha256(real)
+        return _stream_sha256(real) if stop is None else _stream_sha256(real, stop)
     from lna.models.loading import cache_dir
 
-    key = hashlib.sha256(f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode()).hexdigest()[:32]
+    stat = {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino}
+    key = hashlib.sha256(json.dumps(stat, sort_keys=True).encode()).hexdigest()[:32]
     entry = cache_dir() / "identity" / f"{key}.json"
-    try:
-        return json.loads(entry.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    cached = _cached(entry, stat)
+    if cached:
+        return cached
     note(f"hashing the weights of {real.parent} once to identify the model (cached in {entry.parent})")
-    digest = _stream_sha256(real)
+    digest = _stream_sha256(real) if stop is None else _stream_sha256(real, stop)
+    if digest is None:
+        return None
+    record = {**stat, "sha256": digest}
     try:  # best effort: an unwritable cache only costs the hash again next time
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                   "sha256": digest}))
+        tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_text(json.dumps({**record, "check": _check(record)}))
         os.replace(tmp, entry)
     except OSError:
         pass
     return digest
 
 
-def _stream_sha256(file: Path) -> str:
+def _check(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(entry: Path, stat: dict) -> str | None:
+    """The cached sha256 of the file `stat` describes, if `entry` holds one that checks out;
+    else None, with a note where the entry exists but is damaged (it is hashed again)."""
+    try:
+        text = entry.read_bytes()
+    except OSError:
+        return None
+    try:
+        rec = json.loads(text.decode("utf-8"))
+        check = rec.pop("check")
+        digest = rec["sha256"]
+        ok = (check == _check(rec) and re.fullmatch(r"[0-9a-f]{64}", digest)
+              and {k: rec.get(k) for k in stat} == stat)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if ok:
+        return digest
+    note(f"{entry}: a damaged identity cache entry; ignored (the weights are hashed again)")
+    return None
+
+
+def _stream_sha256(file: Path, stop: threading.Event | None = None) -> str | None:
     h = hashlib.sha256()
     with open(file, "rb") as fh:
         while block := fh.read(16 << 20):
+            if stop is not None and stop.is_set():
+                return None
             h.update(block)
     return h.hexdigest()
 

@@ -144,9 +144,11 @@ class HFRunner:
         info = info or loading.resolve(model, revision)  # given: resolved once per run (lna.runners.options)
         if str(device) == "cpu":
             threads.fit_to_load()  # no more threads than the cores other work leaves free
-        net, tokenizer = loading.load(info, device=device, dtype=dtype)
-        # From the files, not the loaded tensors: the same for every backend and dtype.
-        self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens, fingerprint.legacy(info))
+        # From the files, not the loaded tensors: the same for every backend and dtype (hashed while they load).
+        with fingerprint.hashing(info) as identity:
+            net, tokenizer = loading.load(info, device=device, dtype=dtype)
+        strong, weak = identity.result()
+        self._setup(net, tokenizer, info, strong, token_budget, max_row_tokens, weak)
 
     @classmethod
     def wrap(cls, net, tokenizer, info: loading.ModelInfo, *, token_budget: int = 8192,

@@ -143,9 +143,10 @@ class MoERunner(HFRunner):
 
         if info is None or not isinstance(info.family, moe.MoEFamily):  # given: resolved once per run
             info = loading.resolve(model, revision, experts=True)
-        net, tokenizer = loading.load(info, device=device, dtype=dtype)
-        self._setup(net, tokenizer, info, fingerprint.of(info), token_budget, max_row_tokens,
-                    fingerprint.legacy(info))
+        with fingerprint.hashing(info) as identity:  # hashed while the weights load
+            net, tokenizer = loading.load(info, device=device, dtype=dtype)
+        strong, weak = identity.result()
+        self._setup(net, tokenizer, info, strong, token_budget, max_row_tokens, weak)
 
     def _install(self, info) -> int:
         text = families.hf_text_config(self.model)
