@@ -2,11 +2,14 @@
 fraction of the measured fp32 GEMM ceiling.
 
     python benches/bench_packed_attention.py [--questions 2] [--responses 2] [--rounds 3] [--label after]
+    python benches/bench_packed_attention.py --shape tinyllama-1.1b --questions 1 --responses 1 --rounds 2
 
-bench_peers' model and workload (a random-weight SmolLM-135M shape; MGSM questions in ten
-languages, given responses). One torch thread pinned to one core (common.one_core: the machine
-is shared); three modes alternated round by round in one process on the same runner: dense
-(the 4D-mask reference), packed with transformers' RMSNorm and rotary, and packed with
+bench_peers' model and workload (a random-weight model of a real shape, bench_peers_setup.SHAPES:
+SmolLM-135M by default, where hidden 576 leaves the elementwise work large beside the GEMMs;
+TinyLlama-1.1B's hidden 2048 for a larger one; MGSM questions in ten languages, given
+responses). One torch thread pinned to one core (common.one_core: the machine is shared);
+three modes alternated round by round in one process on the same runner: dense (the 4D-mask
+reference), packed with transformers' RMSNorm and rotary, and packed with
 lna.runners.packed_ops' (the default); counts of dense and packed compared. The fraction of
 the ceiling is bench_peers': 2 x non-embedding params x tokens computed / count seconds /
 ceiling (the median of 1024^3 GEMMs timed beside every run; a lower bound, as it leaves out
@@ -62,24 +65,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "lna_peers"))
     ap.add_argument("--mgsm", default=str(HERE.parents[1] / "shared" / "data" / "mgsm"))
+    ap.add_argument("--shape", default="smollm-135m", choices=[k for k in bench_peers_setup.SHAPES if k != "llama-7b"],
+                    help="the random-weight model's shape (bench_peers_setup.SHAPES; a 7B is the GPU check's)")
     ap.add_argument("--langs", default=",".join(bench_peers_setup.RESPONSE_MEAN))
     ap.add_argument("--questions", type=int, default=2, help="per language")
     ap.add_argument("--responses", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label", default="")
     opts = ap.parse_args()
+    origin = common.provenance()  # the code as it was when the run began (a tree may change during it)
     import numpy as np
     import torch
 
     langs = opts.langs.split(",")
-    model = bench_peers_setup.build_model(Path(opts.cache) / "smollm-135m-float32", "smollm-135m", Path(opts.mgsm))
-    base = Path(opts.cache) / f"work-smollm-135m-{'-'.join(langs)}-{opts.questions}x{opts.responses}"
+    model = bench_peers_setup.build_model(Path(opts.cache) / f"{opts.shape}-float32", opts.shape, Path(opts.mgsm))
+    base = Path(opts.cache) / f"work-{opts.shape}-{'-'.join(langs)}-{opts.questions}x{opts.responses}"
     work = bench_peers_setup.build_workload(model, Path(opts.mgsm), base, langs, opts.questions, opts.responses)
     samples = bench_peers_setup.samples_of(work)
     from lna.runners import packing
     from lna.runners.hf import HFRunner
 
-    shape = bench_peers_setup.SHAPES["smollm-135m"]
+    shape = bench_peers_setup.SHAPES[opts.shape]
     with common.one_core():
         machine = common.machine("cpu")
         runner = HFRunner(str(model))
@@ -113,7 +119,9 @@ def main():
                                        shape["hidden_size"] // shape["num_attention_heads"], shape["num_hidden_layers"])
     med = {m: statistics.median(t) for m, t in times.items()}
     ceiling = statistics.median(ceilings)
-    entry = {"label": opts.label, **common.provenance(), "threads": 1, "pinned": "one core (common.one_core)",
+    entry = {"label": opts.label, **origin, "threads": 1, "pinned": "one core (common.one_core)",
+             "model": {"shape": opts.shape, **shape, "dtype": "float32", "weights": "random",
+                       "non_embedding_params": matmul_params(shape)},
              "workload": {"languages": langs, "questions_per_language": opts.questions,
                           "responses_per_question": opts.responses, "samples": len(samples),
                           "response_tokens": sum(len(s.response) for s in samples), "batches": len(batches),

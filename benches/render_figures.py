@@ -303,18 +303,26 @@ def _peers_rows(r):
     return rows
 
 
-def _packed_attention_row(r):
-    """The latest run of bench_packed_attention: the packed forward against the dense mask, as
-    fractions of the GEMM ceiling on the process's CPU time (one pinned thread: steadier than
-    the wall clock on a shared machine) and on the wall clock."""
-    run = r("packed_attention_cpu")["runs"][-1]
+def _packed_attention_rows(r):
+    """The latest run of bench_packed_attention per model shape (runs before --shape: SmolLM-135M's):
+    the packed forward against the dense mask, as fractions of the GEMM ceiling on the process's
+    CPU time (one pinned thread: steadier than the wall clock on a shared machine) and on the
+    wall clock."""
+    latest = {}
+    for run in r("packed_attention_cpu")["runs"]:
+        latest[run.get("model", {}).get("shape", "smollm-135m")] = run
+    return [_packed_attention_row(shape, run) for shape, run in latest.items()]
+
+
+def _packed_attention_row(shape, run):
     f, w, cf, cs = (run[k] for k in ("fraction_of_gemm_ceiling", "workload", "cpu_time_fraction_of_gemm_ceiling",
                                      "cpu_time_fraction_with_needed_scores"))
     loads = [a[0] for a in run["load_average_per_run"]]
     cpu = {m: sorted(t)[len(t) // 2] for m, t in run["cpu_seconds"].items()}
     return [f"packed attention (real tokens only, attention per prompt and response) against the dense 4D mask: "
-            f"lna's count, {n(w['tokens_computed'])} tokens ({n(w['padded_tokens_dense'])} padded), three modes "
-            f"alternated {len(run['seconds']['dense'])} rounds in one process",
+            f"lna's count on a random-weight {shape} shape, {n(w['tokens_computed'])} tokens "
+            f"({n(w['padded_tokens_dense'])} padded), three modes alternated {len(run['seconds']['dense'])} rounds "
+            "in one process",
             f"CPU, 1 torch thread, 1 pinned core, load {min(loads):.1f}-{max(loads):.1f}; commit {run['commit'][:7]}, "
             f"{run['date'][:10]}",
             f"matmul work {pct(cf['packed'], False)} of the fp32 GEMM ceiling packed, {pct(cf['dense'], False)} dense, "
@@ -338,9 +346,9 @@ def _gpu_row(r):
 
 
 def performance(r):
-    rows = [*_peers_rows(r), _packed_attention_row(r), _identify_row(r), *_integrity_rows(r), *_profile_row(r), _store_sums_row(r), _silu_mul_row(r),
-            _ablate_row(r), _vllm_row(r), *_sampling_rows(r), _row_sampler_row(r), _startup_row(r),
-            _eval_generate_row(r), _gpu_row(r)]
+    rows = [*_peers_rows(r), *_packed_attention_rows(r), _identify_row(r), *_integrity_rows(r), *_profile_row(r),
+            _store_sums_row(r), _silu_mul_row(r), _ablate_row(r), _vllm_row(r), *_sampling_rows(r),
+            _row_sampler_row(r), _startup_row(r), _eval_generate_row(r), _gpu_row(r)]
     return table(["what", "measured under", "result", "target"], rows)
 
 

@@ -8,6 +8,7 @@ per-token neuron interventions (zero or set).
     out = silu_mul(gate, up, masks=masks, mask_ids=m, values=v)   # set it to v[m[t]] there
     out = silu_mul(gate, up, activation="gelu_tanh")              # Gemma's gelu_pytorch_tanh
     out = silu_mul_packed(gate_up, lang_ids=g, counts=counts)    # vLLM's [T, 2I] layout
+    silu_mul(gate, up, out=buffer)                                # into a reused buffer (CPU path)
 
 backend=None runs the Triton kernel on CUDA tensors and the vectorised torch path on CPU
 tensors; "triton" or "torch" forces one (Triton on CPU needs TRITON_INTERPRET=1 before the
@@ -40,7 +41,7 @@ def triton_available() -> bool:
 
 
 def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=None, masks=None, mask_ids=None,
-             values=None, activation="silu", backend=None, check_ids=True, nonfinite=None):
+             values=None, activation="silu", backend=None, check_ids=True, nonfinite=None, out=None):
     """act(gate) * up in the input dtype (the activation in fp32, rounded, then the product).
 
     gate, up [..., I] (strided views welcome, e.g. halves of a packed gate_up);
@@ -69,9 +70,14 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
     failing. nonfinite (int32 [1], with lang_ids) becomes nonzero where a counted token's
     gate is NaN or +-Inf (an overflowed model, whose counts would be wrong), found in the
     pass that counts (no sync: the caller reads it when it reads the counts). Returns a new
-    contiguous tensor shaped like gate.
+    contiguous tensor shaped like gate, or out (a contiguous tensor shaped like gate, in its
+    dtype and on its device, sharing memory with neither gate nor up), written with the same
+    values: on CPU a buffer reused across calls spares the page faults of a fresh
+    allocation each call (glibc maps every block over 32 MiB anew).
     """
     _check_inputs(gate, up, lang_ids, counts, sums, active_sums, masks, mask_ids, values, activation, backend)
+    if out is not None:
+        _check_out(out, gate, up)
     if nonfinite is not None:
         if lang_ids is None:
             raise ValueError("silu_mul: nonfinite flags counted tokens: pass lang_ids and a table with it")
@@ -92,6 +98,8 @@ def silu_mul(gate, up, *, lang_ids=None, counts=None, sums=None, active_sums=Non
             _check_range("mask_ids", mask_ids, masks.shape[0], "masks.shape[0] (masks)")
 
     extra = dict(sums=sums, active_sums=active_sums, values=values, activation=activation, nonfinite=nonfinite)
+    if out is not None:
+        extra["out"] = out.view(gate.shape)
     if _pick_backend(gate, backend) == "triton":
         from .silu_mul_triton import silu_mul_triton
 
@@ -119,6 +127,19 @@ def _pick_backend(gate, backend):
                                "install triton (Linux) or use backend='torch'")
         return "triton"
     return "triton" if gate.is_cuda and triton_available() else "torch"
+
+
+def _check_out(out, gate, up):
+    if not isinstance(out, torch.Tensor) or out.dtype != gate.dtype:
+        raise TypeError(f"silu_mul: out must be a {gate.dtype} tensor shaped like gate, "
+                        f"got {getattr(out, 'dtype', type(out).__name__)}")
+    if out.shape != gate.shape or not out.is_contiguous():
+        raise ValueError(f"silu_mul: out must be a contiguous tensor shaped like gate {tuple(gate.shape)}, "
+                         f"got {tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'}")
+    _same_device("out", out, gate.device)
+    for name, t in (("gate", gate), ("up", up)):  # counting reads gate after the activation is written
+        if out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            raise ValueError(f"silu_mul: out must not share memory with {name}; pass a separate buffer")
 
 
 def _capturing(t):

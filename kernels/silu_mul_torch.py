@@ -29,8 +29,8 @@ EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
 
 
 def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=None, *,
-                   sums=None, active_sums=None, values=None, activation="silu", nonfinite=None):
-    act = activation_native(gate, activation)
+                   sums=None, active_sums=None, values=None, activation="silu", nonfinite=None, out=None):
+    act = activation_native(gate, activation) if out is None else _activation_into(gate, activation, out)
     if counts is not None or sums is not None or active_sums is not None:
         with _one_thread(gate):
             _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite)
@@ -44,6 +44,13 @@ def silu_mul_torch(gate, up, lang_ids=None, counts=None, masks=None, mask_ids=No
         else:
             torch.where(chosen, values.to(act.dtype)[picked], act, out=act)
     return act.mul_(up)
+
+
+def _activation_into(gate, activation, out):
+    """activation_native(gate) written into out (the same aten kernel, so the same values)."""
+    if activation == "silu":
+        return torch.ops.aten.silu.out(gate, out=out)
+    return torch.ops.aten.gelu.out(gate, approximate="tanh", out=out)
 
 
 def _accumulate(gate, act, lang_ids, counts, sums, active_sums, nonfinite=None):
@@ -158,7 +165,10 @@ def _runs(lang_ids):
 def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None):
     """_accumulate where the counted tokens come in runs of one language: each block of a
     run adds ones[1, n] @ block into its language's row of an fp32 accumulator. nonfinite as
-    in _accumulate (every row of a run is counted)."""
+    in _accumulate (every row of a run is counted), where the sums do not show it from a
+    float64 total of the counted gates, added block by block while the block is in cache: a
+    sum of finite fp32 values cannot overflow float64, NaN and Inf stay in it (one read, where
+    g - g != 0 wrote a temporary and read it twice)."""
     if not runs:
         return
     width = gate.shape[1]
@@ -172,6 +182,8 @@ def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None)
     acc_counts, acc_sums, acc_active = (torch.zeros(tables[0].shape) if t is not None else None
                                         for t in (counts, sums, active_sums))
     in_acc = 0  # rows summed into acc_counts since it was last emptied
+    flag = nonfinite is not None and sums is None and counts is not None
+    total = torch.zeros((), dtype=torch.float64) if flag else None
     for start, stop, lang in runs:
         for a in range(start, stop, rows):
             b = min(a + rows, stop)
@@ -184,9 +196,8 @@ def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None)
                     in_acc = 0
                 acc_counts[lang:lang + 1].addmm_(weights, torch.gt(gate[a:b], 0, out=mask[:n]))
                 in_acc += n
-                if nonfinite is not None and sums is None:
-                    g = gate[a:b]
-                    nonfinite.bitwise_or_((g - g).ne_(0).any().to(nonfinite.dtype))
+                if total is not None:
+                    total += gate[a:b].sum(dtype=torch.float64)
             if acc_sums is not None or acc_active is not None:
                 block = act[a:b] if fp32 else wide[:n].copy_(act[a:b])
                 if acc_sums is not None:
@@ -194,4 +205,6 @@ def _accumulate_runs(gate, act, runs, counts, sums, active_sums, nonfinite=None)
                 if acc_active is not None:
                     # act has the sign of gate (and is 0 with it): its positive part is act where gate > 0.
                     acc_active[lang:lang + 1].addmm_(weights, torch.clamp_min(block, 0, out=positive[:n]))
+    if total is not None:
+        nonfinite.bitwise_or_(total.isfinite().logical_not().to(nonfinite.dtype))
     _flush((counts, sums, active_sums), (acc_counts, acc_sums, acc_active), nonfinite)

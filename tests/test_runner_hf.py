@@ -78,3 +78,59 @@ def test_generate_returns_n_responses_without_eos(runner):
     assert all(len(x) <= 7 and eos not in x for r in out for x in r)
     again = runner.generate(prompts, n=3, temperature=0.9, top_p=0.95, max_new_tokens=7, seed=0)
     assert again == out  # seeded: a resumed run samples the same
+
+
+@pytest.mark.parametrize("model", ["llama", "phi3"])  # separate gate/up, and one packed gate_up_proj
+def test_reused_mlp_buffers_change_nothing(tmp_path, model, monkeypatch):
+    """On CPU the counting MLPs write gate, up (or gate_up) and act(gate) * up into buffers reused
+    layer after layer: counts, sums and the NLL under interventions equal, bit for bit, those of
+    the projections called as modules with fresh outputs."""
+    import lna.runners.hf as hf
+    from lna.models.tiny import build_tiny
+
+    runner = HFRunner(str(build_tiny(tmp_path / model, model)), token_budget=160, max_row_tokens=90)
+    samples = random_samples(6, LANGS)
+    rng = np.random.default_rng(0)
+    masks = rng.random((2, runner.layers, runner.neurons)) < 0.3
+    values = rng.normal(size=masks.shape).astype(np.float32)
+    offsets = rng.normal(size=masks.shape).astype(np.float32)
+    ids = [k % 3 - 1 for k in range(len(samples))]
+    taken = []
+    real_buffer = hf._State.buffer
+    monkeypatch.setattr(hf._State, "buffer", lambda self, *a: taken.append(a[0]) or real_buffer(self, *a))
+
+    def run():
+        return (*runner.count(samples, LANGS, sums=True), runner.nll(samples, masks, ids, values, offsets))
+
+    reused = run()
+    assert {"act", "gate_up"} <= set(taken) if model == "phi3" else {"act", "gate", "up"} <= set(taken)
+    monkeypatch.setattr(hf.CountingMLP, "_reuse", lambda self, flat: False)
+    taken.clear()
+    fresh = run()
+    assert not taken
+    for a, b in zip(reused, fresh):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_reused_buffers_compute_what_the_modules_do(bias):
+    """torch.mm / addmm into the workspace equal nn.Linear's own call (F.linear), with and
+    without a bias; a hook on a projection keeps the module call (the hook sees it)."""
+    from lna.models import families
+    from lna.runners.hf import CountingMLP, _State
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Module()
+    mlp.gate_proj, mlp.up_proj = torch.nn.Linear(12, 20, bias=bias), torch.nn.Linear(12, 20, bias=bias)
+    mlp.down_proj = torch.nn.Linear(20, 12, bias=bias)
+    family = families.Family("llama-like", ("llama",))
+    module = CountingMLP(mlp, 0, _State(), family, families.kernel_kwargs(family))
+    x = torch.randn(3, 7, 12)
+    ref = mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    with torch.inference_mode():
+        assert module._reuse(x)
+        assert torch.equal(module(x), ref) and set(module.state.workspace) == {"gate", "up", "act"}
+        seen = []
+        mlp.gate_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        assert not module._reuse(x)
+        assert torch.equal(module(x), ref) and seen == [(21, 20)]

@@ -142,3 +142,24 @@ def test_the_run_path_flags_a_non_finite_counted_gate(monkeypatch, tables, where
     taken = spy_runs(monkeypatch)
     silu_mul(gate, torch.ones(96, 8), lang_ids=lang_ids, nonfinite=flag, backend="torch", **kw)
     assert taken == [True] and bool(flag) == flagged
+
+
+@pytest.mark.parametrize("sign", ["+", "-", "both"])
+def test_the_run_path_never_flags_large_finite_gates(monkeypatch, sign):
+    """Counting alone reads the flag off a float64 total of the counted gates: the largest
+    finite fp32 values of either sign, summed over many tokens, stay finite there (an fp32
+    total would overflow); an inf among them still flags."""
+    big = torch.finfo(torch.float32).max
+    gate = torch.full((96, 8), big) * {"+": 1, "-": -1, "both": 1}[sign]
+    if sign == "both":
+        gate[::2] *= -1
+    lang_ids = torch.tensor([-1] * 16 + [0] * 80, dtype=torch.int32)
+    taken = spy_runs(monkeypatch)
+    for poison, flagged in ((None, False), ((40, 2), True)):
+        if poison:
+            gate[poison] = float("inf") if sign != "-" else float("-inf")
+        flag = torch.zeros(1, dtype=torch.int32)
+        silu_mul(gate, torch.ones(96, 8), lang_ids=lang_ids, counts=torch.zeros(1, 8, dtype=torch.int64),
+                 nonfinite=flag, backend="torch")
+        assert bool(flag) == flagged
+    assert taken == [True, True]

@@ -47,6 +47,16 @@ class _State:
         self.row_ids = None  # int [B] mask per batch row, for every token of the row (generate)
         self.nonfinite = None  # int32 [layer]: nonzero where a counted gate was NaN or Inf (the kernel's flag)
         self.calls = 0
+        self.workspace = {}  # CPU: name -> flat buffer the MLPs write into, reused layer after layer
+
+    def buffer(self, name: str, rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """A [rows, width] view of the workspace buffer `name` (grown when too small): on CPU a
+        fresh [T, I] tensor per layer costs its page faults every time (glibc maps blocks over
+        32 MiB anew; measured 5.5% of a TinyLlama-shaped MLP), a reused one once."""
+        buf = self.workspace.get(name)
+        if buf is None or buf.numel() < rows * width or buf.dtype != like.dtype:
+            buf = self.workspace[name] = torch.empty(rows * width, dtype=like.dtype, device=like.device)
+        return buf[:rows * width].view(rows, width)
 
 
 class CountingMLP(nn.Module):
@@ -59,6 +69,22 @@ class CountingMLP(nn.Module):
             self.gate_proj, self.up_proj = mlp.gate_proj, mlp.up_proj
         self.down_proj = mlp.down_proj
         self.layer, self.state, self.act = layer, state, act
+
+    def _reuse(self, flat) -> bool:
+        """Whether gate and up go into the state's workspace: on CPU at inference (the runner's
+        calls; its buffers are inference tensors), where the projections are plain nn.Linear
+        without hooks, so torch.mm/addmm(out=) compute exactly what calling them would."""
+        if flat.device.type != "cpu" or not torch.is_inference_mode_enabled():
+            return False
+        mods = (self.gate_up_proj,) if self.packed else (self.gate_proj, self.up_proj)
+        return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in mods)
+
+    def _linear(self, module, flat, name):
+        """module(flat) into the workspace buffer `name` (as F.linear: addmm with a bias, mm without)."""
+        out = self.state.buffer(name, flat.shape[0], module.out_features, flat)
+        if module.bias is None:
+            return torch.mm(flat, module.weight.t(), out=out)
+        return torch.addmm(module.bias, flat, module.weight.t(), out=out)
 
     def forward(self, x):
         st = self.state
@@ -82,13 +108,21 @@ class CountingMLP(nn.Module):
                   check_ids=False,  # the runner builds the ids; a range check would sync the GPU per layer
                   nonfinite=None if st.nonfinite is None or st.lang_ids is None else st.nonfinite[layer:layer + 1],
                   **self.act)
-        if self.packed:  # gate and up are views of the one [T, 2I] output
+        if self._reuse(flat):
+            kw["out"] = st.buffer("act", flat.shape[0], self.down_proj.in_features, flat)
+            if self.packed:
+                gate_up = self._linear(self.gate_up_proj, flat, "gate_up")
+            else:
+                gate, up = self._linear(self.gate_proj, flat, "gate"), self._linear(self.up_proj, flat, "up")
+        elif self.packed:
             gate_up = self.gate_up_proj(flat)
+        else:
+            gate, up = self.gate_proj(flat), self.up_proj(flat)
+        if self.packed:  # gate and up are views of the one [T, 2I] output
             h = silu_mul_packed(gate_up, **kw)
             up = gate_up[..., gate_up.shape[-1] // 2:]
         else:
-            up = self.up_proj(flat)
-            h = silu_mul(self.gate_proj(flat), up, **kw)
+            h = silu_mul(gate, up, **kw)
         if st.offsets is not None and mask_ids is not None:  # (act + d) * up = act * up + d * up
             d = st.offsets[layer].index_select(0, mask_ids.clamp(min=0).long())
             h = h + torch.where((mask_ids >= 0)[:, None], d, torch.zeros_like(d)).to(h.dtype) * up
