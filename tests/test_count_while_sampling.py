@@ -63,9 +63,9 @@ def as_samples(prompts, langs, responses):
 def test_decode_tracker_counts_fed_response_tokens_once():
     """A hand-made decoding: width-3 prompts (row 1 left-padded), limit 3 new tokens; row 0
     feeds 7, 8, 9 (and a 4th beyond the limit), row 1 feeds 5 then EOS 2 then padding."""
-    from lna.runners.hf import _State
+    from lna.runners.counting_mlp import CountingState
 
-    state, counts = _State(), torch.zeros(1, 2, 4, dtype=torch.int64)
+    state, counts = CountingState(), torch.zeros(1, 2, 4, dtype=torch.int64)
     tr = Tracker(state, counts, rows=[1, 0], width=3, max_new_tokens=3, eos={2}, layers=0)
     got = []
     for fed in ([[1, 40, 41], [2, 1, 50]], [[7], [5]], [[8], [2]], [[9], [2]], [[10], [2]]):

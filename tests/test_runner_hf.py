@@ -6,6 +6,7 @@ import torch
 import naive
 from conftest import random_samples
 from lna.inputs.samples import Sample
+from lna.runners.counting_mlp import CountingMLP, CountingState
 from lna.runners.hf import HFRunner
 
 LANGS = ["en", "zh", "ja", "sw"]
@@ -85,7 +86,6 @@ def test_reused_mlp_buffers_change_nothing(tmp_path, model, monkeypatch):
     """On CPU the counting MLPs write gate, up (or gate_up) and act(gate) * up into buffers reused
     layer after layer: counts, sums and the NLL under interventions equal, bit for bit, those of
     the projections called as modules with fresh outputs."""
-    import lna.runners.hf as hf
     from lna.models.tiny import build_tiny
 
     runner = HFRunner(str(build_tiny(tmp_path / model, model)), token_budget=160, max_row_tokens=90)
@@ -96,15 +96,15 @@ def test_reused_mlp_buffers_change_nothing(tmp_path, model, monkeypatch):
     offsets = rng.normal(size=masks.shape).astype(np.float32)
     ids = [k % 3 - 1 for k in range(len(samples))]
     taken = []
-    real_buffer = hf._State.buffer
-    monkeypatch.setattr(hf._State, "buffer", lambda self, *a: taken.append(a[0]) or real_buffer(self, *a))
+    real_buffer = CountingState.buffer
+    monkeypatch.setattr(CountingState, "buffer", lambda self, *a: taken.append(a[0]) or real_buffer(self, *a))
 
     def run():
         return (*runner.count(samples, LANGS, sums=True), runner.nll(samples, masks, ids, values, offsets))
 
     reused = run()
     assert {"act", "gate_up"} <= set(taken) if model == "phi3" else {"act", "gate", "up"} <= set(taken)
-    monkeypatch.setattr(hf.CountingMLP, "_reuse", lambda self, flat: False)
+    monkeypatch.setattr(CountingMLP, "_reuse", lambda self, flat: False)
     taken.clear()
     fresh = run()
     assert not taken
@@ -117,14 +117,13 @@ def test_reused_buffers_compute_what_the_modules_do(bias):
     """torch.mm / addmm into the workspace equal nn.Linear's own call (F.linear), with and
     without a bias; a hook on a projection keeps the module call (the hook sees it)."""
     from lna.models import families
-    from lna.runners.hf import CountingMLP, _State
 
     torch.manual_seed(0)
     mlp = torch.nn.Module()
     mlp.gate_proj, mlp.up_proj = torch.nn.Linear(12, 20, bias=bias), torch.nn.Linear(12, 20, bias=bias)
     mlp.down_proj = torch.nn.Linear(20, 12, bias=bias)
     family = families.Family("llama-like", ("llama",))
-    module = CountingMLP(mlp, 0, _State(), family, families.kernel_kwargs(family))
+    module = CountingMLP(mlp, 0, CountingState(), family, families.kernel_kwargs(family))
     x = torch.randn(3, 7, 12)
     ref = mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
     with torch.inference_mode():

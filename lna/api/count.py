@@ -8,7 +8,7 @@
     counter.counts                                       # int64 [layer, language, neuron]
     counter.save("mine.zarr")                            # a count store: lna-identify, lna merge
 
-Inside the block every decoder layer's MLP is the runners' own lna.runners.hf.CountingMLP:
+Inside the block every decoder layer's MLP is the runners' own lna.runners.counting_mlp.CountingMLP:
 the fused kernel computes the MLP's output and, in the same pass, counts gate > 0 (and sums
 act(gate) with sums=True) per language into tables on the model's device; no activation is
 kept. A forward pre-hook on the decoder gives each token of each forward its language:
@@ -63,7 +63,7 @@ class Counter:
         from lna.interventions.intervene import SteeredMLP, _family_of, _width
         from lna.models import families
         from lna.runners.base import eos_ids
-        from lna.runners.hf import CountingMLP, _State
+        from lna.runners.counting_mlp import CountingMLP, CountingState
 
         if self._active:
             raise LnaError("lna.count: this counter is already counting (nested use); count in one block and "
@@ -100,7 +100,7 @@ class Counter:
         self._eos_set = eos_ids(configured, None) if eos is None else {int(eos)} if isinstance(eos, int) \
             else {int(t) for t in eos}
         self._tables, self._family, self._layers, self._name = tables, family, L, name
-        self._state = _State()
+        self._state = CountingState()
         self._originals = [layer.mlp for layer in layers]
         act = families.kernel_kwargs(family)
         self._hooks = []

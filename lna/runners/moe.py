@@ -26,7 +26,8 @@ from lna.core.errors import LnaError
 from lna.kernels.expert_count import expert_offsets, expert_silu_mul, routed_counts
 from lna.models import families, moe
 from lna.runners import packing
-from lna.runners.hf import CountingMLP, HFRunner, _State
+from lna.runners.counting_mlp import CountingMLP, CountingState
+from lna.runners.hf import HFRunner
 
 
 class ExpertTables(NamedTuple):
@@ -56,7 +57,7 @@ class _ByLayer:
         return self.table.shape
 
 
-class _MoEState(_State):
+class _MoEState(CountingState):
     def clear(self):
         super().clear()
         self.expert_counts = None  # int64 [layer, expert, language, neuron], updated in place
