@@ -44,6 +44,19 @@ def tiny_models(tmp_path_factory):
             for seed, arch in enumerate(["llama", "mistral"])}
 
 
+def lazy_tiny_models(tmp_path_factory, folder: str, seed: int):
+    """arch -> folder of its tiny model with random weights from `seed`, built on first use."""
+    root, paths = tmp_path_factory.mktemp(folder), {}
+
+    def get(arch):
+        if arch not in paths:
+            from lna.models.tiny import build_tiny
+
+            paths[arch] = str(build_tiny(root / arch, arch, seed=seed))
+        return paths[arch]
+    return get
+
+
 def random_samples(seed, languages, questions=9, vocab=259, max_prompt=40, max_response=50):
     """Samples with shared prompts, mixed lengths, several responses per prompt and languages."""
     import numpy as np

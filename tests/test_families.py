@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import naive
-from conftest import REPO, random_samples
+from conftest import REPO, lazy_tiny_models, random_samples
 from lna.models import families, loading
 from lna.core.errors import LnaError
 from lna.runners.hf import HFRunner
-from lna.models.tiny import ARCHS, build_tiny
+from lna.models.tiny import ARCHS
 
 LANGS = ["en", "zh", "ja", "sw"]
 # tiny arch -> the family (model_type) it proves; every family has at least one
@@ -32,13 +32,7 @@ def arch_param(arch):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """arch -> folder of its tiny model (built on first use)."""
-    root, paths = tmp_path_factory.mktemp("families"), {}
-
-    def get(arch):
-        if arch not in paths:
-            paths[arch] = str(build_tiny(root / arch, arch, seed=7))
-        return paths[arch]
-    return get
+    return lazy_tiny_models(tmp_path_factory, "families", seed=7)
 
 
 @pytest.fixture(scope="module", params=[arch_param(a) for a in TESTED])

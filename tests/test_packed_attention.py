@@ -14,9 +14,8 @@ import pytest
 import torch
 
 import naive
-from conftest import random_samples
+from conftest import lazy_tiny_models, random_samples
 from lna.inputs.samples import Sample
-from lna.models.tiny import build_tiny
 from lna.runners import packed_attention, packing
 from lna.runners.hf import HFRunner
 
@@ -29,13 +28,7 @@ FALLBACK = {"gemma2": "soft-capping"}
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root, paths = tmp_path_factory.mktemp("packed"), {}
-
-    def get(arch):
-        if arch not in paths:
-            paths[arch] = str(build_tiny(root / arch, arch, seed=3))
-        return paths[arch]
-    return get
+    return lazy_tiny_models(tmp_path_factory, "packed", seed=3)
 
 
 def gate_hooks(runner, store):
