@@ -88,7 +88,7 @@ def test_hub_cache_blob_names_are_used_without_reading(tiny_models, tmp_path, mo
         (snap / f.name).symlink_to(os.path.relpath(repo / "blobs" / sha, snap))
     plain = fingerprint.of(info(src))
 
-    def no_reading(file):
+    def no_reading(file, stop=None):
         raise AssertionError(f"read {file}: the blob's name is its sha256")
 
     monkeypatch.setattr(fingerprint, "_stream_sha256", no_reading)
@@ -102,7 +102,7 @@ def test_local_weights_are_hashed_once(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setenv("LNA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)
     real, calls = fingerprint._stream_sha256, []
-    monkeypatch.setattr(fingerprint, "_stream_sha256", lambda f: calls.append(f) or real(f))
+    monkeypatch.setattr(fingerprint, "_stream_sha256", lambda f, stop=None: calls.append(f) or real(f, stop))
     first = fingerprint.of(info(path))
     assert [f.name for f in calls] == ["model.safetensors"]
     assert fingerprint.of(info(path)) == first and len(calls) == 1  # from the cache
@@ -178,7 +178,7 @@ def test_a_damaged_cache_entry_is_ignored_never_believed(tiny_models, tmp_path, 
         entry.write_text("")
     capsys.readouterr()
     real, calls = fingerprint._stream_sha256, []
-    monkeypatch.setattr(fingerprint, "_stream_sha256", lambda f: calls.append(f) or real(f))
+    monkeypatch.setattr(fingerprint, "_stream_sha256", lambda f, stop=None: calls.append(f) or real(f, stop))
     monkeypatch.setattr(errors, "_noted", set())  # notes print once per process
     assert fingerprint.of(info(path)) == truth
     assert len(calls) == 1  # hashed again

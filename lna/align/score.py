@@ -31,7 +31,7 @@ import numpy as np
 from lna.core import jsonl
 from lna.align import texts
 from lna.align import STAGE_FIX
-from lna.core.errors import LnaError
+from lna.core.errors import LnaError, first_line
 from lna.core.languages import get as language
 
 SCORER = "facebook/nllb-200-distilled-600M"
@@ -61,7 +61,7 @@ class Translator:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
         except (OSError, ValueError) as err:
-            raise LnaError(f"{model}: cannot load the translation model ({str(err).splitlines()[0][:200]})") from None
+            raise LnaError(f"{model}: cannot load the translation model ({first_line(err)})") from None
         if not hasattr(self.tokenizer, "src_lang"):
             raise LnaError(f"{model}: its tokenizer has no src_lang; give an NLLB/M2M100 translation model")
         self.name, self.device, self.dtype = model, torch.device(device), dtype

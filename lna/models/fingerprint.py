@@ -155,7 +155,7 @@ def file_sha256(file: Path, stop: threading.Event | None = None) -> str | None:
         return real.name  # Hugging Face cache: LFS blobs are named by their sha256
     st = real.stat()
     if st.st_size < CACHE_MIN_BYTES:
-        return _stream_sha256(real) if stop is None else _stream_sha256(real, stop)
+        return _stream_sha256(real, stop)
     from lna.models.loading import cache_dir
 
     stat = {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
@@ -166,7 +166,7 @@ def file_sha256(file: Path, stop: threading.Event | None = None) -> str | None:
     if cached:
         return cached
     note(f"hashing the weights of {real.parent} once to identify the model (cached in {entry.parent})")
-    digest = _stream_sha256(real) if stop is None else _stream_sha256(real, stop)
+    digest = _stream_sha256(real, stop)
     if digest is None:
         return None
     record = {**stat, "sha256": digest}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lna.core.errors import first_line
 from lna.runners import packed_ops, packing
 
 NAME = "lna_packed"
@@ -48,7 +49,7 @@ class Segments:
     def __init__(self, lengths, windows, dtype, device, window_of):
         self.window_of = window_of  # layer -> sliding window or None
         self.parts = {w: [] for w in windows}
-        self.calls, self.problems = [], None  # probe records: (layer, problem or None)
+        self.problems = None  # the probe's records: (layer, problem or None)
         start = 0
         for lens in lengths:  # [P, n1, n2, ...] per row
             P, at = lens[0], start + lens[0]
@@ -223,7 +224,7 @@ class Forward:
             with torch.inference_mode():
                 self._run(seg, ids, pos)
         except Exception as e:  # a model that refuses the packed layout runs as before
-            self.why_dense = f"the packed probe forward failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            self.why_dense = f"the packed probe forward failed: {type(e).__name__}: {first_line(e)}"
             return False
         finally:
             vars(state).update(saved)
